@@ -1,0 +1,129 @@
+"""MC dropout (Gal & Ghahramani 2016): a MAP-trained network whose dropout stays on at prediction time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from bayes_models.architectures import SplitNet, build_network, resolve_device
+from bayes_models.training import train_map
+
+
+@dataclass(frozen=True)
+class MCDropoutConfig:
+    feature_shape: tuple[int, ...]
+    n_classes: int
+    hidden: int = 128
+    dropout: float = 0.5
+    steps: int = 500
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+
+def _rng_devices(device: torch.device) -> list[int]:
+    """Devices whose RNG state ``fork_rng`` must save, so seeding here leaves the caller's streams alone."""
+    return [device.index or 0] if device.type == "cuda" else []
+
+
+@contextmanager
+def dropout_only(module: nn.Module) -> Iterator[None]:
+    """Switch on dropout layers only, leaving BatchNorm and everything else in eval mode."""
+    previous = module.training
+    module.eval()
+    dropouts = [m for m in module.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    for layer in dropouts:
+        layer.train()
+    try:
+        yield
+    finally:
+        module.train(previous)
+
+
+def has_dropout(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in module.modules())
+
+
+class MCDropout:
+    """MC-dropout classifier behind the common model interface (see ``bayes_models/__init__.py``)."""
+
+    def __init__(
+        self, config: MCDropoutConfig, *, device: str | torch.device = "auto", network: SplitNet | None = None
+    ) -> None:
+        self.config = config
+        self.device = resolve_device(device)
+        self.network = network or build_network(
+            config.feature_shape, config.n_classes, hidden=config.hidden, dropout=config.dropout
+        )
+        self.network.to(self.device)
+        self.losses: list[float] = []
+
+    def fit(self, x: torch.Tensor, y: torch.Tensor, prior: Any = None) -> MCDropout:
+        """MAP fit from the current weights. ``prior`` is not used: MC dropout's prior is the weight decay."""
+        if prior is not None:
+            raise ValueError("MCDropout takes its prior from weight_decay; it cannot start from a posterior")
+        generator = torch.Generator().manual_seed(self.config.seed)
+        with torch.random.fork_rng(devices=_rng_devices(self.device)):
+            torch.manual_seed(self.config.seed)
+            self.losses = train_map(
+                self.network,
+                x.to(self.device, torch.float32),
+                y.to(self.device, torch.long),
+                steps=self.config.steps,
+                batch_size=self.config.batch_size,
+                lr=self.config.lr,
+                weight_decay=self.config.weight_decay,
+                generator=generator,
+            )
+        return self
+
+    @torch.no_grad()
+    def predictive_samples(self, x: torch.Tensor, n: int, *, seed: int = 0, batch_size: int = 2048) -> torch.Tensor:
+        """``probs[S=n, N, C]`` from ``n`` dropout masks, computed in chunks of ``batch_size`` items.
+
+        When the backbone has no dropout it runs once per item and the samples go through the head only,
+        vectorised over ``[S, B, H]`` (independent masks per sample and item, as in S full passes).
+        """
+        net = self.network
+        head_only = not has_dropout(net.features)
+        chunks = []
+        with torch.random.fork_rng(devices=_rng_devices(self.device)), dropout_only(net):
+            torch.manual_seed(seed)
+            for start in range(0, x.shape[0], batch_size):
+                batch = x[start : start + batch_size].to(self.device, torch.float32, non_blocking=True)
+                if head_only:
+                    hidden = net.features(batch)
+                    logits = net.head(hidden.unsqueeze(0).expand(n, *hidden.shape))
+                else:
+                    logits = torch.stack([net(batch) for _ in range(n)])
+                chunks.append(torch.softmax(logits, dim=-1))
+        return torch.cat(chunks, dim=1)
+
+    def posterior(self) -> dict[str, torch.Tensor]:
+        """The MAP weights (MC dropout's variational posterior is the dropout distribution around them)."""
+        return {name: p.detach().clone() for name, p in self.network.named_parameters()}
+
+    def log_evidence(self) -> float:
+        raise NotImplementedError(
+            "MC dropout has no marginal likelihood; fit a Laplace approximation on its network for evidence"
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"config": asdict(self.config), "network": self.network.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.network.load_state_dict(state["network"])
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], *, device: str | torch.device = "auto") -> MCDropout:
+        config = dict(state["config"])
+        config["feature_shape"] = tuple(config["feature_shape"])
+        model = cls(MCDropoutConfig(**config), device=device)
+        model.load_state_dict(state)
+        return model

@@ -1,0 +1,469 @@
+"""Dataset import: bundled scikit-learn sets, ``.npz`` arrays, CSV and Parquet tables.
+
+Every source becomes one :class:`Dataset` of model-ready arrays:
+
+- vectors ``[N, D]`` are standardised with the *train* statistics, ``x' = (x - mean_train) / std_train``
+  (``std = 0`` is replaced by 1, so constant features become 0);
+- images ``[N, C, H, W]`` are divided by 255 when stored as ``uint8``, else kept as given (as float32);
+- labels are ``int64`` indices into ``classes``, ``-1`` meaning unknown (the unlabeled pool, train only);
+- ids are unique strings across train and test and derived from the source row, so an item keeps its id
+  whatever the split.
+
+Problems raise :class:`DatasetError`, whose message names the source, the row / key / column and what
+was expected versus found. Files are never unpickled (``allow_pickle=False``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+BUNDLED = ("digits", "breast_cancer", "wine", "iris")
+FILE_SUFFIXES = (".npz", ".csv", ".parquet", ".pq")
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test", "ids_train", "ids_test", "classes")
+_SUPPORTED = f"bundled names {', '.join(BUNDLED)} or files ending in {', '.join(FILE_SUFFIXES)}"
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used; the message names the source, the place and the problem."""
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Dataset:
+    """Model-ready train and test arrays of one source.
+
+    Attributes
+    ----------
+    name, source : str
+        Short name (bundled name or file stem) and where it came from (name or resolved path).
+    x_train, x_test : np.ndarray
+        float32 features, ``[N, D]`` or ``[N, C, H, W]``.
+    y_train, y_test : np.ndarray
+        int64 class indices into ``classes``; ``-1`` (train only) is unknown.
+    ids_train, ids_test : np.ndarray
+        Unicode item ids, unique across train and test.
+    classes : tuple of str
+        Class names.
+    """
+
+    name: str
+    source: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    ids_train: np.ndarray
+    ids_test: np.ndarray
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        where = self.source or self.name
+        for split in ("train", "test"):
+            x, y, ids = (getattr(self, f"{kind}_{split}") for kind in ("x", "y", "ids"))
+            if x.dtype != np.float32 or x.ndim < 2:
+                raise DatasetError(f"{where}: x_{split} must be float32 [N, ...], got {x.dtype} {x.shape}")
+            if y.dtype != np.int64 or y.shape != (len(x),):
+                raise DatasetError(f"{where}: y_{split} must be int64 [{len(x)}], got {y.dtype} {y.shape}")
+            if ids.dtype.kind != "U" or ids.shape != (len(x),):
+                raise DatasetError(f"{where}: ids_{split} must be unicode [{len(x)}], got {ids.dtype} {ids.shape}")
+            low = -1 if split == "train" else 0
+            bad = np.flatnonzero((y < low) | (y >= len(self.classes)))
+            if bad.size:
+                raise DatasetError(
+                    f"{where}: y_{split} row {bad[0]} (id {ids[bad[0]].item()!r}) is {y[bad[0]]}, "
+                    f"expected {low}..{len(self.classes) - 1}"
+                )
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise DatasetError(
+                f"{where}: feature shape differs, train {self.x_train.shape[1:]} vs test {self.x_test.shape[1:]}"
+            )
+        _check_unique_ids(np.concatenate([self.ids_train, self.ids_test]), where)
+
+    @property
+    def is_image(self) -> bool:
+        """Whether the features are images ``[N, C, H, W]``."""
+        return self.x_train.ndim == 4
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        """Shape of one item's features, ``(D,)`` or ``(C, H, W)``."""
+        return tuple(self.x_train.shape[1:])
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset(name={self.name!r}, n_train={len(self.x_train)}, n_test={len(self.x_test)}, "
+            f"feature_shape={self.feature_shape}, n_classes={self.n_classes}, "
+            f"n_unlabeled={int((self.y_train < 0).sum())})"
+        )
+
+
+def load_dataset(
+    source: str | Path,
+    *,
+    label_column: str | None = None,
+    id_column: str | None = None,
+    test_fraction: float = 0.25,
+    split_seed: int = 0,
+) -> Dataset:
+    """Import a bundled set, an ``.npz`` file or a CSV / Parquet table.
+
+    Parameters
+    ----------
+    source : str or Path
+        ``digits``, ``breast_cancer``, ``wine``, ``iris`` (scikit-learn's bundled copies, no download), or a
+        path ending in ``.npz``, ``.csv``, ``.parquet`` or ``.pq``.
+    label_column, id_column : str, optional
+        Tables only: the label column (required) and the id column (default ``row-<i>``).
+    test_fraction, split_seed : float, int
+        Stratified split of labeled rows for bundled sets and tables without a ``split`` column.
+
+    Returns
+    -------
+    Dataset
+
+    Notes
+    -----
+    ``.npz``: keys ``x_train``, ``x_test``, ``y_test`` and optionally ``y_train`` (absent = all unknown),
+    ``ids_train`` / ``ids_test`` (default ``train-<i>`` / ``test-<i>``) and ``classes``; any other key is an
+    error. Features ``[N, D]`` are vectors; ``[N, H, W]``, ``[N, H, W, C]`` and ``[N, C, H, W]`` (C in 1, 3,
+    4; channels-first wins when ambiguous) are images. Tables: the columns other than label, id and
+    ``split`` are numeric features; a ``split`` column (``train`` / ``test``) fixes the split, and rows
+    with an empty label always go to train as unknown. Numeric labels ``-1`` / NaN and string labels ``""``
+    are unknown; without ``classes`` the classes are the sorted distinct known labels (numeric order for
+    numbers), with ``classes`` integer labels index it and string labels are looked up by name.
+
+    Raises
+    ------
+    DatasetError
+        Unknown name, missing or unsupported file, or invalid content (the message says where and why).
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise DatasetError(f"{source}: test_fraction must be in (0, 1), got {test_fraction}")
+    if isinstance(source, str) and source in BUNDLED:
+        _no_columns(source, label_column, id_column)
+        return _load_bundled(source, test_fraction, split_seed)
+    path = Path(source).expanduser()
+    suffix = path.suffix.lower()
+    if suffix not in FILE_SUFFIXES:
+        what = f"unsupported file extension {suffix!r}" if suffix else "unknown dataset name"
+        raise DatasetError(f"{source}: {what}; expected {_SUPPORTED}")
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found (or not a file); expected {_SUPPORTED}")
+    if path.stat().st_size == 0:
+        raise DatasetError(f"{path}: file is empty")
+    if suffix == ".npz":
+        _no_columns(str(path), label_column, id_column)
+        return _load_npz(path)
+    return _load_table(path, label_column, id_column, test_fraction, split_seed)
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+
+def _load_bundled(name: str, test_fraction: float, seed: int) -> Dataset:
+    from sklearn import datasets as skd
+
+    bunch = getattr(skd, f"load_{name}")()
+    x = np.asarray(bunch.data, dtype=np.float64)
+    classes = tuple(str(c) for c in bunch.target_names)
+    y = np.asarray(bunch.target, dtype=np.int64)
+    ids = _row_ids("row", len(x))
+    train, test = _stratified_split(y, test_fraction, seed)
+    return _assemble(name, name, x[train], y[train], x[test], y[test], ids[train], ids[test], classes)
+
+
+def _load_npz(path: Path) -> Dataset:
+    where = str(path.resolve())
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            keys = sorted(archive.files)
+            for key in ("x_train", "x_test", "y_test"):
+                if key not in keys:
+                    raise DatasetError(f"{where}: missing key {key!r}; found keys {keys}")
+            unexpected = sorted(set(keys) - set(NPZ_KEYS))
+            if unexpected:  # a misspelt y_train would otherwise silently give an unlabeled pool
+                raise DatasetError(f"{where}: unexpected keys {unexpected}; known keys are {list(NPZ_KEYS)}")
+            arrays = {key: archive[key] for key in keys}
+    except DatasetError:
+        raise
+    except Exception as error:  # not a zip, a bare .npy, object arrays, truncated members, ...
+        raise DatasetError(f"{where}: cannot read as .npz without pickles: {error}") from error
+    x_train, x_test = arrays["x_train"], arrays["x_test"]
+    n_train, n_test = len(x_train), len(x_test)
+    y_train = arrays.get("y_train", np.full(n_train, -1, dtype=np.int64))
+    ids_train = arrays["ids_train"] if "ids_train" in arrays else _row_ids("train", n_train)
+    ids_test = arrays["ids_test"] if "ids_test" in arrays else _row_ids("test", n_test)
+    for key, array in (("y_train", y_train), ("ids_train", ids_train)):
+        if np.ndim(array) != 1 or len(array) != n_train:
+            raise DatasetError(
+                f"{where}: length mismatch, x_train has {n_train} rows but {key} has shape {np.shape(array)}"
+            )
+    for key in ("y_test", "ids_test"):
+        array = arrays["y_test"] if key == "y_test" else ids_test
+        if np.ndim(array) != 1 or len(array) != n_test:
+            raise DatasetError(
+                f"{where}: length mismatch, x_test has {n_test} rows but {key} has shape {np.shape(array)}"
+            )
+    classes = None
+    if "classes" in arrays:
+        classes = tuple(_as_str(arrays["classes"].ravel(), where, "classes").tolist())
+    y_train, y_test, classes = _encode_labels(y_train, arrays["y_test"], classes, where)
+    ids_train, ids_test = _as_str(ids_train, where, "ids_train"), _as_str(ids_test, where, "ids_test")
+    x_train, x_test = _image_layout(x_train, where, "x_train"), _image_layout(x_test, where, "x_test")
+    return _assemble(path.stem, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes)
+
+
+def _load_table(path: Path, label_column: str | None, id_column: str | None, frac: float, seed: int) -> Dataset:
+    where = str(path.resolve())
+    try:
+        frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+    except pd.errors.EmptyDataError as error:
+        raise DatasetError(f"{where}: file is empty (no header, no rows)") from error
+    except Exception as error:  # pandas / pyarrow raise many types for unreadable files
+        raise DatasetError(f"{where}: cannot read table: {error}") from error
+    columns = [str(c) for c in frame.columns]
+    frame.columns = columns
+    if label_column is None or label_column not in columns:
+        what = "label_column is required" if label_column is None else f"label column {label_column!r} not found"
+        raise DatasetError(f"{where}: {what}; columns are {columns}")
+    if id_column is not None and id_column not in columns:
+        raise DatasetError(f"{where}: id column {id_column!r} not found; columns are {columns}")
+    if frame.empty:
+        raise DatasetError(f"{where}: no data rows (only a header with columns {columns})")
+    if id_column is None:
+        ids = _row_ids("row", len(frame))
+    else:
+        missing = np.flatnonzero(frame[id_column].isna().to_numpy())
+        if missing.size:
+            raise DatasetError(f"{where}: id column {id_column!r} is empty in data row {missing[0]}")
+        ids = _as_str(frame[id_column].to_numpy(), where, id_column)
+    _check_unique_ids(ids, where)
+    features_excluded = {label_column, id_column, "split"}
+    features = [c for c in columns if c not in features_excluded]
+    if not features:
+        raise DatasetError(f"{where}: no feature columns besides label/id/split; columns are {columns}")
+    for column in features:
+        values = frame[column]
+        if not (pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values)):
+            bad = values[pd.to_numeric(values, errors="coerce").isna() & values.notna()]
+            example = bad.iloc[0] if len(bad) else values.iloc[0]
+            example = example.item() if isinstance(example, np.generic) else example
+            raise DatasetError(f"{where}: feature column {column!r} is not numeric ({values.dtype}), e.g. {example!r}")
+    x = frame[features].to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = np.argwhere(~np.isfinite(x))
+    if bad.size:
+        row, col = bad[0]
+        raise DatasetError(f"{where}: NaN/inf in row {row} (id {ids[row].item()!r}), column {features[col]!r}")
+    labels = frame[label_column]
+    numeric = pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(labels)
+    labels = labels.to_numpy(dtype=np.float64, na_value=np.nan) if numeric else labels.to_numpy(dtype=object)
+    y, _, classes = _encode_labels(labels, labels[:0], None, where)
+    if "split" in columns and "split" not in (label_column, id_column):
+        split = frame["split"].astype("string").str.strip().str.lower().to_numpy(dtype=object, na_value="")
+        wrong = np.flatnonzero((split != "train") & (split != "test"))
+        if wrong.size:
+            row = wrong[0]
+            raise DatasetError(
+                f"{where}: column 'split' in row {row} (id {ids[row].item()!r}) "
+                f"is {frame['split'].iloc[row]!r}, expected 'train' or 'test'"
+            )
+        train, test = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
+    else:
+        train, test = _stratified_split(y, frac, seed)
+    return _assemble(path.stem, where, x[train], y[train], x[test], y[test], ids[train], ids[test], classes)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _assemble(name, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes) -> Dataset:
+    """Check labels, ids and values, scale features and build the :class:`Dataset`."""
+    if len(x_test) == 0:
+        raise DatasetError(f"{where}: the test split is empty; at least one labeled test row is needed")
+    unknown = np.flatnonzero(y_test < 0)
+    if unknown.size:
+        row = unknown[0]
+        raise DatasetError(
+            f"{where}: test labels must all be known, test row {row} (id {ids_test[row].item()!r}) is unlabeled"
+        )
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DatasetError(f"{where}: feature shape differs, x_train {x_train.shape[1:]} vs x_test {x_test.shape[1:]}")
+    for split, x, ids in (("train", x_train, ids_train), ("test", x_test, ids_test)):
+        if x.dtype.kind not in "biuf":
+            raise DatasetError(f"{where}: x_{split} must be numeric, got dtype {x.dtype}")
+        if x.dtype.kind == "f":
+            bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+            if bad.size:
+                raise DatasetError(f"{where}: NaN/inf in x_{split} row {bad[0]} (id {ids[bad[0]].item()!r})")
+    if x_train.ndim == 4 and (x_train.dtype == np.uint8) != (x_test.dtype == np.uint8):
+        raise DatasetError(f"{where}: x_train is {x_train.dtype} but x_test is {x_test.dtype}; store both alike")
+    if x_train.ndim == 4:
+        scale = np.float32(255.0 if x_train.dtype == np.uint8 else 1.0)
+        x_train, x_test = x_train.astype(np.float32), x_test.astype(np.float32)
+        x_train /= scale
+        x_test /= scale
+    else:
+        mean = x_train.mean(axis=0, dtype=np.float64)
+        std = x_train.std(axis=0, dtype=np.float64)
+        std[std == 0] = 1.0
+        x_train = ((x_train - mean) / std).astype(np.float32)
+        x_test = ((x_test - mean) / std).astype(np.float32)
+    return Dataset(name, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes)
+
+
+def _image_layout(x: np.ndarray, where: str, key: str) -> np.ndarray:
+    """Vectors ``[N, D]`` stay; ``[N, H, W]``, ``[N, H, W, C]`` and ``[N, C, H, W]`` become ``[N, C, H, W]``.
+
+    A 4-D array is channels-first when its axis 1 has 1, 3 or 4 entries, else channels-last when its last
+    axis has; channels-first wins when both could be channels.
+    """
+    if x.ndim == 2:
+        return x
+    if x.ndim == 3:
+        return x[:, None]
+    if x.ndim == 4 and x.shape[1] in (1, 3, 4):
+        return x
+    if x.ndim == 4 and x.shape[3] in (1, 3, 4):
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    raise DatasetError(
+        f"{where}: {key} has shape {x.shape}; expected [N, D], [N, H, W], [N, H, W, C] or [N, C, H, W] "
+        "with C in (1, 3, 4)"
+    )
+
+
+def _encode_labels(
+    y_train: np.ndarray, y_test: np.ndarray, classes: tuple[str, ...] | None, where: str
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Map raw labels to int64 indices into ``classes`` (``-1`` = unknown).
+
+    Numeric labels: ``-1`` and NaN are unknown, other values must be integers ``>= 0``; they are indices
+    into ``classes`` when it is given, else ``classes`` are their sorted distinct values. String labels:
+    ``""`` (or a missing value) is unknown; they are names in ``classes``, else ``classes`` are their sorted
+    distinct values.
+    """
+    parts = {
+        "y_train": _raw_labels(y_train, where, "y_train"),
+        "y_test": _raw_labels(y_test, where, "y_test"),
+    }
+    known = {key: (y != "") if y.dtype.kind == "U" else (y >= 0) for key, y in parts.items()}
+    kinds = {y.dtype.kind for key, y in parts.items() if known[key].any()}
+    if len(kinds) > 1:
+        raise DatasetError(f"{where}: y_train and y_test mix integer and string labels")
+    is_str = kinds == {"U"}
+    if is_str:  # a part without any known label (e.g. all -1) is just unknown strings
+        parts = {key: y if y.dtype.kind == "U" else np.full(len(y), "") for key, y in parts.items()}
+    if classes is None:
+        table = np.unique(np.concatenate([y[known[key]] for key, y in parts.items()]))
+        classes, order = tuple(str(v) for v in table.tolist()), np.arange(len(table))
+    elif len(set(classes)) != len(classes):
+        raise DatasetError(f"{where}: classes contain duplicates: {list(classes)}")
+    else:
+        table = np.asarray(classes, dtype=str) if is_str else None
+        order = np.argsort(table) if is_str else None
+        table = table[order] if is_str else None
+    out = {}
+    for key, y in parts.items():
+        rows = np.flatnonzero(known[key])
+        encoded = np.full(len(y), -1, dtype=np.int64)
+        if table is None:  # integer class indices into the given classes
+            bad = rows[y[rows] >= len(classes)]
+            if bad.size:
+                raise DatasetError(
+                    f"{where}: {key} row {bad[0]} is {y[bad[0]]}, expected a class index 0..{len(classes) - 1}"
+                )
+            encoded[rows] = y[rows]
+        elif rows.size:
+            pos = np.minimum(np.searchsorted(table, y[rows]), len(table) - 1)
+            bad = rows[table[pos] != y[rows]]
+            if bad.size:
+                raise DatasetError(f"{where}: {key} row {bad[0]} is {y[bad[0]].item()!r}, not one of {list(classes)}")
+            encoded[rows] = order[pos]
+        out[key] = encoded
+    return out["y_train"], out["y_test"], classes
+
+
+def _raw_labels(y: np.ndarray, where: str, key: str) -> np.ndarray:
+    """Labels as int64 (``-1`` unknown) or unicode (``""`` unknown)."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise DatasetError(f"{where}: {key} must be 1-D, got shape {y.shape}")
+    if y.dtype.kind == "O":
+        y = np.array(["" if pd.isna(v) else str(v).strip() for v in y.tolist()], dtype=str)
+    elif y.dtype.kind in "SUb":
+        y = np.char.strip(_as_str(y, where, key))
+    if y.dtype.kind == "f":
+        known = np.isfinite(y) & (y != -1)
+        bad = np.flatnonzero(np.isinf(y) | (known & ((y != np.round(y)) | (y < 0))))
+        if bad.size:
+            raise DatasetError(f"{where}: {key} row {bad[0]} is {y[bad[0]].item()!r}, expected an integer class")
+        y = np.where(known, y, -1)
+    if y.dtype.kind not in "iufU":
+        raise DatasetError(f"{where}: {key} must hold integer or string labels, got dtype {y.dtype}")
+    if y.dtype.kind == "U":
+        return y
+    y = y.astype(np.int64)
+    bad = np.flatnonzero(y < -1)
+    if bad.size:
+        raise DatasetError(f"{where}: {key} row {bad[0]} is {y[bad[0]]}, expected a class >= 0 or -1 (unknown)")
+    return y
+
+
+def _as_str(values: np.ndarray, where: str, key: str) -> np.ndarray:
+    """A 1-D unicode array of ``values`` (bytes decoded as UTF-8, integral floats written as integers)."""
+    values = np.asarray(values)
+    if values.ndim != 1:
+        raise DatasetError(f"{where}: {key} must be 1-D, got shape {values.shape}")
+    if values.dtype.kind == "S":
+        return np.char.decode(values, "utf-8")
+    if values.dtype.kind == "f" and np.all(np.isfinite(values) & (values == np.round(values))):
+        values = values.astype(np.int64)
+    if values.dtype.kind == "O":
+        return np.array([str(v) for v in values.tolist()], dtype=str)
+    return values.astype(str)
+
+
+def _row_ids(prefix: str, n: int) -> np.ndarray:
+    """``prefix-00042``-style ids for rows ``0..n-1``, zero-padded to the width of ``n - 1``."""
+    width = len(str(max(n - 1, 0)))
+    return np.array([f"{prefix}-{i:0{width}d}" for i in range(n)], dtype=str)
+
+
+def _check_unique_ids(ids: np.ndarray, where: str) -> None:
+    empty = np.flatnonzero(ids == "")
+    if empty.size:
+        raise DatasetError(f"{where}: item id in row {empty[0]} is empty")
+    values, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        dup = values[counts > 1]
+        raise DatasetError(
+            f"{where}: duplicate item id {dup[0].item()!r} ({counts[counts > 1][0]} times; {dup.size} ids repeat)"
+        )
+
+
+def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (ascending) of train and test: each class sends ``round(n_c * test_fraction)`` of its rows
+    (at most ``n_c - 1``) to test, chosen by a generator seeded with ``seed``; unknown labels stay in train.
+    """
+    rng = np.random.default_rng(seed)
+    test = []
+    for label in np.unique(y[y >= 0]):
+        rows = np.flatnonzero(y == label)
+        k = min(int(np.floor(len(rows) * test_fraction + 0.5)), len(rows) - 1)
+        test.append(rng.permutation(rows)[:k])
+    is_test = np.zeros(len(y), dtype=bool)
+    is_test[np.concatenate(test) if test else []] = True
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+
+
+def _no_columns(where: str, label_column: str | None, id_column: str | None) -> None:
+    if label_column is not None or id_column is not None:
+        raise DatasetError(f"{where}: label_column / id_column apply to CSV and Parquet tables only")

@@ -1,0 +1,87 @@
+"""Turn a dataset into a campaign: feature store in the workspace, items and initial labels in the label store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from data import FeatureStore, load_dataset, open_feature_store, write_feature_store
+from data.store import LabelAnswer, LabelStore
+from flows.settings import Settings
+
+
+def feature_store_dir(settings: Settings) -> Path:
+    return settings.datasets_dir / Path(settings.dataset.name).stem
+
+
+def ensure_feature_store(settings: Settings) -> FeatureStore:
+    """Import the dataset into ``workspace/datasets/<name>/`` once; later calls open the stored copy."""
+    directory = feature_store_dir(settings)
+    if not (directory / "meta.json").exists():
+        dataset = load_dataset(
+            settings.dataset.name,
+            label_column=settings.dataset.label_column,
+            id_column=settings.dataset.id_column,
+            test_fraction=settings.dataset.test_fraction,
+        )
+        write_feature_store(dataset, directory)
+    return open_feature_store(directory)
+
+
+def balanced_seed_rows(targets: np.ndarray, size: int, n_classes: int, seed: int) -> np.ndarray:
+    """``size`` train rows with (as nearly as possible) equal counts per class, chosen by ``seed``."""
+    rng = np.random.default_rng(seed)
+    by_class = [rng.permutation(np.flatnonzero(targets == c)) for c in range(n_classes)]
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < size and any(depth < len(rows) for rows in by_class):
+        for c in rng.permutation(n_classes):
+            if depth < len(by_class[c]) and len(chosen) < size:
+                chosen.append(int(by_class[c][depth]))
+        depth += 1
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+def prepare_campaign(settings: Settings, store: LabelStore, *, simulate: bool) -> FeatureStore:
+    """Register the campaign, its items and initial labels; idempotent, so a crash part-way is re-run safely.
+
+    A simulated campaign labels a class-balanced seed set from the held-back training labels (annotator
+    ``seed``); the rest of the training rows form the pool the oracle answers from. A live campaign imports
+    the training labels that came with the data (annotator ``import``); unknown ones (-1) form the pool.
+    """
+    features = ensure_feature_store(settings)
+    campaign = settings.campaign_name
+    store.create_campaign(campaign, settings.dataset.name, features.classes)
+    train_rows = np.asarray(features.rows_train)
+    test_rows = np.asarray(features.rows_test)
+    train_targets = np.asarray(features.targets[train_rows])
+    splits = np.full(len(train_rows), "pool", dtype=object)
+    if simulate:
+        if (train_targets < 0).any():
+            raise ValueError(
+                f"dataset {settings.dataset.name!r} has unlabeled training rows; a simulated campaign needs "
+                "every training label for its oracle"
+            )
+        seed_rows = balanced_seed_rows(
+            train_targets, settings.campaign.initial, len(features.classes), settings.campaign.seed
+        )
+        splits[seed_rows] = "seed"
+        labeled = seed_rows
+    else:
+        labeled = np.flatnonzero(train_targets >= 0)
+    ids = features.ids
+    store.add_items(
+        campaign,
+        [str(i) for i in ids[train_rows]] + [str(i) for i in ids[test_rows]],
+        list(splits) + ["test"] * len(test_rows),
+        [int(r) for r in train_rows] + [int(r) for r in test_rows],
+    )
+    already = store.current_labels(campaign)
+    answers = [
+        LabelAnswer(str(ids[train_rows[i]]), int(train_targets[i]))
+        for i in labeled
+        if str(ids[train_rows[i]]) not in already
+    ]
+    store.record_labels(campaign, answers, annotator="seed" if simulate else "import", require_queued=False)
+    return features

@@ -1,0 +1,228 @@
+"""``beliefloop`` command line. Heavy imports (torch, Prefect, MLflow) happen inside commands, so ``--help`` is fast."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Bayesian active learning campaigns.")
+queue_app = typer.Typer(no_args_is_help=True, help="Inspect the labeling queue.")
+app.add_typer(queue_app, name="queue")
+
+ParamsOpt = Annotated[Path | None, typer.Option("--params", help="params.yaml to read (DVC's params file).")]
+WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", help="Campaign workspace folder [workspace].")]
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option("--dataset", help="digits | breast_cancer | wine | iris, or a .npz/.csv/.parquet path."),
+]
+CampaignOpt = Annotated[str | None, typer.Option("--campaign", help="Campaign name (= MLflow experiment).")]
+
+
+def _prefect_defaults() -> None:
+    """Quiet, offline-friendly Prefect defaults; the user's environment wins."""
+    for key, value in {
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
+    }.items():
+        os.environ.setdefault(key, value)
+
+
+@contextmanager
+def _flow_context():
+    """Without a Prefect server, disable flow heartbeats (they only serve crash detection by a server)."""
+    _prefect_defaults()
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+    else:
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
+
+
+def _settings(params: Path | None, overrides: dict[str, Any]):
+    from flows.settings import SettingsError, load_settings
+
+    try:
+        return load_settings(params, overrides)
+    except SettingsError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
+def _resolve_campaign(settings, store, campaign: str | None) -> str:
+    if campaign:
+        return campaign
+    names = store.campaign_names()
+    if len(names) == 1:
+        return names[0]
+    if settings.campaign.name:
+        return settings.campaign.name
+    raise typer.BadParameter(f"the workspace holds campaigns {names}; name one with --campaign")
+
+
+@app.command()
+def simulate(
+    dataset: DatasetOpt = None,
+    rounds: Annotated[int | None, typer.Option(help="Number of rounds.")] = None,
+    k: Annotated[int | None, typer.Option("--k", help="Items queued per round.")] = None,
+    initial: Annotated[int | None, typer.Option(help="Class-balanced initial labeled set size.")] = None,
+    acquisition: Annotated[str | None, typer.Option(help="bald, predictive_entropy, random, ...")] = None,
+    samples: Annotated[int | None, typer.Option(help="Posterior samples S per item.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the seed set, training and acquisition.")] = None,
+    workspace: WorkspaceOpt = None,
+    campaign: CampaignOpt = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write per-round metrics as a JSON list.")] = None,
+    params: ParamsOpt = None,
+) -> None:
+    """Run a simulated campaign: an oracle answers the queue from held-back labels."""
+    settings = _settings(
+        params,
+        {
+            "workspace": workspace,
+            "dataset": {"name": dataset},
+            "campaign": {"name": campaign, "rounds": rounds, "k": k, "initial": initial, "seed": seed},
+            "acquisition": {"name": acquisition, "samples": samples},
+        },
+    )
+    from flows.console import console, print_header
+
+    console.print(
+        f"campaign [bold]{settings.campaign_name}[/]: {settings.dataset.name}, {settings.campaign.rounds} rounds, "
+        f"k={settings.campaign.k}, {settings.acquisition.name}, S={settings.acquisition.samples}"
+    )
+    print_header()
+    with _flow_context():
+        from flows.rounds import simulate_campaign
+
+        results = simulate_campaign(settings)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(results, indent=2))
+    _print_ui_hint(settings.workspace)
+
+
+@app.command("round")
+def run_round(
+    dataset: DatasetOpt = None,
+    k: Annotated[int | None, typer.Option("--k", help="Items queued per round.")] = None,
+    acquisition: Annotated[str | None, typer.Option(help="bald, predictive_entropy, random, ...")] = None,
+    workspace: WorkspaceOpt = None,
+    campaign: CampaignOpt = None,
+    params: ParamsOpt = None,
+) -> None:
+    """Run one live round: ingest answers, train once enough labels exist, queue the top-k for people."""
+    settings = _settings(
+        params,
+        {
+            "workspace": workspace,
+            "dataset": {"name": dataset},
+            "campaign": {"k": k},
+            "acquisition": {"name": acquisition},
+        },
+    )
+    if not settings.campaign.name:
+        settings.campaign.name = campaign or Path(settings.dataset.name).stem
+    from data.store import LabelStore
+    from flows.campaign_setup import prepare_campaign
+    from flows.console import print_header, print_round
+
+    with _flow_context():
+        from flows.rounds import labeling_round
+
+        prepare_campaign(settings, LabelStore(settings.store_url), simulate=False)
+        result = labeling_round(settings)
+    print_header()
+    print_round(result)
+    typer.echo(
+        f"{int(result['n_queued'])} items wait in the queue: beliefloop queue list --workspace {settings.workspace}"
+    )
+
+
+@app.command()
+def label(
+    item: Annotated[str, typer.Option("--item", help="Item id.")],
+    label_: Annotated[str, typer.Option("--label", help="Class name or index.")],
+    annotator: Annotated[str | None, typer.Option(help="Who answered [current user].")] = None,
+    workspace: WorkspaceOpt = None,
+    campaign: CampaignOpt = None,
+    params: ParamsOpt = None,
+) -> None:
+    """Record one person's answer for a queued item."""
+    settings = _settings(params, {"workspace": workspace})
+    from data.store import LabelAnswer, LabelStore
+
+    store = LabelStore(settings.store_url)
+    name = _resolve_campaign(settings, store, campaign)
+    classes = store.classes(name)
+    index = classes.index(label_) if label_ in classes else (int(label_) if label_.lstrip("-").isdigit() else None)
+    if index is None:
+        raise typer.BadParameter(f"unknown class {label_!r}; expected one of {classes} or an index")
+    report = store.record_labels(name, [LabelAnswer(item, index)], annotator=annotator or getpass.getuser())
+    if report.rejected:
+        item_id, reason = report.rejected[0]
+        typer.echo(f"rejected {item_id}: {reason}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"recorded {item} = {classes[index]} in campaign {name}")
+
+
+@queue_app.command("list")
+def queue_list(
+    status: Annotated[str | None, typer.Option(help="pending | labeled | skipped")] = None,
+    round_: Annotated[int | None, typer.Option("--round", help="Only this round.")] = None,
+    workspace: WorkspaceOpt = None,
+    campaign: CampaignOpt = None,
+    params: ParamsOpt = None,
+) -> None:
+    """List queued items (default: every round, every status)."""
+    settings = _settings(params, {"workspace": workspace})
+    from rich.table import Table
+
+    from data.store import LabelStore
+    from flows.console import console
+
+    store = LabelStore(settings.store_url)
+    name = _resolve_campaign(settings, store, campaign)
+    classes = store.classes(name)
+    table = Table("round", "rank", "item", "score", "acquisition", "predicted", "status", title=f"queue of {name}")
+    for q in store.queued(name, round_=round_, status=status):
+        predicted = classes[q.predicted] if q.predicted is not None and q.predicted >= 0 else "-"
+        score = f"{q.score:.4f}" if q.score is not None else "-"
+        table.add_row(str(q.round), str(q.rank), q.item_id, score, q.acquisition, predicted, q.status)
+    console.print(table)
+
+
+@app.command()
+def prepare(dataset: DatasetOpt = None, workspace: WorkspaceOpt = None, params: ParamsOpt = None) -> None:
+    """Import a dataset into the workspace's feature store (DVC's ``prepare`` stage)."""
+    settings = _settings(params, {"workspace": workspace, "dataset": {"name": dataset}})
+    from flows.campaign_setup import ensure_feature_store
+
+    store = ensure_feature_store(settings)
+    typer.echo(f"{store.directory}: {store.n_train} train + {store.n_test} test items, {len(store.classes)} classes")
+
+
+@app.command()
+def ui(
+    workspace: WorkspaceOpt = None,
+    port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    params: ParamsOpt = None,
+) -> None:
+    """Open the MLflow UI on the workspace's tracking store."""
+    settings = _settings(params, {"workspace": workspace})
+    typer.echo(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C stops it)")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri]
+    raise typer.Exit(subprocess.call([*command, "--host", "127.0.0.1", "--port", str(port)]))
+
+
+def _print_ui_hint(workspace: Path) -> None:
+    typer.echo(f"\nResults: beliefloop ui --workspace {workspace}   (MLflow UI at http://127.0.0.1:5000)")

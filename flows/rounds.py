@@ -1,0 +1,245 @@
+"""Prefect flows: ``labeling_round`` (one round of a campaign) and ``simulate_campaign`` (rounds + oracle).
+
+Tasks are thin: each calls a function of ``bayes_models``, ``acquisition`` or ``data`` and passes plain values.
+A round is idempotent per (campaign, round): the label store remembers an unfinished round, its queue batch
+is written once, and its MLflow run is found again by tag, so re-running after a crash adds no duplicates.
+"""
+
+from __future__ import annotations
+
+import csv
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from acquisition import RunningTopK, bald, expected_entropy, get_acquisition
+from bayes_models import MCDropout, MCDropoutConfig
+from bayes_models.metrics import accuracy, brier, ece, nll, reliability
+from data import FeatureStore
+from data.store import LabelAnswer, LabelStore, QueueEntry
+from flows import plots
+from flows.campaign_setup import ensure_feature_store, prepare_campaign
+from flows.console import print_round
+from flows.settings import Settings
+from flows.tracking import CampaignTracker
+
+SCORE_CHUNK = 4096
+
+
+@dataclass
+class PoolScores:
+    """What scoring the pool leaves: the chosen batch and per-item uncertainty for the summaries."""
+
+    entries: list[QueueEntry]
+    aleatoric: np.ndarray
+    epistemic: np.ndarray
+    pool_size: int
+
+
+def _rows_tensor(features: FeatureStore, rows: np.ndarray) -> torch.Tensor:
+    order = np.argsort(rows)  # memmap reads in row order, then restore the caller's order
+    block = np.empty((len(rows), *features.features.shape[1:]), dtype=np.float32)
+    block[order] = features.features[rows[order]]
+    return torch.from_numpy(block)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def answer_from_oracle(
+    store: LabelStore, features: FeatureStore, campaign: str, round_: int, noise: float, seed: int
+) -> int:
+    """The simulated oracle answers every pending item of earlier rounds from the held-back labels."""
+    pending = [q for q in store.queued(campaign, status="pending") if q.round < round_]
+    if not pending:
+        return 0
+    rng = np.random.default_rng([seed, round_])
+    truth = features.targets[features.row_of([q.item_id for q in pending])]
+    answers = []
+    n_classes = len(features.classes)
+    for item, label in zip(pending, truth, strict=True):
+        if noise > 0 and rng.random() < noise and n_classes > 1:
+            label = (label + rng.integers(1, n_classes)) % n_classes
+        answers.append(LabelAnswer(item.item_id, int(label)))
+    report = store.record_labels(campaign, answers, annotator="oracle")
+    if report.rejected:
+        raise RuntimeError(f"oracle answers rejected: {report.rejected[:5]}")
+    return len(report.accepted)
+
+
+@task(cache_policy=NO_CACHE)
+def train_model(
+    settings: Settings, features: FeatureStore, labeled: dict[str, int], round_: int
+) -> tuple[MCDropout, float]:
+    rows = features.row_of(list(labeled))
+    x = _rows_tensor(features, rows)
+    y = torch.tensor(list(labeled.values()), dtype=torch.long)
+    m = settings.model
+    config = MCDropoutConfig(
+        feature_shape=tuple(features.meta["feature_shape"]),
+        n_classes=len(features.classes),
+        hidden=m.hidden,
+        dropout=m.dropout,
+        steps=m.steps,
+        batch_size=m.batch_size,
+        lr=m.lr,
+        weight_decay=m.weight_decay,
+        seed=settings.campaign.seed * 1000 + round_,
+    )
+    start = time.perf_counter()
+    model = MCDropout(config, device=m.device).fit(x, y)
+    return model, time.perf_counter() - start
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate(model: MCDropout, features: FeatureStore, samples: int, round_: int) -> tuple[dict[str, float], object]:
+    rows = np.asarray(features.rows_test)
+    x = _rows_tensor(features, rows)
+    targets = torch.from_numpy(np.asarray(features.targets[rows], dtype=np.int64))
+    probs = model.predictive_samples(x, samples, seed=round_).mean(0).cpu()
+    metrics = {
+        "test_accuracy": accuracy(probs, targets),
+        "test_nll": nll(probs, targets),
+        "test_ece": ece(probs, targets),
+        "test_brier": brier(probs, targets),
+    }
+    return metrics, reliability(probs, targets)
+
+
+@task(cache_policy=NO_CACHE)
+def score_pool(
+    model: MCDropout | None, features: FeatureStore, pool: dict[str, int], settings: Settings, round_: int
+) -> PoolScores:
+    """Score the pool in chunks with a running top-k; without a model (cold start) pick a seeded random batch."""
+    name = settings.acquisition.name if model is not None else "random"
+    score_fn = get_acquisition(name)
+    generator = torch.Generator().manual_seed(settings.campaign.seed * 1000 + round_)
+    ids = np.asarray(list(pool))
+    rows = np.fromiter(pool.values(), dtype=np.int64, count=len(pool))
+    top = RunningTopK(settings.campaign.k)
+    predicted = np.full(len(ids), -1, dtype=np.int64)
+    aleatoric, epistemic = np.zeros(len(ids)), np.zeros(len(ids))
+    n_classes = len(features.classes)
+    for start in range(0, len(ids), SCORE_CHUNK):
+        chunk = slice(start, start + SCORE_CHUNK)
+        if model is None:
+            probs = torch.full((1, len(ids[chunk]), n_classes), 1.0 / n_classes)
+        else:
+            probs = model.predictive_samples(
+                _rows_tensor(features, rows[chunk]), settings.acquisition.samples, seed=round_
+            ).cpu()
+        top.update(score_fn(probs, generator=generator), ids[chunk])
+        predicted[chunk] = probs.mean(0).argmax(-1).numpy() if model is not None else -1
+        aleatoric[chunk] = expected_entropy(probs).numpy()
+        epistemic[chunk] = bald(probs).numpy()
+    chosen_ids, chosen_scores = top.result()
+    position = {item_id: i for i, item_id in enumerate(ids)}
+    entries = [
+        QueueEntry(
+            item_id=item_id,
+            rank=rank,
+            score=float(score),
+            acquisition=name,
+            predicted=int(predicted[position[item_id]]) if model is not None else None,
+        )
+        for rank, (item_id, score) in enumerate(zip(chosen_ids, chosen_scores, strict=True), start=1)
+    ]
+    return PoolScores(entries, aleatoric, epistemic, len(ids))
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def log_round(
+    tracker: CampaignTracker,
+    run_id: str,
+    round_: int,
+    metrics: dict[str, float],
+    queued: list,
+    scores: PoolScores,
+    diagram: object | None,
+    model: MCDropout | None,
+    models_dir: Path,
+) -> None:
+    tracker.log_metrics(run_id, metrics, step=round_)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        batch = tmp_path / "queued_batch.csv"
+        with batch.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["round", "rank", "item_id", "score", "acquisition", "predicted", "status"])
+            for q in queued:
+                writer.writerow([q.round, q.rank, q.item_id, q.score, q.acquisition, q.predicted, q.status])
+        paths = [batch]
+        if scores.pool_size:
+            paths.append(plots.uncertainty_histogram(scores.aleatoric, scores.epistemic, tmp_path / "uncertainty.png"))
+        if diagram is not None:
+            paths.append(
+                plots.reliability_diagram(
+                    diagram.confidence, diagram.accuracy, diagram.count, tmp_path / "reliability.png"
+                )
+            )
+        if model is not None:
+            models_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint = models_dir / f"round-{round_:03d}.pt"
+            torch.save(model.state_dict(), checkpoint)
+            paths.append(checkpoint)
+        tracker.log_artifacts(run_id, paths)
+
+
+@flow(name="labeling_round")
+def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]:
+    """One round: ingest labels → train → evaluate → score the pool → enqueue top-k → log to MLflow."""
+    logger = get_run_logger()
+    campaign = settings.campaign_name
+    store = LabelStore(settings.store_url)
+    features = ensure_feature_store(settings)
+    round_ = store.next_round(campaign)
+    store.start_round(campaign, round_)
+    tracker = CampaignTracker(settings.tracking_uri, settings.artifact_root, campaign)
+    parent = tracker.campaign_run(settings.model_dump(mode="json"))
+    run_id = tracker.round_run(parent, round_)
+
+    if oracle:
+        answered = answer_from_oracle(
+            store, features, campaign, round_, settings.campaign.oracle_noise, settings.campaign.seed
+        )
+        logger.info("oracle answered %d items", answered)
+    labeled = store.current_labels(campaign)
+    metrics: dict[str, float] = {"n_labeled": len(labeled)}
+    model, diagram = None, None
+    if len(labeled) >= settings.campaign.min_labels or (oracle and labeled):
+        model, metrics["train_seconds"] = train_model(settings, features, labeled, round_)
+        test_metrics, diagram = evaluate(model, features, settings.acquisition.samples, round_)
+        metrics.update(test_metrics)
+    else:
+        logger.info("%d labels < min_labels=%d: queueing a random batch", len(labeled), settings.campaign.min_labels)
+
+    pool = store.unlabeled_pool(campaign)
+    start = time.perf_counter()
+    scores = score_pool(model, features, pool, settings, round_)
+    metrics["acquisition_seconds"] = time.perf_counter() - start
+    metrics["pool_size"] = scores.pool_size
+    if scores.pool_size and model is not None:
+        metrics["pool_mean_aleatoric"] = float(scores.aleatoric.mean())
+        metrics["pool_mean_epistemic"] = float(scores.epistemic.mean())
+    queued = store.enqueue(campaign, round_, scores.entries)
+    metrics["n_queued"] = len(queued)
+
+    log_round(tracker, run_id, round_, metrics, queued, scores, diagram, model, settings.models_dir / campaign)
+    tracker.finish(run_id)
+    store.finish_round(campaign, round_, {"round": round_, **metrics})
+    return {"round": round_, **metrics}
+
+
+@flow(name="simulate_campaign")
+def simulate_campaign(settings: Settings) -> list[dict[str, float]]:
+    """Rounds 1..``campaign.rounds`` with a simulated oracle; resumes where an earlier run stopped."""
+    store = LabelStore(settings.store_url)
+    prepare_campaign(settings, store, simulate=True)
+    campaign = settings.campaign_name
+    while store.next_round(campaign) <= settings.campaign.rounds:
+        print_round(labeling_round(settings, oracle=True))
+    return store.round_metrics(campaign)[: settings.campaign.rounds]

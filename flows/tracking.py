@@ -1,0 +1,87 @@
+"""MLflow records of a campaign: experiment = campaign, a parent run per campaign, a nested run per round.
+
+Runs are found again by tags (``beliefloop.role``, ``beliefloop.round``), so a re-run of a crashed round logs
+into the same run instead of creating a second one. Everything goes through ``MlflowClient`` with explicit run
+ids: fluent ``mlflow.log_*`` calls from Prefect worker threads would not see the active run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+ROLE, ROUND = "beliefloop.role", "beliefloop.round"
+
+
+class CampaignTracker:
+    """Finds or creates the campaign's experiment and runs in one tracking store."""
+
+    def __init__(self, tracking_uri: str, artifact_root: str, campaign: str) -> None:
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.campaign = campaign
+        experiment = self.client.get_experiment_by_name(campaign)
+        if experiment is None:
+            self.experiment_id = self.client.create_experiment(
+                campaign, artifact_location=f"{artifact_root.rstrip('/')}/{campaign}"
+            )
+        else:
+            self.experiment_id = experiment.experiment_id
+
+    def _find(self, filter_string: str) -> str | None:
+        runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def campaign_run(self, params: Mapping[str, Any]) -> str:
+        """The parent run of the campaign (created on first use, with the campaign's params)."""
+        run_id = self._find(f"tags.`{ROLE}` = 'campaign'")
+        if run_id is None:
+            run = self.client.create_run(self.experiment_id, tags={ROLE: "campaign", MLFLOW_RUN_NAME: self.campaign})
+            run_id = run.info.run_id
+            self.log_params(run_id, params)
+        return run_id
+
+    def round_run(self, parent_run_id: str, round_: int) -> str:
+        """The nested run of ``round_``; reopened (status RUNNING) when a crashed round is re-run."""
+        run_id = self._find(f"tags.`{ROLE}` = 'round' and tags.`{ROUND}` = '{round_}'")
+        if run_id is None:
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=f"round-{round_:03d}",
+                tags={ROLE: "round", ROUND: str(round_), MLFLOW_PARENT_RUN_ID: parent_run_id},
+            )
+            return run.info.run_id
+        self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        return run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        existing = self.client.get_run(run_id).data.params
+        for key, value in _flatten(params).items():
+            if key not in existing:
+                self.client.log_param(run_id, key, value)
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        for key, value in metrics.items():
+            self.client.log_metric(run_id, key, float(value), step=step)
+
+    def log_artifacts(self, run_id: str, paths: list[Path]) -> None:
+        for path in paths:
+            self.client.log_artifact(run_id, str(path))
+
+    def finish(self, run_id: str) -> None:
+        self.client.set_terminated(run_id, status="FINISHED")
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat

@@ -1,0 +1,391 @@
+"""Dataset import: each format gives model-ready arrays; each bad file names the file and the problem."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import datasets as skd
+
+from data import Dataset, DatasetError, load_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+MNIST_CANDIDATES = (Path("/work/shared/data/mnist.npz"), REPO.parent / "shared" / "data" / "mnist.npz")
+
+
+def _npz(path: Path, **arrays) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def _table(n: int = 40, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    labels = np.array(["cat", "dog"], dtype=object)[np.arange(n) % 2]
+    labels[[3, 10]] = None  # unlabeled rows
+    return pd.DataFrame(
+        {
+            "item": [f"it{i:03d}" for i in range(n)],
+            "f1": rng.normal(5.0, 2.0, n),
+            "f2": rng.integers(0, 10, n),
+            "const": np.ones(n),
+            "animal": labels,
+        }
+    )
+
+
+def _assert_standardised(d: Dataset, raw_train: np.ndarray, raw_test: np.ndarray) -> None:
+    mean, std = raw_train.mean(0), raw_train.std(0)
+    std[std == 0] = 1
+    np.testing.assert_allclose(d.x_train, (raw_train - mean) / std, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(d.x_test, (raw_test - mean) / std, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ bundled
+
+
+@pytest.mark.parametrize("name", ["digits", "breast_cancer", "wine", "iris"])
+def test_bundled_sets_are_split_stratified_and_standardised_with_train_stats(name):
+    d = load_dataset(name, test_fraction=0.25, split_seed=3)
+    bunch = getattr(skd, f"load_{name}")()
+    n, dim = bunch.data.shape
+    assert (d.name, d.source, d.is_image, d.feature_shape) == (name, name, False, (dim,))
+    assert d.classes == tuple(str(c) for c in bunch.target_names) and d.n_classes == len(bunch.target_names)
+    assert d.x_train.dtype == d.x_test.dtype == np.float32
+    assert d.y_train.dtype == d.y_test.dtype == np.int64 and d.ids_train.dtype.kind == "U"
+    assert len(d.x_train) + len(d.x_test) == n
+    rows_train = np.array([int(i.split("-")[1]) for i in d.ids_train])
+    rows_test = np.array([int(i.split("-")[1]) for i in d.ids_test])
+    assert sorted([*rows_train, *rows_test]) == list(range(n))  # ids name the source row
+    np.testing.assert_array_equal(d.y_train, bunch.target[rows_train])
+    np.testing.assert_array_equal(d.y_test, bunch.target[rows_test])
+    _assert_standardised(d, bunch.data[rows_train], bunch.data[rows_test])
+    for c in range(d.n_classes):  # stratified: each class sends round(n_c / 4) rows to test
+        n_c = int((bunch.target == c).sum())
+        assert (d.y_test == c).sum() == int(np.floor(n_c * 0.25 + 0.5))
+
+
+def test_bundled_split_is_deterministic_and_ids_are_stable_across_splits():
+    a, b = load_dataset("digits"), load_dataset("digits")
+    np.testing.assert_array_equal(a.ids_train, b.ids_train)
+    np.testing.assert_array_equal(a.x_test, b.x_test)
+    assert a.ids_train[0] == "row-0000" and all(len(i) == 8 for i in a.ids_train)  # 1797 rows: 4 digits
+    other = load_dataset("digits", split_seed=1)
+    assert not np.array_equal(a.ids_test, other.ids_test)
+    half = load_dataset("digits", test_fraction=0.5)
+    raw = skd.load_digits().target
+    for d in (a, other, half):  # an id always denotes the same source row, whatever the split
+        np.testing.assert_array_equal(d.y_test, raw[[int(i[4:]) for i in d.ids_test]])
+
+
+def test_unknown_bundled_name():
+    with pytest.raises(DatasetError, match=r"mnist_fashion: unknown dataset name.*digits.*\.npz"):
+        load_dataset("mnist_fashion")
+
+
+def test_bad_test_fraction():
+    with pytest.raises(DatasetError, match="test_fraction"):
+        load_dataset("iris", test_fraction=1.0)
+
+
+# ------------------------------------------------------------------------------------------ npz
+
+
+def test_npz_uint8_images_get_a_channel_and_are_scaled(tmp_path):
+    rng = np.random.default_rng(0)
+    x_train = rng.integers(0, 256, (12, 5, 6), dtype=np.uint8)
+    x_test = rng.integers(0, 256, (4, 5, 6), dtype=np.uint8)
+    y_train = np.array([3, 7, -1, 3, 7, -1, 3, 7, 3, 7, 3, 7])
+    path = _npz(tmp_path / "imgs.npz", x_train=x_train, x_test=x_test, y_train=y_train, y_test=[7, 3, 3, 7])
+    d = load_dataset(path)
+    assert (d.name, d.source, d.is_image, d.feature_shape) == ("imgs", str(path.resolve()), True, (1, 5, 6))
+    assert d.x_train.dtype == np.float32 and d.x_train.shape == (12, 1, 5, 6)
+    np.testing.assert_allclose(d.x_train[:, 0], x_train / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(d.x_test[:, 0], x_test / 255.0, rtol=1e-6)
+    assert d.classes == ("3", "7")  # sorted known labels, remapped to indices
+    np.testing.assert_array_equal(d.y_train, [0, 1, -1, 0, 1, -1, 0, 1, 0, 1, 0, 1])
+    np.testing.assert_array_equal(d.y_test, [1, 0, 0, 1])
+    assert d.ids_train[0] == "train-00" and d.ids_test[-1] == "test-3"
+    again = load_dataset(path)
+    np.testing.assert_array_equal(again.ids_train, d.ids_train)
+    np.testing.assert_array_equal(again.x_train, d.x_train)
+
+
+def test_npz_channels_last_images_move_channels_first(tmp_path):
+    rng = np.random.default_rng(1)
+    x_train = rng.integers(0, 256, (6, 8, 9, 3), dtype=np.uint8)
+    x_test = rng.integers(0, 256, (2, 8, 9, 3), dtype=np.uint8)
+    path = _npz(tmp_path / "rgb.npz", x_train=x_train, x_test=x_test, y_test=[0, 1])
+    d = load_dataset(path)
+    assert d.feature_shape == (3, 8, 9) and d.x_train.flags.c_contiguous
+    np.testing.assert_allclose(d.x_train[4, 2, 7, 1], x_train[4, 7, 1, 2] / 255.0, rtol=1e-6)
+
+
+def test_npz_float_channels_first_images_are_kept_as_given(tmp_path):
+    x_train = np.random.default_rng(2).normal(size=(5, 1, 4, 4))
+    path = _npz(tmp_path / "f.npz", x_train=x_train, x_test=x_train[:2], y_test=[1, 0])
+    d = load_dataset(path)
+    np.testing.assert_array_equal(d.x_train, x_train.astype(np.float32))
+
+
+def test_npz_without_y_train_is_an_unlabeled_pool_with_given_ids_and_classes(tmp_path):
+    x = np.random.default_rng(3).normal(3.0, 2.0, (10, 4))
+    path = _npz(
+        tmp_path / "vec.npz",
+        x_train=x[:7],
+        x_test=x[7:],
+        y_test=np.array(["b", "a", "b"]),
+        ids_train=np.array([f"u{i}" for i in range(7)]),
+        ids_test=np.array(["t0", "t1", "t2"]),
+        classes=np.array(["b", "a", "c"]),
+    )
+    d = load_dataset(path)
+    assert d.classes == ("b", "a", "c") and not d.is_image and d.feature_shape == (4,)
+    np.testing.assert_array_equal(d.y_train, np.full(7, -1))
+    np.testing.assert_array_equal(d.y_test, [0, 1, 0])
+    assert list(d.ids_test) == ["t0", "t1", "t2"] and d.ids_train[6] == "u6"
+    _assert_standardised(d, x[:7], x[7:])
+
+
+def test_npz_integer_labels_index_given_classes(tmp_path):
+    x = np.zeros((4, 2))
+    path = _npz(tmp_path / "c.npz", x_train=x, x_test=x, y_test=[0, 2, 1, 2], classes=np.array(["x", "y", "z"]))
+    assert list(load_dataset(path).y_test) == [0, 2, 1, 2]
+    bad = _npz(tmp_path / "c3.npz", x_train=x, x_test=x, y_test=[0, 3, 1, 2], classes=np.array(["x", "y", "z"]))
+    with pytest.raises(DatasetError, match=r"c3\.npz: y_test row 1 is 3, expected a class index 0\.\.2"):
+        load_dataset(bad)
+
+
+@pytest.mark.parametrize(
+    ("arrays", "pattern"),
+    [
+        (
+            {"x_train": np.zeros((3, 2)), "y_test": [0]},
+            r"missing key 'x_test'; found keys \['x_train', 'y_test'\]",
+        ),
+        (
+            {"x_train": np.zeros((3, 2)), "y_train": [0, 1], "x_test": np.zeros((1, 2)), "y_test": [0]},
+            r"length mismatch, x_train has 3 rows but y_train has shape \(2,\)",
+        ),
+        (
+            {"x_train": np.zeros((3, 2)), "x_test": np.zeros((2, 2)), "y_test": [0, 1, 1]},
+            r"length mismatch, x_test has 2 rows but y_test has shape \(3,\)",
+        ),
+        (
+            {"x_train": np.zeros((3, 2)), "x_test": np.zeros((1, 3)), "y_test": [0]},
+            r"feature shape differs, x_train \(2,\) vs x_test \(3,\)",
+        ),
+        (
+            {"x_train": np.array([[0, 1], [1, np.nan], [2, 2]]), "x_test": np.zeros((1, 2)), "y_test": [0]},
+            r"NaN/inf in x_train row 1 \(id 'train-1'\)",
+        ),
+        (
+            {"x_train": np.zeros((2, 2)), "x_test": np.zeros((3, 2)), "y_test": [0, -1, 1]},
+            r"test labels must all be known, test row 1 \(id 'test-1'\) is unlabeled",
+        ),
+        (
+            {
+                "x_train": np.zeros((2, 2)),
+                "x_test": np.zeros((1, 2)),
+                "y_test": [0],
+                "ids_test": ["a"],
+                "ids_train": ["b", "a"],
+            },
+            r"duplicate item id 'a'",
+        ),
+        (
+            {"x_train": np.zeros((2, 2)), "x_test": np.zeros((1, 2)), "y_test": [0.5]},
+            r"y_test row 0 is 0\.5, expected an integer class",
+        ),
+        (
+            {"x_train": np.zeros((2, 2)), "x_test": np.zeros((1, 2)), "y_test": ["z"], "classes": ["a", "b"]},
+            r"y_test row 0 is 'z', not one of \['a', 'b'\]",
+        ),
+        (
+            {"x_train": np.zeros((2, 5, 5, 5)), "x_test": np.zeros((1, 5, 5, 5)), "y_test": [0]},
+            r"x_train has shape \(2, 5, 5, 5\); expected",
+        ),
+        (
+            {"x_train": np.zeros((2, 2)), "x_test": np.zeros((1, 2)), "y_test": [0], "y_trian": [0, 1]},
+            r"unexpected keys \['y_trian'\]; known keys are",
+        ),
+    ],
+    ids=[
+        "missing-key",
+        "length-train",
+        "length-test",
+        "shape",
+        "nan-row",
+        "unlabeled-test",
+        "duplicate-id",
+        "float-label",
+        "unknown-class",
+        "bad-image-shape",
+        "misspelt-key",
+    ],
+)
+def test_bad_npz_names_file_and_problem(tmp_path, arrays, pattern):
+    path = _npz(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DatasetError, match=re.escape(f"{path.resolve()}: ") + pattern):
+        load_dataset(path)
+
+
+def test_npz_with_pickled_object_arrays_is_refused(tmp_path):
+    path = _npz(
+        tmp_path / "obj.npz",
+        x_train=np.zeros((2, 2)),
+        x_test=np.zeros((1, 2)),
+        y_test=np.array([0], dtype=object),
+    )
+    with pytest.raises(DatasetError, match=r"obj\.npz: cannot read as \.npz without pickles"):
+        load_dataset(path)
+
+
+def test_npz_not_a_zip(tmp_path):
+    path = tmp_path / "junk.npz"
+    path.write_text("hello")
+    with pytest.raises(DatasetError, match=r"junk\.npz: cannot read"):
+        load_dataset(path)
+
+
+def test_column_options_are_rejected_for_npz(tmp_path):
+    path = _npz(tmp_path / "v.npz", x_train=np.zeros((2, 2)), x_test=np.zeros((1, 2)), y_test=[0])
+    with pytest.raises(DatasetError, match="CSV and Parquet tables only"):
+        load_dataset(path, label_column="y")
+
+
+def test_mnist_npz_imports_as_images():
+    path = next((p for p in MNIST_CANDIDATES if p.is_file()), None)
+    if path is None:
+        pytest.skip(f"shared MNIST file absent (looked in {[str(p) for p in MNIST_CANDIDATES]})")
+    d = load_dataset(path)
+    assert d.name == "mnist" and d.is_image and d.feature_shape == (1, 28, 28)
+    assert d.x_train.shape == (60000, 1, 28, 28) and d.x_test.shape == (10000, 1, 28, 28)
+    assert d.x_train.dtype == np.float32 and d.x_train.min() >= 0.0 and d.x_train.max() == 1.0
+    assert d.classes == tuple(str(i) for i in range(10)) and (d.y_train >= 0).all()
+    assert d.ids_train[59999] == "train-59999" and d.ids_test[0] == "test-0000"
+
+
+# ------------------------------------------------------------------------------------------ tables
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".pq"])
+def test_table_import_with_ids_unlabeled_rows_and_stratified_split(tmp_path, suffix):
+    frame = _table()
+    path = tmp_path / f"animals{suffix}"
+    frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path)
+    d = load_dataset(path, label_column="animal", id_column="item", test_fraction=0.25, split_seed=5)
+    assert d.name == "animals" and d.classes == ("cat", "dog") and d.feature_shape == (3,)
+    assert {"it003", "it010"} <= set(d.ids_train)  # unlabeled rows stay in the train pool
+    assert (d.y_train == -1).sum() == 2 and (d.y_test >= 0).all()
+    assert (d.y_test == 0).sum() == (d.y_test == 1).sum() == 5  # 19 labeled per class: round(19 / 4)
+    rows_train = [int(i[2:]) for i in d.ids_train]
+    rows_test = [int(i[2:]) for i in d.ids_test]
+    raw = frame[["f1", "f2", "const"]].to_numpy(float)
+    _assert_standardised(d, raw[rows_train], raw[rows_test])
+    expected = frame["animal"].map({"cat": 0, "dog": 1}).fillna(-1).to_numpy()
+    np.testing.assert_array_equal(d.y_train, expected[rows_train])
+    again = load_dataset(path, label_column="animal", id_column="item", test_fraction=0.25, split_seed=5)
+    np.testing.assert_array_equal(again.ids_test, d.ids_test)
+
+
+def test_csv_default_ids_and_split_column(tmp_path):
+    frame = _table(12).drop(columns="item")
+    frame["split"] = ["train"] * 9 + ["test", " TEST", "test"]
+    frame.loc[10, "animal"] = "cat"  # row 3 stays unlabeled, in train
+    path = tmp_path / "s.csv"
+    frame.to_csv(path, index=False)
+    d = load_dataset(path, label_column="animal")
+    assert list(d.ids_test) == ["row-09", "row-10", "row-11"] and d.ids_train[0] == "row-00"
+    assert d.feature_shape == (3,)  # 'split' is not a feature
+    assert d.y_train[3] == -1 and d.ids_train[3] == "row-03"
+
+
+def test_parquet_nullable_integer_labels_keep_numeric_order(tmp_path):
+    path = tmp_path / "nullable.parquet"
+    labels = pd.array([10, 2, None, 10, 2, 10, 2, 2], dtype="Int64")
+    pd.DataFrame({"x": np.arange(8.0), "y": labels}).to_parquet(path)
+    d = load_dataset(path, label_column="y")
+    assert d.classes == ("2", "10") and (d.y_train == -1).sum() == 1
+
+
+def test_csv_integer_labels_with_blanks(tmp_path):
+    path = tmp_path / "ints.csv"
+    path.write_text("x,y\n1,10\n2,2\n3,\n4,10\n5,2\n6,10\n7,2\n8,2\n")
+    d = load_dataset(path, label_column="y")
+    assert d.classes == ("2", "10")  # numeric order, not string order
+    assert (d.y_train == -1).sum() == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "kwargs", "pattern"),
+    [
+        ("a,b,y\n1,2,c\n", {}, r"label_column is required; columns are \['a', 'b', 'y'\]"),
+        ("a,b,y\n1,2,c\n", {"label_column": "label"}, r"label column 'label' not found; columns are"),
+        ("a,b,y\n1,2,c\n", {"label_column": "y", "id_column": "id"}, r"id column 'id' not found"),
+        ("a,b,y\n1,2,c\n1,x,d\n", {"label_column": "y"}, r"feature column 'b' is not numeric .*e\.g\. 'x'"),
+        ("a,b,y\n1,2,c\n1,,d\n", {"label_column": "y"}, r"NaN/inf in row 1 \(id 'row-1'\), column 'b'"),
+        ("a,b,y\n1,2,c\n1,3,d\n", {"label_column": "y", "id_column": "a"}, r"duplicate item id '1'"),
+        ("a,y,split\n1,c,train\n2,,test\n", {"label_column": "y"}, r"test row 0 \(id 'row-1'\) is unlabeled"),
+        ("a,y,split\n1,c,train\n2,d,val\n", {"label_column": "y"}, r"column 'split' in row 1 .* is 'val'"),
+        ("a,b,y\n", {"label_column": "y"}, r"no data rows"),
+        ("", {"label_column": "y"}, r"file is empty"),
+        ("a,y\n1,\n2,\n", {"label_column": "y"}, r"test split is empty"),
+    ],
+    ids=[
+        "no-label-column",
+        "missing-label-column",
+        "missing-id-column",
+        "non-numeric",
+        "nan",
+        "duplicate-id",
+        "unlabeled-test",
+        "bad-split",
+        "header-only",
+        "empty",
+        "nothing-labeled",
+    ],
+)
+def test_bad_csv_names_file_and_problem(tmp_path, text, kwargs, pattern):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(DatasetError, match=pattern) as info:
+        load_dataset(path, **kwargs)
+    assert "bad.csv" in str(info.value)
+
+
+def test_bad_parquet_names_file(tmp_path):
+    path = tmp_path / "bad.parquet"
+    pd.DataFrame({"a": [1.0, 2.0], "b": ["p", "q"], "y": ["c", "d"]}).to_parquet(path)
+    with pytest.raises(DatasetError, match=r"bad\.parquet: feature column 'b' is not numeric .*e\.g\. 'p'"):
+        load_dataset(path, label_column="y")
+    path.write_bytes(b"not parquet")
+    with pytest.raises(DatasetError, match=r"bad\.parquet: cannot read table"):
+        load_dataset(path, label_column="y")
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+def test_unsupported_extension_and_missing_file(tmp_path):
+    odd = tmp_path / "data.xlsx"
+    odd.write_text("x")
+    with pytest.raises(DatasetError, match=r"data\.xlsx: unsupported file extension '\.xlsx'.*\.npz, \.csv"):
+        load_dataset(odd)
+    with pytest.raises(DatasetError, match=r"nope\.npz: file not found"):
+        load_dataset(tmp_path / "nope.npz")
+    empty = tmp_path / "zero.npz"
+    empty.write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"zero\.npz: file is empty"):
+        load_dataset(empty)
+
+
+def test_dataset_constructor_validates(tmp_path):
+    x = np.zeros((2, 3), np.float32)
+    ids = np.array(["a", "b"])
+    with pytest.raises(DatasetError, match=r"y_test row 1 \(id 'd'\) is 5, expected 0\.\.1"):
+        Dataset("n", "s", x, np.array([0, -1]), x, np.array([0, 5]), ids, np.array(["c", "d"]), ("p", "q"))
+    with pytest.raises(DatasetError, match="x_train must be float32"):
+        Dataset("n", "s", x.astype(float), np.array([0, -1]), x, np.array([0, 1]), ids, ids, ("p", "q"))

@@ -1,0 +1,142 @@
+"""Real Prefect flow runs writing a real MLflow store and SQLite label store, read back independently."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from mlflow.tracking import MlflowClient
+
+from data.store import LabelStore, queue
+from flows.settings import load_settings
+
+BELIEFLOOP = [sys.executable, "-m", "flows"]
+
+
+@pytest.fixture(scope="module")
+def prefect_no_heartbeat():
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
+def _small(workspace: Path, **campaign):
+    return load_settings(
+        None,
+        {
+            "workspace": workspace,
+            "dataset": {"name": "iris"},
+            "campaign": {"rounds": 2, "k": 5, "initial": 9, **campaign},
+            "model": {"steps": 50},
+            "acquisition": {"samples": 8},
+        },
+    )
+
+
+def _queue_counts(store: LabelStore, campaign: str) -> dict[int, int]:
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(queue.c.round, sa.func.count(sa.distinct(queue.c.item_id)), sa.func.count())
+            .where(queue.c.campaign == campaign)
+            .group_by(queue.c.round)
+        ).all()
+    assert all(distinct == total for _, distinct, total in rows)
+    return {r: distinct for r, distinct, _ in rows}
+
+
+def test_two_round_campaign_writes_mlflow_and_queue(tmp_path, prefect_no_heartbeat):
+    from flows.rounds import simulate_campaign
+
+    settings = _small(tmp_path / "w")
+    results = simulate_campaign(settings)
+    assert [r["round"] for r in results] == [1, 2]
+    assert [r["n_labeled"] for r in results] == [9, 14]
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'w' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(settings.campaign_name)
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("beliefloop.role") == "campaign"]
+    rounds = [r for r in runs if r.data.tags.get("beliefloop.role") == "round"]
+    assert len(parents) == 1 and len(rounds) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in rounds} == {parents[0].info.run_id}
+    assert parents[0].data.params["acquisition.name"] == "bald"
+    for run in rounds:
+        step = int(run.data.tags["beliefloop.round"])
+        history = client.get_metric_history(run.info.run_id, "test_accuracy")
+        assert [m.step for m in history] == [step]
+        assert 0.0 <= history[0].value <= 1.0
+        assert history[0].value == pytest.approx(results[step - 1]["test_accuracy"])
+        for key in ("n_labeled", "test_nll", "test_ece", "test_brier"):
+            assert key in run.data.metrics
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"queued_batch.csv", "reliability.png", "uncertainty.png"} <= artifacts
+        csv_path = client.download_artifacts(run.info.run_id, "queued_batch.csv", str(tmp_path))
+        lines = Path(csv_path).read_text().splitlines()
+        assert len(lines) == 1 + 5 and lines[0].startswith("round,rank,item_id")
+
+    store = LabelStore(settings.store_url)
+    assert _queue_counts(store, settings.campaign_name) == {1: 5, 2: 5}
+    # Round 1's batch was answered by the oracle before round 2 trained; round 2's still waits.
+    assert {q.status for q in store.queued(settings.campaign_name, round_=1)} == {"labeled"}
+    assert {q.status for q in store.queued(settings.campaign_name, round_=2)} == {"pending"}
+
+
+def test_killed_round_rerun_adds_no_duplicates(tmp_path):
+    workspace = tmp_path / "w"
+    args = [
+        *BELIEFLOOP,
+        "simulate",
+        "--dataset",
+        "iris",
+        "--rounds",
+        "3",
+        "--k",
+        "5",
+        "--initial",
+        "9",
+        "--samples",
+        "4",
+        "--workspace",
+        str(workspace),
+    ]
+    env = {**os.environ, "BELIEFLOOP_MODEL__STEPS": "200"}
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    campaign = "iris-bald-seed0"
+    store = LabelStore.for_workspace(workspace)
+    deadline = time.monotonic() + 240
+    # Kill the whole process group as soon as round 3 has started (it is mid-round then).
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with store.engine.connect() as conn:
+                started = conn.exec_driver_sql(
+                    "SELECT count(*) FROM rounds WHERE campaign = ? AND round = 3 AND status = 'running'",
+                    (campaign,),
+                ).scalar()
+        except sa.exc.OperationalError:
+            started = 0
+        if started:
+            os.killpg(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, process.stdout.read().decode()[-2000:]
+    assert store.next_round(campaign) == 3
+
+    json_path = tmp_path / "metrics.json"
+    rerun = subprocess.run([*args, "--json", str(json_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert _queue_counts(store, campaign) == {1: 5, 2: 5, 3: 5}
+    metrics = json.loads(json_path.read_text())
+    assert [m["round"] for m in metrics] == [1, 2, 3]
+    assert [m["n_labeled"] for m in metrics] == [9, 14, 19]
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(campaign)
+    tags = [r.data.tags.get("beliefloop.round") for r in client.search_runs([experiment.experiment_id])]
+    assert sorted(t for t in tags if t) == ["1", "2", "3"]
