@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import os
@@ -13,8 +14,33 @@ from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Bayesian active learning campaigns.")
-queue_app = typer.Typer(no_args_is_help=True, help="Inspect the labeling queue.")
+
+class _App(typer.Typer):
+    """Typer app whose commands report bad input (file, item, key) in one line instead of a traceback."""
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+
+        def decorator(function):
+            @functools.wraps(function)
+            def friendly(*f_args, **f_kwargs):
+                from data import DatasetError
+                from data.store import StoreError
+                from flows.settings import SettingsError
+
+                try:
+                    return function(*f_args, **f_kwargs)
+                except (DatasetError, StoreError, SettingsError) as error:
+                    typer.secho(f"error: {error}", fg="red", err=True)
+                    raise typer.Exit(2) from None
+
+            return register(friendly)
+
+        return decorator
+
+
+app = _App(no_args_is_help=True, add_completion=False, help="Bayesian active learning campaigns.")
+queue_app = _App(no_args_is_help=True, help="Inspect the labeling queue.")
 app.add_typer(queue_app, name="queue")
 
 ParamsOpt = Annotated[Path | None, typer.Option("--params", help="params.yaml to read (DVC's params file).")]
@@ -51,12 +77,9 @@ def _flow_context():
 
 
 def _settings(params: Path | None, overrides: dict[str, Any]):
-    from flows.settings import SettingsError, load_settings
+    from flows.settings import load_settings
 
-    try:
-        return load_settings(params, overrides)
-    except SettingsError as error:
-        raise typer.BadParameter(str(error)) from None
+    return load_settings(params, overrides)
 
 
 def _resolve_campaign(settings, store, campaign: str | None) -> str:
@@ -82,6 +105,9 @@ def simulate(
     workspace: WorkspaceOpt = None,
     campaign: CampaignOpt = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write per-round metrics as a JSON list.")] = None,
+    summary_path: Annotated[
+        Path | None, typer.Option("--summary", help="Write final and mean metrics as one JSON object (DVC metrics).")
+    ] = None,
     params: ParamsOpt = None,
 ) -> None:
     """Run a simulated campaign: an oracle answers the queue from held-back labels."""
@@ -106,8 +132,9 @@ def simulate(
 
         results = simulate_campaign(settings)
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(results, indent=2))
+        _write_json(json_path, results)
+    if summary_path:
+        _write_json(summary_path, campaign_summary(results))
     _print_ui_hint(settings.workspace)
 
 
@@ -222,6 +249,22 @@ def ui(
     typer.echo(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C stops it)")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri]
     raise typer.Exit(subprocess.call([*command, "--host", "127.0.0.1", "--port", str(port)]))
+
+
+def campaign_summary(results: list[dict[str, float]]) -> dict[str, float]:
+    """Final-round metrics plus the mean test accuracy over rounds (the area under the learning curve)."""
+    final = results[-1]
+    summary = {key: final[key] for key in ("n_labeled", "test_accuracy", "test_nll", "test_ece") if key in final}
+    accuracies = [r["test_accuracy"] for r in results if "test_accuracy" in r]
+    if accuracies:
+        summary["mean_test_accuracy"] = sum(accuracies) / len(accuracies)
+    summary["rounds"] = len(results)
+    return summary
+
+
+def _write_json(path: Path, value: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2))
 
 
 def _print_ui_hint(workspace: Path) -> None:

@@ -1,0 +1,74 @@
+"""A live campaign through the real CLI: cold-start batch, people's labels, a trained round, bad input."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_iris
+
+from data.store import LabelStore
+
+CLI = [sys.executable, "-m", "flows"]
+
+
+def _cli(*args, check=True):
+    result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture()
+def unlabeled_npz(tmp_path):
+    x, y = load_iris(return_X_y=True)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(y))
+    train, test = order[:120], order[120:]
+    path = tmp_path / "flowers.npz"
+    np.savez(path, x_train=x[train], y_train=np.full(len(train), -1), x_test=x[test], y_test=y[test])
+    return path, y[train]
+
+
+def test_live_round_label_and_train(tmp_path, unlabeled_npz):
+    path, truth = unlabeled_npz
+    workspace = tmp_path / "w"
+    common = ["--workspace", str(workspace)]
+    out = _cli("round", "--dataset", str(path), "--k", "12", *common).stdout
+    assert "12 items wait in the queue" in out
+    store = LabelStore.for_workspace(workspace)
+    batch = store.queued("flowers", round_=1)
+    assert len(batch) == 12 and {q.acquisition for q in batch} == {"random"}  # cold start
+
+    listing = _cli("queue", "list", "--status", "pending", *common).stdout
+    assert batch[0].item_id in listing
+
+    for q in batch[:11]:
+        _cli("label", "--item", q.item_id, "--label", str(int(truth[int(q.item_id.split("-")[1])])), *common)
+    bad = _cli("label", "--item", "train-999", "--label", "0", *common, check=False)
+    assert bad.returncode == 1 and "train-999" in bad.stderr and "unknown item" in bad.stderr
+    bad_class = _cli("label", "--item", batch[11].item_id, "--label", "7", *common, check=False)
+    assert bad_class.returncode == 1 and "unknown class 7" in bad_class.stderr
+    assert len(store.current_labels("flowers")) == 11
+
+    # min_labels defaults to 20: still a random batch; with it lowered the round trains and uses BALD.
+    env_round = _cli("round", "--dataset", str(path), "--k", "5", *common, "--acquisition", "bald")
+    assert "5 items wait" in env_round.stdout
+    assert {q.acquisition for q in store.queued("flowers", round_=2)} == {"random"}
+    params = tmp_path / "params.yaml"
+    params.write_text("campaign:\n  min_labels: 10\nmodel:\n  steps: 50\nacquisition:\n  samples: 4\n")
+    trained = _cli("round", "--dataset", str(path), "--k", "5", *common, "--params", str(params)).stdout
+    assert "5 items wait" in trained
+    third = store.queued("flowers", round_=3)
+    assert {q.acquisition for q in third} == {"bald"} and all(q.predicted is not None for q in third)
+    metrics = store.round_metrics("flowers")
+    assert [m["round"] for m in metrics] == [1, 2, 3]
+    assert "test_accuracy" in metrics[2] and "test_accuracy" not in metrics[0]
+
+
+def test_bad_dataset_file_gives_clear_error(tmp_path):
+    broken = tmp_path / "broken.npz"
+    np.savez(broken, x_train=np.zeros((3, 2)), x_test=np.zeros((2, 2)))
+    result = _cli("round", "--dataset", str(broken), "--workspace", str(tmp_path / "w"), check=False)
+    assert result.returncode != 0
+    assert "broken.npz" in result.stderr + result.stdout and "y_test" in result.stderr + result.stdout

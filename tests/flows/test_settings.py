@@ -1,0 +1,45 @@
+"""Settings: defaults < params.yaml < BELIEFLOOP_* environment < CLI overrides; unknown keys are named."""
+
+import pytest
+
+from flows.settings import SettingsError, load_settings
+
+
+def test_layers_override_in_order(tmp_path, monkeypatch):
+    params = tmp_path / "params.yaml"
+    params.write_text("campaign:\n  k: 7\n  rounds: 4\nacquisition:\n  name: random\n")
+    monkeypatch.setenv("BELIEFLOOP_CAMPAIGN__ROUNDS", "6")
+    settings = load_settings(params, {"campaign": {"seed": 3, "k": None}})
+    assert settings.campaign.k == 7  # from the file; a None flag means "not given"
+    assert settings.campaign.rounds == 6  # environment beats the file
+    assert settings.campaign.seed == 3  # CLI
+    assert settings.acquisition.name == "random"
+    assert settings.model.steps == 500  # default
+    assert settings.campaign_name == "digits-random-seed3"
+    assert settings.store_url.endswith("workspace/labels.db")
+
+
+def test_unknown_key_is_named(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("campaign:\n  rouns: 4\n")
+    with pytest.raises(SettingsError, match=r"campaign\.rouns.*Extra inputs"):
+        load_settings(params)
+
+
+def test_unknown_acquisition_lists_valid_names():
+    with pytest.raises(SettingsError, match=r"unknown acquisition 'bold'.*bald"):
+        load_settings(None, {"acquisition": {"name": "bold"}})
+
+
+def test_unreadable_params_file_is_named(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("- a list\n")
+    with pytest.raises(SettingsError, match="params.yaml: expected a mapping"):
+        load_settings(params)
+
+
+def test_repository_params_file_is_valid():
+    from pathlib import Path
+
+    settings = load_settings(Path(__file__).resolve().parents[2] / "params.yaml")
+    assert settings.dataset.name == "digits" and settings.acquisition.name == "bald"
