@@ -7,7 +7,9 @@ Every model family implements:
 ``predictive_samples(x, n) -> probs[S=n, N, C]``
     Samples of the class probabilities under the approximate posterior.
 ``log_evidence() -> float``
-    Log marginal likelihood (or a labelled bound) for model selection by Bayes factors.
+    Log marginal likelihood for model selection by Bayes factors. A family whose value is only a lower bound
+    (VI's ELBO) sets ``evidence_is_bound = True``; families without one (MC dropout, ensembles) raise
+    ``NotImplementedError`` saying so — fit a post-hoc :class:`Laplace` on their network instead.
 ``posterior()``
     Mean and precision/variance of the approximate posterior: the next round's prior.
 ``state_dict()`` / ``load_state_dict(state)``
@@ -16,7 +18,26 @@ Every model family implements:
 Networks are :class:`SplitNet` modules: a deterministic ``features`` backbone and a stochastic ``head``.
 """
 
-from bayes_models.architectures import SplitNet, build_network, gal_cnn, mlp, resolve_device
+from bayes_models.architectures import SplitNet, build_network, gal_cnn, mlp, resolve_device, seeded
+from bayes_models.ensemble import DeepEnsemble
 from bayes_models.mc_dropout import MCDropout, MCDropoutConfig
+from bayes_models.selection import bayes_factor_table
+from bayes_models.temperature import TemperatureScaling
+from bayes_models.vi import BayesLinear, MeanFieldVI, VIConfig
 
-__all__ = ["MCDropout", "MCDropoutConfig", "SplitNet", "build_network", "gal_cnn", "mlp", "resolve_device"]
+__all__ = [
+    "BayesLinear",
+    "DeepEnsemble",
+    "MCDropout",
+    "MCDropoutConfig",
+    "MeanFieldVI",
+    "SplitNet",
+    "TemperatureScaling",
+    "VIConfig",
+    "bayes_factor_table",
+    "build_network",
+    "gal_cnn",
+    "mlp",
+    "resolve_device",
+    "seeded",
+]

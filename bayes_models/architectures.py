@@ -6,7 +6,8 @@ samples through the head only (``DESIGN.md``, "Fast scoring"): the same predicti
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -64,10 +65,12 @@ def gal_cnn(
     return SplitNet(nn.Sequential(*features), nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, n_classes)))
 
 
-def build_network(feature_shape: Sequence[int], n_classes: int, *, hidden: int = 128, dropout: float = 0.5) -> SplitNet:
-    """MLP for vector features ``(D,)``, the Gal et al. CNN for images ``(C, H, W)``."""
+def build_network(
+    feature_shape: Sequence[int], n_classes: int, *, hidden: int = 128, depth: int = 2, dropout: float = 0.5
+) -> SplitNet:
+    """MLP for vector features ``(D,)`` (``depth`` hidden layers), the Gal et al. CNN for images ``(C, H, W)``."""
     if len(feature_shape) == 1:
-        return mlp(feature_shape[0], n_classes, hidden=hidden, dropout=dropout)
+        return mlp(feature_shape[0], n_classes, hidden=hidden, depth=depth, dropout=dropout)
     if len(feature_shape) == 3:
         channels, height, width = feature_shape
         return gal_cnn(channels, (height, width), n_classes, hidden=hidden, dropout=dropout)
@@ -79,3 +82,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Run a block on torch's global RNG seeded with ``seed``, restoring the caller's RNG state afterwards
+    (CPU, and ``device`` when it is a GPU), so models are repeatable without disturbing anyone else's stream."""
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield

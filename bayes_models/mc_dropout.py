@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bayes_models.architectures import SplitNet, build_network, resolve_device
+from bayes_models.architectures import SplitNet, build_network, resolve_device, seeded
 from bayes_models.training import train_map
 
 
@@ -19,6 +19,7 @@ class MCDropoutConfig:
     feature_shape: tuple[int, ...]
     n_classes: int
     hidden: int = 128
+    depth: int = 2
     dropout: float = 0.5
     steps: int = 500
     batch_size: int = 64
@@ -27,15 +28,10 @@ class MCDropoutConfig:
     seed: int = 0
 
 
-def _rng_devices(device: torch.device) -> list[int]:
-    """Devices whose RNG state ``fork_rng`` must save, so seeding here leaves the caller's streams alone."""
-    return [device.index or 0] if device.type == "cuda" else []
-
-
 @contextmanager
 def dropout_only(module: nn.Module) -> Iterator[None]:
     """Switch on dropout layers only, leaving BatchNorm and everything else in eval mode."""
-    previous = module.training
+    previous = {m: m.training for m in module.modules()}
     module.eval()
     dropouts = [m for m in module.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
     for layer in dropouts:
@@ -43,7 +39,8 @@ def dropout_only(module: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        module.train(previous)
+        for m, training in previous.items():
+            m.training = training
 
 
 def has_dropout(module: nn.Module) -> bool:
@@ -58,9 +55,12 @@ class MCDropout:
     ) -> None:
         self.config = config
         self.device = resolve_device(device)
-        self.network = network or build_network(
-            config.feature_shape, config.n_classes, hidden=config.hidden, dropout=config.dropout
-        )
+        if network is None:
+            with seeded(config.seed, self.device):
+                network = build_network(
+                    config.feature_shape, config.n_classes, hidden=config.hidden, dropout=config.dropout
+                )
+        self.network = network
         self.network.to(self.device)
         self.losses: list[float] = []
 
@@ -69,8 +69,7 @@ class MCDropout:
         if prior is not None:
             raise ValueError("MCDropout takes its prior from weight_decay; it cannot start from a posterior")
         generator = torch.Generator().manual_seed(self.config.seed)
-        with torch.random.fork_rng(devices=_rng_devices(self.device)):
-            torch.manual_seed(self.config.seed)
+        with seeded(self.config.seed, self.device):
             self.losses = train_map(
                 self.network,
                 x.to(self.device, torch.float32),
@@ -93,8 +92,7 @@ class MCDropout:
         net = self.network
         head_only = not has_dropout(net.features)
         chunks = []
-        with torch.random.fork_rng(devices=_rng_devices(self.device)), dropout_only(net):
-            torch.manual_seed(seed)
+        with seeded(seed, self.device), dropout_only(net):
             for start in range(0, x.shape[0], batch_size):
                 batch = x[start : start + batch_size].to(self.device, torch.float32, non_blocking=True)
                 if head_only:
