@@ -20,6 +20,8 @@ Networks are :class:`SplitNet` modules: a deterministic ``features`` backbone an
 
 from bayes_models.architectures import SplitNet, build_network, gal_cnn, mlp, resolve_device, seeded
 from bayes_models.ensemble import DeepEnsemble
+from bayes_models.laplace import GaussianBelief, Laplace, map_with_gaussian_prior, prior_from_posterior
+from bayes_models.linear import BayesianLinearRegression, polynomial_features, polynomial_log_evidences
 from bayes_models.mc_dropout import MCDropout, MCDropoutConfig
 from bayes_models.selection import bayes_factor_table
 from bayes_models.temperature import TemperatureScaling
@@ -27,7 +29,10 @@ from bayes_models.vi import BayesLinear, MeanFieldVI, VIConfig
 
 __all__ = [
     "BayesLinear",
+    "BayesianLinearRegression",
     "DeepEnsemble",
+    "GaussianBelief",
+    "Laplace",
     "MCDropout",
     "MCDropoutConfig",
     "MeanFieldVI",
@@ -37,7 +42,11 @@ __all__ = [
     "bayes_factor_table",
     "build_network",
     "gal_cnn",
+    "map_with_gaussian_prior",
     "mlp",
+    "polynomial_features",
+    "polynomial_log_evidences",
+    "prior_from_posterior",
     "resolve_device",
     "seeded",
 ]

@@ -34,7 +34,7 @@ def test_unknown_acquisition_lists_valid_names():
 def test_unreadable_params_file_is_named(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("- a list\n")
-    with pytest.raises(SettingsError, match="params.yaml: expected a mapping"):
+    with pytest.raises(SettingsError, match=r"params\.yaml: expected a mapping"):
         load_settings(params)
 
 

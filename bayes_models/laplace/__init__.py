@@ -1,0 +1,31 @@
+"""Laplace approximations (last-layer or all weights; full, KFAC or diagonal GGN), evidence and belief updates.
+
+``Laplace(net, "classification", subset="last_layer", structure="kfac").fit(x, y)`` →
+``optimize_prior_precision()`` → ``predict(x)`` / ``predictive_samples(x, S)`` → ``log_evidence()``;
+``posterior()`` is the next round's prior: ``fit(x_new, y_new, prior=prior_from_posterior(posterior))``.
+"""
+
+from bayes_models.laplace.belief import (
+    GaussianBelief,
+    as_precision,
+    map_with_gaussian_prior,
+    precision_from_state_dict,
+    prior_from_posterior,
+)
+from bayes_models.laplace.core import Laplace
+from bayes_models.laplace.diag import DiagPrecision
+from bayes_models.laplace.full import DensePrecision
+from bayes_models.laplace.kfac import KronBlock, KronPrecision
+
+__all__ = [
+    "DensePrecision",
+    "DiagPrecision",
+    "GaussianBelief",
+    "KronBlock",
+    "KronPrecision",
+    "Laplace",
+    "as_precision",
+    "map_with_gaussian_prior",
+    "precision_from_state_dict",
+    "prior_from_posterior",
+]

@@ -1,0 +1,345 @@
+"""Post-hoc Laplace approximation of a trained network (MacKay 1992; Daxberger et al. 2021, "Laplace Redux").
+
+The network's current weights are taken as the MAP ``θ*`` (it is not retrained). With the Gaussian prior
+``N(μ0, P0⁻¹)`` the posterior is ``N(θ*, H⁻¹)``, ``H = GGN + P0`` (GGN of the *summed* NLL), and the log
+marginal likelihood is
+
+    ``log Z = log p(D|θ*) − ½ (θ*−μ0)ᵀ P0 (θ*−μ0) − ½ log det H + ½ log det P0``
+
+(the ``(2π)^{P/2}`` of the Gaussian integral cancels the prior's normaliser); for a linear-Gaussian model it is
+the exact evidence. The structure modules (:mod:`.full`, :mod:`.diag`, :mod:`.kfac`) expose the same verbs
+(``isotropic``, ``accumulate``, ``posterior_precision``, ``functional_covariance`` and a precision class with
+``logdet``, ``quad``, ``sample``, ``jsj``, ``to_dense``, ``scaled``), and :class:`Laplace` dispatches to the one
+named by ``structure``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from bayes_models.laplace import diag, full, kfac
+from bayes_models.laplace._common import (
+    LIKELIHOODS,
+    STRUCTURES,
+    Subnet,
+    check_option,
+    data_fit,
+    hessian_sqrt,
+    log_likelihood,
+    per_group,
+    probit,
+    tensors_copied,
+    tensors_to,
+)
+from bayes_models.laplace.belief import GaussianBelief, Precision
+
+_OPS: dict[str, Any] = {"full": full, "diag": diag, "kfac": kfac}
+_PRIOR_STRUCTURES = {"full": ("full", "diag", "kfac"), "diag": ("diag",), "kfac": ("kfac",)}
+
+
+class Laplace:
+    """Laplace approximation over the ``subset`` weights of ``module`` with GGN ``structure``.
+
+    Parameters
+    ----------
+    module
+        The trained network (its current weights are ``θ*``). It must return outputs ``[N, C]`` (logits for
+        classification). ``subset="last_layer"`` covers the last ``nn.Linear`` (e.g. a :class:`SplitNet` head
+        ``Sequential(Dropout, Linear)``, dropout as identity), which must produce the output.
+    likelihood
+        ``"classification"`` (softmax cross-entropy) or ``"regression"`` (Gaussian, noise std ``sigma_noise``).
+    subset, structure
+        ``"last_layer"`` / ``"all"``; ``"full"`` (dense, exact GGN), ``"kfac"`` (``nn.Linear`` layers only) or
+        ``"diag"``. Evidence values compare only under one structure.
+    prior_precision
+        Isotropic prior precision ``δ``: a scalar, one per layer or (``full``/``diag``) one per weight.
+    prior_mean
+        ``μ0`` (scalar or ``[P]``); zero by default.
+    batch_size
+        Items per minibatch while accumulating curvature and predicting.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        likelihood: str = "classification",
+        subset: str = "last_layer",
+        structure: str = "full",
+        prior_precision: float | torch.Tensor = 1.0,
+        prior_mean: float | torch.Tensor | None = None,
+        sigma_noise: float = 1.0,
+        *,
+        batch_size: int = 256,
+    ) -> None:
+        check_option("likelihood", likelihood, LIKELIHOODS)
+        check_option("structure", structure, STRUCTURES)
+        self.module, self.likelihood, self.subset, self.structure = module, likelihood, subset, structure
+        self.batch_size = batch_size
+        self.subnet = Subnet(module, subset)
+        self._ops = _OPS[structure]
+        self.device, self.dtype = self.subnet.device, self.subnet.dtype
+        self.prior_precision = prior_precision
+        mean = torch.zeros(()) if prior_mean is None else torch.as_tensor(prior_mean, dtype=self.dtype)
+        self._base_prior_mean = mean.to(self.device, self.dtype).expand(self.subnet.n_params).clone()
+        self.prior_mean = self._base_prior_mean
+        self.sigma_noise = sigma_noise
+        self.prior_belief: GaussianBelief | None = None
+        self.mean: torch.Tensor | None = None
+        self.n_data, self.n_outputs = 0, 0
+        self._curvature: Any = None
+        self._fit: torch.Tensor | None = None
+        self._posterior: Precision | None = None
+
+    @property
+    def prior_precision(self) -> torch.Tensor:
+        return self._prior_precision
+
+    @prior_precision.setter
+    def prior_precision(self, value: float | torch.Tensor) -> None:
+        value = torch.as_tensor(value, dtype=self.dtype).to(self.device)
+        if bool((value <= 0).any()):
+            raise ValueError("prior precision must be positive")
+        self._ops.isotropic(self.subnet, value)  # validates the shape for this structure
+        self._prior_precision, self._posterior = value.detach().clone(), None
+
+    @property
+    def sigma_noise(self) -> float:
+        return float(self._sigma)
+
+    @sigma_noise.setter
+    def sigma_noise(self, value: float) -> None:
+        if value <= 0:
+            raise ValueError("sigma_noise must be positive")
+        self._sigma, self._posterior = torch.tensor(float(value), device=self.device, dtype=self.dtype), None
+
+    @property
+    def log_likelihood(self) -> float:
+        """``log p(D|θ*)`` of the fitted data."""
+        return float(log_likelihood(self._checked_fit(), self.n_data * self.n_outputs, self.likelihood, self._sigma))
+
+    def fit(self, x: torch.Tensor, y: torch.Tensor, prior: GaussianBelief | None = None) -> Laplace:
+        """Accumulate the GGN of the summed NLL over ``x[N, ...]``, ``y[N]`` in minibatches at ``θ*``.
+
+        ``prior``: an earlier posterior (see :func:`prior_from_posterior`) used as ``N(θ_prev, H_prev⁻¹)``
+        instead of the isotropic prior (a belief update: ``H = GGN + H_prev``). A full fit accepts any prior
+        structure; diag and KFAC fits need a prior of their own structure. ``prior=None`` restores the isotropic one.
+        """
+        if prior is not None:
+            if prior.subset != self.subset or prior.mean.shape != (self.subnet.n_params,):
+                raise ValueError(
+                    f"prior covers {prior.mean.shape[0]} weights ({prior.subset}); this Laplace covers "
+                    f"{self.subnet.n_params} ({self.subset})"
+                )
+            if prior.structure not in _PRIOR_STRUCTURES[self.structure]:
+                raise ValueError(f"a {self.structure} Laplace cannot use a {prior.structure} prior")
+            if (prior.mean.device, prior.mean.dtype) != (self.device, self.dtype):
+                prior = GaussianBelief.from_state_dict(prior.state_dict(), self.device, self.dtype)
+            self.prior_mean = prior.mean
+        else:
+            self.prior_mean = self._base_prior_mean
+        self.prior_belief = prior
+        self.mean = self.subnet.vector()
+        curvature, fit, n_outputs = None, torch.zeros((), device=self.device, dtype=self.dtype), 0
+        for start in range(0, x.shape[0], self.batch_size):
+            inp = self.subnet.inputs(x[start : start + self.batch_size])
+            with torch.no_grad():
+                out = self.subnet.forward(inp)
+            if out.dim() != 2:
+                raise ValueError(f"the network must return outputs [N, C]; got shape {tuple(out.shape)}")
+            n_outputs = out.shape[1]
+            fit += data_fit(out, y[start : start + self.batch_size], self.likelihood)
+            curvature = self._ops.accumulate(self.subnet, inp, hessian_sqrt(out, self.likelihood), curvature)
+        self._curvature, self._fit, self.n_data, self.n_outputs = curvature, fit, x.shape[0], n_outputs
+        self._posterior = None
+        if prior is not None:
+            self._posterior_precision()  # a prior that does not fit the layers fails here, not at first use
+        return self
+
+    def _checked_fit(self) -> torch.Tensor:
+        if self._fit is None:
+            raise RuntimeError("call fit(x, y) first")
+        return self._fit
+
+    def _prior(self, precision: torch.Tensor | None = None) -> Precision:
+        if self.prior_belief is not None:
+            return self.prior_belief.precision
+        return self._ops.isotropic(self.subnet, self._prior_precision if precision is None else precision)
+
+    def _log_evidence(self, precision: torch.Tensor | None = None, sigma: torch.Tensor | None = None) -> torch.Tensor:
+        fit = self._checked_fit()
+        sigma = self._sigma if sigma is None else sigma
+        prior = self._prior(precision)
+        scale = sigma**-2 if self.likelihood == "regression" else torch.ones_like(sigma)
+        posterior = self._ops.posterior_precision(self._curvature, prior, scale)
+        loglik = log_likelihood(fit, self.n_data * self.n_outputs, self.likelihood, sigma)
+        return loglik - 0.5 * prior.quad(self.mean - self.prior_mean) - 0.5 * posterior.logdet() + 0.5 * prior.logdet()
+
+    @torch.no_grad()
+    def log_evidence(self) -> float:
+        """Laplace log marginal likelihood ``log Z`` (module docstring) under this structure."""
+        return float(self._log_evidence())
+
+    def optimize_prior_precision(
+        self,
+        method: str = "marglik",
+        n_steps: int = 100,
+        lr: float = 0.1,
+        *,
+        per_layer: bool = False,
+        tune_sigma_noise: bool = False,
+    ) -> torch.Tensor:
+        """Maximise ``log Z`` over ``log δ`` (scalar, or one per layer) and, for regression, ``log σ`` (Adam).
+
+        Keeps the best values seen (never lowers ``log Z``) and returns the new prior precision. Only for the
+        isotropic prior: a prior that is an earlier posterior has no free precision.
+        """
+        check_option("method", method, ("marglik",))
+        self._checked_fit()
+        if self.prior_belief is not None:
+            raise ValueError("the prior is an earlier posterior; its precision is not a hyperparameter to tune")
+        if tune_sigma_noise and self.likelihood != "regression":
+            raise ValueError("tune_sigma_noise applies to likelihood='regression' only")
+        start = per_group(self._prior_precision, self.subnet.group_sizes) if per_layer else self._prior_precision
+        if not per_layer and start.dim() > 0:
+            start = start.log().mean().exp()  # geometric mean of the per-layer values
+        log_delta = start.log().clone().requires_grad_()
+        log_sigma = self._sigma.log().clone().requires_grad_()
+        params = [log_delta, log_sigma] if tune_sigma_noise else [log_delta]
+        optimizer = torch.optim.Adam(params, lr=lr)
+        best = (-math.inf, log_delta.detach().clone(), log_sigma.detach().clone())
+        for step in range(n_steps + 1):
+            optimizer.zero_grad(set_to_none=True)
+            value = self._log_evidence(log_delta.exp(), log_sigma.exp())
+            if float(value.detach()) > best[0]:
+                best = (float(value.detach()), log_delta.detach().clone(), log_sigma.detach().clone())
+            if step < n_steps:
+                (-value).backward()
+                optimizer.step()
+        self.prior_precision = best[1].exp()
+        self.sigma_noise = float(best[2].exp())
+        return self.prior_precision
+
+    @torch.no_grad()
+    def _posterior_precision(self) -> Precision:
+        if self._posterior is None:
+            self._checked_fit()
+            scale = self._sigma**-2 if self.likelihood == "regression" else torch.ones_like(self._sigma)
+            self._posterior = self._ops.posterior_precision(self._curvature, self._prior(), scale)
+        return self._posterior
+
+    def posterior(self) -> GaussianBelief:
+        """``N(θ*, H⁻¹)`` with ``H`` in this structure's form; pass it as ``fit(..., prior=...)`` next round."""
+        return GaussianBelief(self.mean.clone(), self._posterior_precision(), self.subset)
+
+    @torch.no_grad()
+    def predictive_samples(self, x: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``probs[S=n, N, C]`` under weight samples ``θ_s ~ N(θ*, H⁻¹)`` (regression: outputs ``f``).
+
+        Last layer: the features are computed once per item and the ``n`` sampled layers applied by one batched
+        matmul. All weights: one forward pass per sample. The same ``n`` weight samples serve every item of ``x``.
+        """
+        posterior = self._posterior_precision()
+        parts = []
+        if self.subset == "last_layer":
+            layer = self.subnet.unflatten(self.mean + posterior.sample(n, generator))
+            for start in range(0, x.shape[0], self.batch_size):
+                inp = self.subnet.inputs(x[start : start + self.batch_size])
+                f = torch.einsum("nd,scd->snc", inp, layer["weight"])
+                parts.append(f + layer["bias"][:, None, :] if "bias" in layer else f)
+            f = torch.cat(parts, dim=1)
+        else:
+            inp = self.subnet.inputs(x)
+            for _ in range(n):
+                theta = self.mean + posterior.sample(1, generator)[0]
+                chunks = [
+                    self.subnet.forward(inp[start : start + self.batch_size], theta)
+                    for start in range(0, x.shape[0], self.batch_size)
+                ]
+                parts.append(torch.cat(chunks))
+            f = torch.stack(parts)
+        return torch.softmax(f, dim=-1) if self.likelihood == "classification" else f
+
+    @torch.no_grad()
+    def functional_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Linearised ``f(x) ≈ f(x; θ*) + J (θ − θ*)``: mean ``f[N, C]`` and covariance ``J H⁻¹ Jᵀ`` ``[N, C, C]``."""
+        posterior, means, covs = self._posterior_precision(), [], []
+        for start in range(0, x.shape[0], self.batch_size):
+            inp = self.subnet.inputs(x[start : start + self.batch_size])
+            means.append(self.subnet.forward(inp, self.mean))
+            covs.append(self._ops.functional_covariance(self.subnet, inp, posterior, self.mean))
+        return torch.cat(means), torch.cat(covs)
+
+    @torch.no_grad()
+    def predict(
+        self, x: torch.Tensor, link: str = "probit", n_samples: int = 100, generator: torch.Generator | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Predictive ``probs[N, C]``: ``"probit"`` (MacKay) ``softmax(μ_f / √(1 + π/8 · diag Σ_f))`` with the
+        linearised ``Σ_f = J H⁻¹ Jᵀ``, or ``"mc"``, the mean of :meth:`predictive_samples`.
+
+        Regression: ``(mean[N, C], variance[N, C])`` of ``y``, ``variance = diag(J H⁻¹ Jᵀ) + σ²`` (``link`` unused).
+        """
+        check_option("link", link, ("probit", "mc"))
+        if self.likelihood == "regression":
+            f_mean, f_cov = self.functional_posterior(x)
+            return f_mean, f_cov.diagonal(dim1=1, dim2=2) + self._sigma**2
+        if link == "mc":
+            return self.predictive_samples(x, n_samples, generator).mean(0)
+        f_mean, f_cov = self.functional_posterior(x)
+        return probit(f_mean, f_cov.diagonal(dim1=1, dim2=2))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain tensors (and lists/dicts of them) plus a JSON-able ``config``; ``torch.load(weights_only=True)``.
+
+        Holds the covered weights ``θ*`` only: a last-layer state needs the same backbone when loaded.
+        """
+        config = {
+            "likelihood": self.likelihood,
+            "subset": self.subset,
+            "structure": self.structure,
+            "batch_size": self.batch_size,
+            "sigma_noise": self.sigma_noise,
+            "n_params": self.subnet.n_params,
+            "n_data": self.n_data,
+            "n_outputs": self.n_outputs,
+        }
+        return {
+            "config": config,
+            "prior_precision": tensors_copied(self._prior_precision),
+            "prior_mean": tensors_copied(self._base_prior_mean),
+            "mean": tensors_copied(self.mean),
+            "data_fit": tensors_copied(self._fit),
+            "curvature": tensors_copied(self._curvature),
+            "prior_belief": None if self.prior_belief is None else self.prior_belief.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a fitted approximation (and write ``θ*`` into the module's weights)."""
+        config = state["config"]
+        for key in ("likelihood", "subset", "structure", "n_params"):
+            mine = self.subnet.n_params if key == "n_params" else getattr(self, key)
+            if config[key] != mine:
+                raise ValueError(f"state has {key}={config[key]!r}, this Laplace has {mine!r}")
+        self.batch_size, self.sigma_noise = config["batch_size"], config["sigma_noise"]
+        self.n_data, self.n_outputs = config["n_data"], config["n_outputs"]
+        self.prior_precision = state["prior_precision"]
+        self._base_prior_mean = tensors_to(state["prior_mean"], self.device, self.dtype)
+        self.mean = tensors_to(state["mean"], self.device, self.dtype)
+        self._fit = tensors_to(state["data_fit"], self.device, self.dtype)
+        self._curvature = tensors_to(state["curvature"], self.device, self.dtype)
+        belief = state["prior_belief"]
+        self.prior_belief = None if belief is None else GaussianBelief.from_state_dict(belief, self.device, self.dtype)
+        self.prior_mean = self._base_prior_mean if self.prior_belief is None else self.prior_belief.mean
+        self._posterior = None
+        if self.mean is not None:
+            self.subnet.write(self.mean)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], module: nn.Module) -> Laplace:
+        config = state["config"]
+        laplace = cls(module, config["likelihood"], config["subset"], config["structure"])
+        laplace.load_state_dict(state)
+        return laplace
