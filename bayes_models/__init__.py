@@ -20,7 +20,14 @@ Networks are :class:`SplitNet` modules: a deterministic ``features`` backbone an
 
 from bayes_models.architectures import SplitNet, build_network, gal_cnn, mlp, resolve_device, seeded
 from bayes_models.ensemble import DeepEnsemble
-from bayes_models.laplace import GaussianBelief, Laplace, map_with_gaussian_prior, prior_from_posterior
+from bayes_models.laplace import (
+    GaussianBelief,
+    Laplace,
+    LaplaceClassifier,
+    LaplaceConfig,
+    map_with_gaussian_prior,
+    prior_from_posterior,
+)
 from bayes_models.linear import BayesianLinearRegression, polynomial_features, polynomial_log_evidences
 from bayes_models.mc_dropout import MCDropout, MCDropoutConfig
 from bayes_models.selection import bayes_factor_table
@@ -33,6 +40,8 @@ __all__ = [
     "DeepEnsemble",
     "GaussianBelief",
     "Laplace",
+    "LaplaceClassifier",
+    "LaplaceConfig",
     "MCDropout",
     "MCDropoutConfig",
     "MeanFieldVI",

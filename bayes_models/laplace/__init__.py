@@ -12,6 +12,7 @@ from bayes_models.laplace.belief import (
     precision_from_state_dict,
     prior_from_posterior,
 )
+from bayes_models.laplace.classifier import LaplaceClassifier, LaplaceConfig, fit_laplace
 from bayes_models.laplace.core import Laplace
 from bayes_models.laplace.diag import DiagPrecision
 from bayes_models.laplace.full import DensePrecision
@@ -24,7 +25,10 @@ __all__ = [
     "KronBlock",
     "KronPrecision",
     "Laplace",
+    "LaplaceClassifier",
+    "LaplaceConfig",
     "as_precision",
+    "fit_laplace",
     "map_with_gaussian_prior",
     "precision_from_state_dict",
     "prior_from_posterior",
