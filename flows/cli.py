@@ -53,12 +53,13 @@ CampaignOpt = Annotated[str | None, typer.Option("--campaign", help="Campaign na
 
 
 def _prefect_defaults() -> None:
-    """Quiet, offline-friendly Prefect defaults; the user's environment wins."""
+    """Quiet, offline-friendly Prefect and MLflow defaults; the user's environment wins."""
     for key, value in {
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
+        "MLFLOW_LOGGING_LEVEL": "WARNING",
     }.items():
         os.environ.setdefault(key, value)
 
@@ -164,10 +165,10 @@ def run_round(
     from flows.console import print_header, print_round
 
     with _flow_context():
-        from flows.rounds import labeling_round
+        from flows.rounds import run_round
 
         prepare_campaign(settings, LabelStore(settings.store_url), simulate=False)
-        result = labeling_round(settings)
+        result = run_round(settings)
     print_header()
     print_round(result)
     typer.echo(

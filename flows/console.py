@@ -6,25 +6,28 @@ from rich.console import Console
 
 console = Console(highlight=False)
 
+# (title, metric key, format of the value); numbers right-aligned, the selected model's name last.
 _COLUMNS = (
-    ("round", "round", "{:>5.0f}"),
-    ("labels", "n_labeled", "{:>6.0f}"),
-    ("test acc", "test_accuracy", "{:>8.3f}"),
-    ("NLL", "test_nll", "{:>6.3f}"),
-    ("ECE", "test_ece", "{:>6.3f}"),
-    ("acq s", "acquisition_seconds", "{:>6.2f}"),
-    ("train s", "train_seconds", "{:>7.2f}"),
+    ("round", "round", "{:.0f}"),
+    ("labels", "n_labeled", "{:.0f}"),
+    ("test acc", "test_accuracy", "{:.3f}"),
+    ("NLL", "test_nll", "{:.3f}"),
+    ("ECE", "test_ece", "{:.3f}"),
+    ("acq s", "acquisition_seconds", "{:.2f}"),
+    ("train s", "train_seconds", "{:.2f}"),
 )
 
 
+def _line(cells: list[str], model: str) -> str:
+    return "  ".join(cell.rjust(max(len(title), 5)) for cell, (title, _, _) in zip(cells, _COLUMNS, strict=True)) + (
+        f"  {model}"
+    )
+
+
 def print_header() -> None:
-    console.print("  ".join(f"{title:>{max(len(title), 5)}}" for title, _, _ in _COLUMNS), style="bold")
+    console.print(_line([title for title, _, _ in _COLUMNS], "model"), style="bold")
 
 
-def print_round(metrics: dict[str, float]) -> None:
-    cells = []
-    for title, key, fmt in _COLUMNS:
-        width = max(len(title), 5)
-        value = metrics.get(key)
-        cells.append(fmt.format(value).rjust(width) if value is not None else "-".rjust(width))
-    console.print("  ".join(cells))
+def print_round(metrics: dict) -> None:
+    cells = [fmt.format(metrics[key]) if metrics.get(key) is not None else "-" for _, key, fmt in _COLUMNS]
+    console.print(_line(cells, metrics.get("selected") or "-"))

@@ -17,15 +17,26 @@ import numpy as np
 import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from acquisition import RunningTopK, bald, expected_entropy, get_acquisition
-from bayes_models import MCDropout, MCDropoutConfig
+from bayes_models import bayes_factor_table
 from bayes_models.metrics import accuracy, brier, ece, nll, reliability
+from bayes_models.selection import BayesFactorRow
 from data import FeatureStore
 from data.store import LabelAnswer, LabelStore, QueueEntry
 from flows import plots
 from flows.campaign_setup import ensure_feature_store, prepare_campaign
 from flows.console import print_round
+from flows.models import (
+    CandidateSpec,
+    FittedCandidate,
+    candidate_specs,
+    check_comparable,
+    fit_candidate,
+    load_candidate,
+    save_candidate,
+)
 from flows.settings import Settings
 from flows.tracking import CampaignTracker
 
@@ -72,31 +83,35 @@ def answer_from_oracle(
 
 
 @task(cache_policy=NO_CACHE)
-def train_model(
-    settings: Settings, features: FeatureStore, labeled: dict[str, int], round_: int
-) -> tuple[MCDropout, float]:
-    rows = features.row_of(list(labeled))
-    x = _rows_tensor(features, rows)
+def fit_candidate_task(
+    spec: CandidateSpec, settings: Settings, features: FeatureStore, labeled: dict[str, int], round_: int
+) -> FittedCandidate:
+    """Fit (``update: retrain``) or belief-update (``update: belief``) one candidate on the current labels."""
+    ids = list(labeled)
+    x = _rows_tensor(features, features.row_of(ids))
     y = torch.tensor(list(labeled.values()), dtype=torch.long)
-    m = settings.model
-    config = MCDropoutConfig(
+    previous = None
+    if settings.update == "belief":
+        previous = load_candidate(_candidates_dir(settings), spec.name, spec.model.family)
+    return fit_candidate(
+        spec,
+        settings,
+        x,
+        y,
+        ids,
         feature_shape=tuple(features.meta["feature_shape"]),
         n_classes=len(features.classes),
-        hidden=m.hidden,
-        dropout=m.dropout,
-        steps=m.steps,
-        batch_size=m.batch_size,
-        lr=m.lr,
-        weight_decay=m.weight_decay,
         seed=settings.campaign.seed * 1000 + round_,
+        previous=previous,
     )
-    start = time.perf_counter()
-    model = MCDropout(config, device=m.device).fit(x, y)
-    return model, time.perf_counter() - start
+
+
+def _candidates_dir(settings: Settings) -> Path:
+    return settings.models_dir / settings.campaign_name / "candidates"
 
 
 @task(cache_policy=NO_CACHE)
-def evaluate(model: MCDropout, features: FeatureStore, samples: int, round_: int) -> tuple[dict[str, float], object]:
+def evaluate(model, features: FeatureStore, samples: int, round_: int) -> tuple[dict[str, float], object]:
     rows = np.asarray(features.rows_test)
     x = _rows_tensor(features, rows)
     targets = torch.from_numpy(np.asarray(features.targets[rows], dtype=np.int64))
@@ -111,9 +126,7 @@ def evaluate(model: MCDropout, features: FeatureStore, samples: int, round_: int
 
 
 @task(cache_policy=NO_CACHE)
-def score_pool(
-    model: MCDropout | None, features: FeatureStore, pool: dict[str, int], settings: Settings, round_: int
-) -> PoolScores:
+def score_pool(model, features: FeatureStore, pool: dict[str, int], settings: Settings, round_: int) -> PoolScores:
     """Score the pool in chunks with a running top-k; without a model (cold start) pick a seeded random batch."""
     name = settings.acquisition.name if model is not None else "random"
     score_fn = get_acquisition(name)
@@ -160,10 +173,14 @@ def log_round(
     queued: list,
     scores: PoolScores,
     diagram: object | None,
-    model: MCDropout | None,
+    selection: list[tuple[BayesFactorRow, FittedCandidate, dict[str, float]]],
     models_dir: Path,
 ) -> None:
     tracker.log_metrics(run_id, metrics, step=round_)
+    if selection:
+        chosen = selection[0][1]
+        tracker.client.set_tag(run_id, "beliefloop.selected", chosen.name)
+        tracker.log_params(run_id, {"selected_candidate": chosen.name, "evidence_kind": chosen.evidence_kind})
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         batch = tmp_path / "queued_batch.csv"
@@ -173,6 +190,8 @@ def log_round(
             for q in queued:
                 writer.writerow([q.round, q.rank, q.item_id, q.score, q.acquisition, q.predicted, q.status])
         paths = [batch]
+        if selection:
+            paths.append(_bayes_factor_csv(selection, tmp_path / "bayes_factors.csv"))
         if scores.pool_size:
             paths.append(plots.uncertainty_histogram(scores.aleatoric, scores.epistemic, tmp_path / "uncertainty.png"))
         if diagram is not None:
@@ -181,12 +200,74 @@ def log_round(
                     diagram.confidence, diagram.accuracy, diagram.count, tmp_path / "reliability.png"
                 )
             )
-        if model is not None:
+        if selection:
             models_dir.mkdir(parents=True, exist_ok=True)
             checkpoint = models_dir / f"round-{round_:03d}.pt"
-            torch.save(model.state_dict(), checkpoint)
+            torch.save(
+                {"candidate": chosen.name, "family": chosen.family, "state": chosen.model.state_dict()}, checkpoint
+            )
             paths.append(checkpoint)
         tracker.log_artifacts(run_id, paths)
+
+
+def _bayes_factor_csv(selection, path: Path) -> Path:
+    """The round's model-selection table: evidence, log Bayes factor against the selected model and its reading."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            [
+                "candidate",
+                "family",
+                "log_evidence",
+                "log_bayes_factor",
+                "kass_raftery",
+                "evidence_kind",
+                "test_nll",
+                "test_accuracy",
+                "train_seconds",
+                "selected",
+            ]
+        )
+        for row, fitted, test in selection:
+            writer.writerow(
+                [
+                    row.candidate,
+                    fitted.family,
+                    f"{row.log_evidence:.6f}",
+                    f"{row.log_bayes_factor:.6f}",
+                    row.reading,
+                    fitted.evidence_kind,
+                    f"{test['test_nll']:.6f}",
+                    f"{test['test_accuracy']:.6f}",
+                    f"{fitted.train_seconds:.3f}",
+                    row.selected,
+                ]
+            )
+    return path
+
+
+def select_model(
+    settings: Settings, features: FeatureStore, labeled: dict[str, int], round_: int
+) -> tuple[list[tuple[BayesFactorRow, FittedCandidate, dict[str, float]]], object]:
+    """Fit every candidate as a Prefect task, rank them by evidence, evaluate each on the test split.
+
+    Returns the Bayes-factor rows (selected first) with their fitted candidates and test metrics, and the
+    selected model's reliability-diagram data.
+    """
+    futures = [
+        fit_candidate_task.submit(spec, settings, features, labeled, round_) for spec in candidate_specs(settings)
+    ]
+    fitted = {f.name: f for f in (future.result() for future in futures)}
+    check_comparable(list(fitted.values()))
+    table = bayes_factor_table({name: f.log_evidence for name, f in fitted.items()})
+    selection, diagram = [], None
+    for row in table:
+        test_metrics, row_diagram = evaluate(
+            fitted[row.candidate].model, features, settings.acquisition.samples, round_
+        )
+        diagram = row_diagram if row.selected else diagram
+        selection.append((row, fitted[row.candidate], test_metrics))
+    return selection, diagram
 
 
 @flow(name="labeling_round")
@@ -209,11 +290,19 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
         logger.info("oracle answered %d items", answered)
     labeled = store.current_labels(campaign)
     metrics: dict[str, float] = {"n_labeled": len(labeled)}
-    model, diagram = None, None
+    model, diagram, selection = None, None, []
     if len(labeled) >= settings.campaign.min_labels or (oracle and labeled):
-        model, metrics["train_seconds"] = train_model(settings, features, labeled, round_)
-        test_metrics, diagram = evaluate(model, features, settings.acquisition.samples, round_)
-        metrics.update(test_metrics)
+        selection, diagram = select_model(settings, features, labeled, round_)
+        chosen = selection[0][1]
+        model = chosen.model
+        metrics["train_seconds"] = sum(f.train_seconds for _, f, _ in selection)
+        metrics.update(selection[0][2])
+        for row, fitted, _ in selection:
+            metrics[f"log_evidence/{row.candidate}"] = row.log_evidence
+            metrics[f"log_bayes_factor/{row.candidate}"] = row.log_bayes_factor
+            metrics[f"n_fitted/{row.candidate}"] = fitted.n_fitted
+            save_candidate(_candidates_dir(settings), fitted, round_)
+        logger.info("selected %s (%s)", chosen.name, chosen.evidence_kind)
     else:
         logger.info("%d labels < min_labels=%d: queueing a random batch", len(labeled), settings.campaign.min_labels)
 
@@ -228,10 +317,17 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
     queued = store.enqueue(campaign, round_, scores.entries)
     metrics["n_queued"] = len(queued)
 
-    log_round(tracker, run_id, round_, metrics, queued, scores, diagram, model, settings.models_dir / campaign)
+    log_round(tracker, run_id, round_, metrics, queued, scores, diagram, selection, settings.models_dir / campaign)
     tracker.finish(run_id)
-    store.finish_round(campaign, round_, {"round": round_, **metrics})
-    return {"round": round_, **metrics}
+    summary = {"round": round_, **metrics, "selected": selection[0][1].name if selection else None}
+    store.finish_round(campaign, round_, summary)
+    return summary
+
+
+def run_round(settings: Settings, *, oracle: bool = False) -> dict[str, float]:
+    """``labeling_round`` with a thread pool of ``selection.workers`` for the candidate fits."""
+    runner = ThreadPoolTaskRunner(max_workers=settings.selection.workers)
+    return labeling_round.with_options(task_runner=runner)(settings, oracle=oracle)
 
 
 @flow(name="simulate_campaign")
@@ -241,5 +337,5 @@ def simulate_campaign(settings: Settings) -> list[dict[str, float]]:
     prepare_campaign(settings, store, simulate=True)
     campaign = settings.campaign_name
     while store.next_round(campaign) <= settings.campaign.rounds:
-        print_round(labeling_round(settings, oracle=True))
+        print_round(run_round(settings, oracle=True))
     return store.round_metrics(campaign)[: settings.campaign.rounds]

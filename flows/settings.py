@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from acquisition import ACQUISITION_FUNCTIONS
@@ -50,15 +50,56 @@ class CampaignSettings(_Section):
 
 
 class ModelSettings(_Section):
-    family: Literal["mc_dropout"] = "mc_dropout"
+    family: Literal["mc_dropout", "laplace", "vi", "ensemble"] = "mc_dropout"
+    """Whose predictive scores the pool: MC dropout, post-hoc Laplace, mean-field VI or a deep ensemble."""
     hidden: int = Field(128, ge=1)
+    depth: int = Field(2, ge=1)
+    """Hidden layers of the MLP (vectors); the CNN for images has a fixed backbone."""
     dropout: float = Field(0.5, ge=0, lt=1)
     steps: int = Field(500, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    members: int = Field(5, ge=1)
+    """Members of a deep ensemble."""
     device: str = "auto"
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+
+
+class CandidateSettings(_Section):
+    """One candidate model of a round: a name plus the ``model`` keys it changes."""
+
+    name: str = Field(min_length=1)
+    family: Literal["mc_dropout", "laplace", "vi", "ensemble"] | None = None
+    hidden: int | None = Field(None, ge=1)
+    depth: int | None = Field(None, ge=1)
+    dropout: float | None = Field(None, ge=0, lt=1)
+    weight_decay: float | None = Field(None, ge=0)
+
+
+class SelectionSettings(_Section):
+    """Model selection by Bayes factors among ``candidates`` (an empty list: the ``model`` section alone)."""
+
+    candidates: list[CandidateSettings] = [
+        CandidateSettings(name="h64-d1", hidden=64, depth=1),
+        CandidateSettings(name="h128-d2", hidden=128, depth=2),
+        CandidateSettings(name="h256-d2", hidden=256, depth=2),
+    ]
+    subset: Literal["last_layer", "all"] = "last_layer"
+    structure: Literal["full", "kfac", "diag"] = "kfac"
+    """Hessian structure of the Laplace evidence; one structure per round keeps log Z values comparable."""
+    workers: int = Field(1, ge=1)
+    """Candidates fitted concurrently (threads). Dropout draws from torch's process-wide RNG, so more than one
+    worker trades reproducibility of MC-dropout training for speed."""
+
+    @field_validator("candidates")
+    @classmethod
+    def _unique(cls, candidates: list[CandidateSettings]) -> list[CandidateSettings]:
+        names = [c.name for c in candidates]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"candidate names must be unique; repeated: {duplicates}")
+        return candidates
 
 
 class AcquisitionSettings(_Section):
@@ -112,6 +153,9 @@ class Settings(BaseSettings):
     campaign: CampaignSettings = CampaignSettings()
     model: ModelSettings = ModelSettings()
     acquisition: AcquisitionSettings = AcquisitionSettings()
+    selection: SelectionSettings = SelectionSettings()
+    update: Literal["retrain", "belief"] = "retrain"
+    """``belief``: a round starts from the previous round's posterior as its prior and fits only the new labels."""
     store: StoreSettings = StoreSettings()
     tracking: TrackingSettings = TrackingSettings()
 
@@ -120,6 +164,17 @@ class Settings(BaseSettings):
         cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
     ):
         return init_settings, env_settings, _YamlParams(settings_cls)
+
+    @model_validator(mode="after")
+    def _belief_needs_a_posterior(self) -> Settings:
+        if self.update == "belief":
+            families = {c.family or self.model.family for c in self.selection.candidates} or {self.model.family}
+            unsupported = sorted(families - {"laplace", "vi"})
+            if unsupported:
+                raise ValueError(
+                    f"update: belief needs a posterior to carry over (families laplace or vi); got {unsupported}"
+                )
+        return self
 
     @property
     def campaign_name(self) -> str:

@@ -38,8 +38,27 @@ def test_unreadable_params_file_is_named(tmp_path):
         load_settings(params)
 
 
-def test_repository_params_file_is_valid():
+def test_repository_params_file_states_the_defaults():
     from pathlib import Path
 
     settings = load_settings(Path(__file__).resolve().parents[2] / "params.yaml")
-    assert settings.dataset.name == "digits" and settings.acquisition.name == "bald"
+    assert settings == load_settings(None)
+    assert len(settings.selection.candidates) >= 3
+
+
+def test_belief_updates_need_a_family_with_a_posterior():
+    with pytest.raises(SettingsError, match=r"belief.*\['mc_dropout'\]"):
+        load_settings(None, {"update": "belief"})
+    settings = load_settings(None, {"update": "belief", "model": {"family": "laplace"}})
+    assert settings.update == "belief"
+
+
+def test_candidates_override_model_keys():
+    from flows.models import candidate_specs
+
+    specs = candidate_specs(load_settings(None, {"model": {"steps": 7}}))
+    assert [(s.name, s.model.hidden, s.model.depth, s.model.steps) for s in specs] == [
+        ("h64-d1", 64, 1, 7),
+        ("h128-d2", 128, 2, 7),
+        ("h256-d2", 256, 2, 7),
+    ]

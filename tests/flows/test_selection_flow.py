@@ -1,0 +1,92 @@
+"""Model selection by Bayes factors and belief updates inside real round flows, read back from MLflow."""
+
+import csv
+import math
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from flows.settings import load_settings
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_no_heartbeat():
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
+def _settings(workspace, **top):
+    return load_settings(
+        None,
+        {
+            "workspace": workspace,
+            "dataset": {"name": "wine"},
+            "campaign": {"rounds": 3, "k": 6, "initial": 12},
+            "model": {"steps": 150},
+            "acquisition": {"samples": 8},
+            **top,
+        },
+    )
+
+
+def _round_runs(settings):
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    experiment = client.get_experiment_by_name(settings.campaign_name)
+    runs = client.search_runs([experiment.experiment_id], "tags.`beliefloop.role` = 'round'")
+    return client, sorted(runs, key=lambda r: int(r.data.tags["beliefloop.round"]))
+
+
+def test_bayes_factors_logged_per_round_equal_log_evidence_differences(tmp_path):
+    from flows.rounds import simulate_campaign
+
+    settings = _settings(tmp_path / "w")
+    results = simulate_campaign(settings)
+    names = [c.name for c in settings.selection.candidates]
+    client, runs = _round_runs(settings)
+    assert len(runs) == 3
+    for run, result in zip(runs, results, strict=True):
+        metrics = run.data.metrics
+        log_z = {name: metrics[f"log_evidence/{name}"] for name in names}
+        assert all(math.isfinite(v) for v in log_z.values())
+        best = max(log_z, key=log_z.get)
+        assert run.data.tags["beliefloop.selected"] == best == result["selected"]
+        for name in names:
+            assert metrics[f"log_bayes_factor/{name}"] == pytest.approx(log_z[best] - log_z[name], abs=1e-9)
+        assert metrics[f"log_bayes_factor/{best}"] == 0.0
+        table_path = client.download_artifacts(run.info.run_id, "bayes_factors.csv", str(tmp_path))
+        with open(table_path) as handle:
+            table = list(csv.DictReader(handle))
+        assert table[0]["candidate"] == best
+        assert {row["evidence_kind"] for row in table} == {"Laplace log Z (last_layer, kfac)"}
+        for row in table:
+            assert float(row["log_bayes_factor"]) == pytest.approx(log_z[best] - log_z[row["candidate"]], abs=1e-5)
+            assert row["kass_raftery"] in {"selected", "barely worth mentioning", "positive", "strong", "very strong"}
+        # The round's test metrics are the selected model's.
+        selected_row = next(row for row in table if row["selected"] == "True")
+        assert float(selected_row["test_accuracy"]) == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+
+
+def test_belief_update_rounds_fit_only_new_labels(tmp_path):
+    from flows.rounds import simulate_campaign
+
+    settings = _settings(
+        tmp_path / "w",
+        model={"family": "laplace", "steps": 150},
+        selection={"candidates": [{"name": "small", "hidden": 16}, {"name": "wide", "hidden": 64}]},
+        update="belief",
+    )
+    simulate_campaign(settings)
+    _, runs = _round_runs(settings)
+    for name in ("small", "wide"):
+        assert [run.data.metrics[f"n_fitted/{name}"] for run in runs] == [12, 6, 6]
+    # The saved posterior of each candidate knows every label it has absorbed and reloads with weights_only.
+    payload = torch.load(
+        settings.models_dir / settings.campaign_name / "candidates" / "wide.pt", map_location="cpu", weights_only=True
+    )
+    assert payload["family"] == "laplace" and len(payload["trained_on"]) == 24
+    # Accumulated evidence: round 3's log Z = round 2's + the evidence of round 3's new labels (< 0 each time).
+    log_z = [run.data.metrics["log_evidence/wide"] for run in runs]
+    assert log_z[0] > log_z[1] > log_z[2]
