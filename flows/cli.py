@@ -229,6 +229,59 @@ def queue_list(
     console.print(table)
 
 
+def _parse_candidate(text: str) -> dict[str, Any]:
+    """``name:key=value,key=value`` → a candidate entry (``h64:hidden=64,depth=1``)."""
+    name, _, assignments = text.partition(":")
+    entry: dict[str, Any] = {"name": name.strip()}
+    for assignment in filter(None, (a.strip() for a in assignments.split(","))):
+        key, sep, value = assignment.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"candidate {text!r}: expected key=value, got {assignment!r}")
+        entry[key.strip()] = value.strip()
+    return entry
+
+
+@app.command()
+def select(
+    dataset: DatasetOpt = None,
+    candidate: Annotated[
+        list[str] | None,
+        typer.Option("--candidate", help="name:key=value,... (repeat); keys of `model`, e.g. h64:hidden=64,depth=1."),
+    ] = None,
+    labels: Annotated[int | None, typer.Option("--labels", help="Class-balanced subset of N training labels.")] = None,
+    structure: Annotated[str | None, typer.Option(help="Laplace evidence structure: full | kfac | diag.")] = None,
+    workspace: WorkspaceOpt = None,
+    params: ParamsOpt = None,
+) -> None:
+    """Model selection alone: fit the candidates, print log evidence, log Bayes factors and their reading."""
+    selection: dict[str, Any] = {"structure": structure}
+    if candidate:
+        selection["candidates"] = [_parse_candidate(c) for c in candidate]
+    settings = _settings(params, {"workspace": workspace, "dataset": {"name": dataset}, "selection": selection})
+    from rich.table import Table
+
+    from flows.console import console
+
+    with _flow_context():
+        from flows.rounds import select_models
+
+        rows = select_models(settings, labels)
+    table = Table(title=f"Model selection on {settings.dataset.name} ({rows[0]['evidence_kind']})")
+    for column in ("candidate", "log Z", "log BF", "Kass–Raftery", "test NLL", "test acc", "fit s"):
+        table.add_column(column, justify="left" if column in ("candidate", "Kass–Raftery") else "right")
+    for row in rows:
+        table.add_row(
+            row["candidate"],
+            f"{row['log_evidence']:.2f}",
+            f"{row['log_bayes_factor']:.2f}",
+            row["reading"],
+            f"{row['test_nll']:.3f}",
+            f"{row['test_accuracy']:.3f}",
+            f"{row['train_seconds']:.2f}",
+        )
+    console.print(table)
+
+
 @app.command()
 def prepare(dataset: DatasetOpt = None, workspace: WorkspaceOpt = None, params: ParamsOpt = None) -> None:
     """Import a dataset into the workspace's feature store (DVC's ``prepare`` stage)."""

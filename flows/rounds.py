@@ -26,7 +26,7 @@ from bayes_models.selection import BayesFactorRow
 from data import FeatureStore
 from data.store import LabelAnswer, LabelStore, QueueEntry
 from flows import plots
-from flows.campaign_setup import ensure_feature_store, prepare_campaign
+from flows.campaign_setup import balanced_seed_rows, ensure_feature_store, prepare_campaign
 from flows.console import print_round
 from flows.models import (
     CandidateSpec,
@@ -322,6 +322,36 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
     summary = {"round": round_, **metrics, "selected": selection[0][1].name if selection else None}
     store.finish_round(campaign, round_, summary)
     return summary
+
+
+@flow(name="select_models")
+def select_models(settings: Settings, n_labels: int | None = None) -> list[dict]:
+    """Model selection alone: fit every candidate on the dataset's known training labels (a class-balanced subset
+    of ``n_labels`` when given) and return the Bayes-factor table with test metrics, selected model first."""
+    features = ensure_feature_store(settings)
+    train_rows = np.asarray(features.rows_train)
+    targets = np.asarray(features.targets[train_rows])
+    if n_labels is not None:
+        chosen = balanced_seed_rows(targets, n_labels, len(features.classes), settings.campaign.seed)
+    else:
+        chosen = np.flatnonzero(targets >= 0)
+    if len(chosen) == 0:
+        raise ValueError(f"dataset {settings.dataset.name!r} has no training labels to select a model on")
+    labeled = {str(features.ids[train_rows[i]]): int(targets[i]) for i in chosen}
+    selection, _ = select_model(settings, features, labeled, 0)
+    return [
+        {
+            "candidate": row.candidate,
+            "family": fitted.family,
+            "log_evidence": row.log_evidence,
+            "log_bayes_factor": row.log_bayes_factor,
+            "reading": row.reading,
+            "evidence_kind": fitted.evidence_kind,
+            **test,
+            "train_seconds": fitted.train_seconds,
+        }
+        for row, fitted, test in selection
+    ]
 
 
 def run_round(settings: Settings, *, oracle: bool = False) -> dict[str, float]:
