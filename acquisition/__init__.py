@@ -4,6 +4,14 @@ Pure tensor functions (torch and numpy only). See ``scores`` for the score funct
 their registry, ``topk`` for deterministic (score desc, item id asc) selection.
 """
 
+from acquisition.batch import (
+    POWERBALD_MODES,
+    batchbald,
+    joint_mutual_information,
+    perturbed_scores,
+    powerbald,
+    powerbald_scores,
+)
 from acquisition.scores import (
     ACQUISITION_FUNCTIONS,
     ScoreFn,
@@ -20,23 +28,37 @@ from acquisition.scores import (
     random,
     variation_ratios,
 )
+from acquisition.streaming import StreamResult, score_pool_streaming
 from acquisition.topk import RunningTopK, top_k
+
+# PowerBALD's per-item (perturbed) score streams like any other; BatchBALD selects jointly and callers route it.
+ACQUISITION_FUNCTIONS["powerbald"] = powerbald_scores
+BATCH_ACQUISITIONS = ("batchbald",)
 
 __all__ = [
     "ACQUISITION_FUNCTIONS",
+    "BATCH_ACQUISITIONS",
+    "POWERBALD_MODES",
     "RunningTopK",
     "ScoreFn",
+    "StreamResult",
     "bald",
     "bald_from_log_probs",
+    "batchbald",
     "expected_entropy",
     "expected_entropy_from_log_probs",
     "get_acquisition",
+    "joint_mutual_information",
     "least_confidence",
     "margin",
     "mean_std",
+    "perturbed_scores",
+    "powerbald",
+    "powerbald_scores",
     "predictive_entropy",
     "predictive_entropy_from_log_probs",
     "random",
+    "score_pool_streaming",
     "top_k",
     "variation_ratios",
 ]

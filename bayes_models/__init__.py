@@ -20,6 +20,7 @@ Networks are :class:`SplitNet` modules: a deterministic ``features`` backbone an
 
 from bayes_models.architectures import SplitNet, build_network, gal_cnn, mlp, resolve_device, seeded
 from bayes_models.ensemble import DeepEnsemble
+from bayes_models.fast_head import head_samples_consistent, predictive_samples_consistent
 from bayes_models.laplace import (
     GaussianBelief,
     Laplace,
@@ -51,10 +52,12 @@ __all__ = [
     "bayes_factor_table",
     "build_network",
     "gal_cnn",
+    "head_samples_consistent",
     "map_with_gaussian_prior",
     "mlp",
     "polynomial_features",
     "polynomial_log_evidences",
+    "predictive_samples_consistent",
     "prior_from_posterior",
     "resolve_device",
     "seeded",

@@ -77,6 +77,11 @@ def build_network(
     raise ValueError(f"no default architecture for feature shape {tuple(feature_shape)}; expected (D,) or (C, H, W)")
 
 
+def has_dropout(module: nn.Module) -> bool:
+    """Whether any dropout layer sits in ``module`` (then MC samples need full passes through it)."""
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in module.modules())
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU; anything else is passed to ``torch.device``."""
     if str(device) == "auto":

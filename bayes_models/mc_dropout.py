@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bayes_models.architectures import SplitNet, build_network, resolve_device, seeded
+from bayes_models.architectures import SplitNet, build_network, has_dropout, resolve_device, seeded
+from bayes_models.fast_head import predictive_samples_consistent
 from bayes_models.training import train_map
 
 
@@ -41,10 +42,6 @@ def dropout_only(module: nn.Module) -> Iterator[None]:
     finally:
         for m, training in previous.items():
             m.training = training
-
-
-def has_dropout(module: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in module.modules())
 
 
 class MCDropout:
@@ -83,12 +80,22 @@ class MCDropout:
         return self
 
     @torch.no_grad()
-    def predictive_samples(self, x: torch.Tensor, n: int, *, seed: int = 0, batch_size: int = 2048) -> torch.Tensor:
+    def predictive_samples(
+        self, x: torch.Tensor, n: int, *, seed: int = 0, batch_size: int = 2048, consistent: bool = False
+    ) -> torch.Tensor:
         """``probs[S=n, N, C]`` from ``n`` dropout masks, computed in chunks of ``batch_size`` items.
 
         When the backbone has no dropout it runs once per item and the samples go through the head only,
         vectorised over ``[S, B, H]`` (independent masks per sample and item, as in S full passes).
+        ``consistent=True`` shares each sample's mask across items and chunks (same per-item marginals; one
+        matmul per chunk; what BatchBALD's joint needs, and scores that do not depend on the chunking).
         """
+        if consistent and not has_dropout(self.network.features):
+            parts = [
+                predictive_samples_consistent(self.network, x[start : start + batch_size].to(self.device), n, seed=seed)
+                for start in range(0, x.shape[0], batch_size)
+            ]
+            return torch.cat(parts, dim=1)
         net = self.network
         head_only = not has_dropout(net.features)
         chunks = []

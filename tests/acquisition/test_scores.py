@@ -215,10 +215,12 @@ def test_registry_and_alias():
         "least_confidence",
         "random",
     }
-    assert set(ACQUISITION_FUNCTIONS) == public | {"entropy"}
+    assert set(ACQUISITION_FUNCTIONS) == public | {"entropy", "powerbald"}
     assert get_acquisition("entropy") is predictive_entropy
     for name in public:
         assert get_acquisition(name).__name__ == name
+    with pytest.raises(ValueError, match="batchbald selects a batch jointly"):
+        get_acquisition("batchbald")
 
 
 def test_unknown_name_is_named_with_valid_choices():

@@ -12,8 +12,8 @@ import torch
 from scipy.stats import chi2_contingency, norm
 from torch import nn
 
-from bayes_models.architectures import SplitNet, mlp
-from bayes_models.mc_dropout import MCDropout, MCDropoutConfig, dropout_only, has_dropout
+from bayes_models.architectures import SplitNet, has_dropout, mlp
+from bayes_models.mc_dropout import MCDropout, MCDropoutConfig, dropout_only
 
 CONFIG = MCDropoutConfig((5,), 3, hidden=16, steps=30, batch_size=32, seed=0)
 

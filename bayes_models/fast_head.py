@@ -1,0 +1,149 @@
+r"""MC-dropout head samples with consistent masks: one dropout mask per sample, shared by every item.
+
+``MCDropout.predictive_samples`` draws an independent mask for every (sample, item) pair, as S full passes
+would. That gives the right *per-item* predictive, but sample s of item a and sample s of item b then come
+from different networks, so ``probs[s]`` is not one posterior draw applied to the batch. Here sample s is one
+network :math:`\theta_s` (one mask :math:`m_s`) applied to all items:
+
+* **the per-item marginals are unchanged** — each item still sees a Bernoulli(1 − p)/(1 − p) mask, the same
+  law as before, so BALD, entropy and every per-item score have the same distribution;
+* **items are jointly consistent** — :math:`p_s(y_a, y_b) = p_s(y_a)\,p_s(y_b)` under the same
+  :math:`\theta_s`, which is what BatchBALD's joint predictive :math:`\frac1S\sum_s\prod_i p_s(y_i)` needs
+  anyway (with independent masks it is not a joint of anything);
+* **the head becomes one matmul** — Dropout → Linear with a shared mask is
+  :math:`(h \odot m_s) W^\top = h\,(W \odot m_s)^\top`, so the S masked weight matrices
+  :math:`W_s = W \odot m_s` (``[S, C, H]``, tiny) are stacked into one ``[H, S·C]`` matrix and the chunk's
+  features ``[B, H]`` are multiplied by it once: no ``[S, B, H]`` tensor of masked features is ever formed,
+  and the cost is one GEMM of B × H × S·C (vs S·B·H mask work plus S small matmuls).
+
+Consistency across chunks: a generator seeded the same way for every chunk gives every chunk the same S masks,
+so the samples are consistent over the whole pool (:func:`predictive_samples_consistent` does this).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bayes_models.architectures import SplitNet, has_dropout
+
+__all__ = ["dropout_masks", "head_samples_consistent", "predictive_samples_consistent"]
+
+
+def dropout_masks(
+    S: int, width: int, p: float, *, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """``mask[S, width]``: Bernoulli(1 − p) scaled by 1/(1 − p) (inverted dropout, as ``nn.Dropout``).
+
+    Drawn on the generator's device (a CPU generator serves GPU inputs too), then moved to ``device``.
+    ``p = 1`` gives zeros, like ``nn.Dropout``.
+    """
+    draw_device = generator.device if generator is not None else device
+    if p >= 1:
+        return torch.zeros(S, width, device=device, dtype=dtype)
+    keep = torch.empty(S, width, device=draw_device).bernoulli_(1.0 - p, generator=generator)
+    return keep.to(device=device, dtype=dtype) / (1.0 - p)
+
+
+def head_samples_consistent(
+    head: nn.Module, features_B_H: torch.Tensor, S: int, *, generator: torch.Generator | None
+) -> torch.Tensor:
+    r"""``logits[S, B, C]`` of S dropout samples of ``head`` with one mask per sample shared by the B items.
+
+    ``head`` is an ``nn.Sequential`` (or a single module) of ``nn.Dropout``, ``nn.Linear`` and shape-agnostic
+    layers (activations, ...). A Dropout directly followed by a Linear is applied as one matmul with the
+    masked weights :math:`W_s = W \odot m_s`; other layers act on the last dimension of ``[B, H]`` (before the
+    first dropout) or ``[S, B, H]`` (after). Dropout is always sampled, whatever the module's train/eval mode.
+
+    Parameters
+    ----------
+    head : nn.Module
+        E.g. ``nn.Sequential(nn.Dropout(0.5), nn.Linear(H, C))`` (the head of every ``SplitNet`` built here).
+    features_B_H : torch.Tensor
+        Backbone output for B items.
+    S : int
+        Number of samples (masks).
+    generator : torch.Generator or None
+        Source of the masks; seed it the same way for every chunk to use the same S masks for the whole pool.
+
+    Returns
+    -------
+    torch.Tensor
+        ``logits[S, B, C]`` (contiguous).
+
+    Raises
+    ------
+    TypeError
+        On a dropout variant other than ``nn.Dropout`` (alpha / channel dropout have other semantics).
+    """
+    if isinstance(S, bool) or not isinstance(S, int) or S < 1:
+        raise ValueError(f"S must be a positive integer, got {S!r}")
+    if features_B_H.ndim != 2:
+        raise ValueError(f"features_B_H must have shape [B, H], got {tuple(features_B_H.shape)}")
+    layers = list(head) if isinstance(head, nn.Sequential) else [head]
+    x = features_B_H  # [B, H] while no dropout has been applied, then [S, B, H]
+    shared = True
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        if isinstance(layer, nn.modules.dropout._DropoutNd) and type(layer) is not nn.Dropout:
+            raise TypeError(f"{type(layer).__name__} is not supported in a consistent-mask head; use nn.Dropout")
+        if not isinstance(layer, nn.Dropout):
+            x = layer(x)
+            i += 1
+            continue
+        mask_S_H = dropout_masks(S, x.shape[-1], layer.p, generator=generator, device=x.device, dtype=x.dtype)
+        following = layers[i + 1] if i + 1 < len(layers) else None
+        if isinstance(following, nn.Linear):
+            x = _masked_linear(x, mask_S_H, following, shared)
+            i += 2
+        else:
+            x = x * mask_S_H.unsqueeze(1)  # [B, H] or [S, B, H] -> [S, B, H]
+            i += 1
+        shared = False
+    if shared:  # a head without dropout: S identical samples
+        x = x.unsqueeze(0).expand(S, *x.shape)
+    return x.contiguous()
+
+
+def _masked_linear(x: torch.Tensor, mask_S_H: torch.Tensor, linear: nn.Linear, shared: bool) -> torch.Tensor:
+    r"""``(x ⊙ m_s) Wᵀ + b`` for every s, as ``x (W ⊙ m_s)ᵀ``: one GEMM ``[B, H] @ [H, S·C]`` for shared x."""
+    S, H = mask_S_H.shape
+    weight_S_C_H = linear.weight.unsqueeze(0) * mask_S_H.unsqueeze(1)
+    C = weight_S_C_H.shape[1]
+    if shared:
+        out_B_SC = x @ weight_S_C_H.reshape(S * C, H).T
+        out_S_B_C = out_B_SC.view(x.shape[0], S, C).transpose(0, 1)
+    else:
+        out_S_B_C = torch.bmm(x, weight_S_C_H.transpose(1, 2))
+    return out_S_B_C if linear.bias is None else out_S_B_C + linear.bias
+
+
+@torch.no_grad()
+def predictive_samples_consistent(network: SplitNet, x: torch.Tensor, S: int, *, seed: int = 0) -> torch.Tensor:
+    """``probs[S, B, C]``: the backbone once (eval mode), then S consistent-mask samples through the head.
+
+    The masks come from a fresh CPU generator seeded with ``seed`` at every call, so every chunk of a pool gets
+    the same S masks and the samples are consistent across the pool (what BatchBALD needs); an item's
+    probabilities do not depend on the chunk it is scored in. Use ``functools.partial`` (or a lambda) to pass
+    it as ``predict_samples(x_chunk, S)`` to ``acquisition.streaming.score_pool_streaming``.
+
+    Raises
+    ------
+    ValueError
+        If the backbone holds dropout layers (then S full passes are needed, see ``MCDropout``).
+    """
+    if has_dropout(network.features):
+        raise ValueError("the backbone has dropout layers; consistent head sampling needs a deterministic backbone")
+    parameter = next(network.parameters(), None)
+    device = parameter.device if parameter is not None else x.device
+    dtype = parameter.dtype if parameter is not None else torch.float32
+    previous = network.training
+    network.eval()
+    try:
+        features = network.features(x.to(device=device, dtype=dtype))
+        generator = torch.Generator().manual_seed(seed)
+        logits = head_samples_consistent(network.head, features, S, generator=generator)
+    finally:
+        network.train(previous)
+    return torch.softmax(logits, dim=-1)
