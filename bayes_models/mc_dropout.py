@@ -55,7 +55,11 @@ class MCDropout:
         if network is None:
             with seeded(config.seed, self.device):
                 network = build_network(
-                    config.feature_shape, config.n_classes, hidden=config.hidden, dropout=config.dropout
+                    config.feature_shape,
+                    config.n_classes,
+                    hidden=config.hidden,
+                    depth=config.depth,
+                    dropout=config.dropout,
                 )
         self.network = network
         self.network.to(self.device)

@@ -177,3 +177,9 @@ def test_interface_errors_and_state_round_trip():
     loaded = MCDropout.from_state_dict(copy.deepcopy(model.state_dict()), device="cpu")
     x, _ = data(10, seed=4)
     assert torch.equal(loaded.predictive_samples(x, 4, seed=1), model.predictive_samples(x, 4, seed=1))
+
+
+def test_config_depth_builds_that_many_hidden_layers():
+    for depth in (1, 3):
+        model = MCDropout(MCDropoutConfig((5,), 3, hidden=8, depth=depth), device="cpu")
+        assert sum(isinstance(m, nn.Linear) for m in model.network.features) == depth
