@@ -15,6 +15,7 @@ os.environ.update(
         "DVC_NO_ANALYTICS": "1",
         "MLFLOW_TRACKING_URI": f"sqlite:///{_HOME / 'stray-mlflow.db'}",
         "GIT_PYTHON_REFRESH": "quiet",
+        "OMP_WAIT_POLICY": "PASSIVE",
     }
 )
 for key in [k for k in os.environ if k.startswith("BELIEFLOOP_")]:

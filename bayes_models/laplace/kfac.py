@@ -53,8 +53,8 @@ class KronBlock:
             eye_g, eye_a = (torch.eye(m.shape[0], device=m.device, dtype=m.dtype) for m in (self.G, self.A))
             self._eig = (eye_g.new_zeros(eye_g.shape[0]), eye_g, eye_a.new_zeros(eye_a.shape[0]), eye_a)
         if self._eig is None:
-            lam_g, q_g = torch.linalg.eigh(self.G.detach())
-            lam_a, q_a = torch.linalg.eigh(self.A.detach())
+            lam_g, q_g = _eigh(self.G)
+            lam_a, q_a = _eigh(self.A)
             self._eig = (lam_g.clamp(min=0), q_g, lam_a.clamp(min=0), q_a)
         lam_g, q_g, lam_a, q_a = self._eig
         return q_g, q_a, self.scale * lam_g[:, None] * lam_a[None, :] / max(self.n, 1) + self.delta
@@ -262,3 +262,12 @@ def posterior_precision(curvature: list[dict[str, Any]], prior: Any, scale: torc
             merged_g = p.scale * p.G + scale * c["G"]
             blocks.append(KronBlock(p.A + c["A"], merged_g, p.n + c["n"], p.delta, 1.0, p.bias))
     return KronPrecision(blocks)
+
+
+def _eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigendecomposition in float64, cast back: float32 ``eigh`` of rank-deficient factors (e.g. MNIST's always-zero
+    border pixels) was seen to return NaN with multi-threaded MKL."""
+    values, vectors = torch.linalg.eigh(matrix.detach().to(torch.float64))
+    if not (torch.isfinite(values).all() and torch.isfinite(vectors).all()):
+        raise FloatingPointError(f"eigh of a {tuple(matrix.shape)} Kronecker factor is not finite")
+    return values.to(matrix.dtype), vectors.to(matrix.dtype)

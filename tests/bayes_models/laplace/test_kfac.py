@@ -166,3 +166,17 @@ def test_all_weights_kfac_predictive_vs_dense_jacobians(brute, likelihood: str) 
         mean, var = la.predict(x_test)
         assert brute.rel(mean, f_mean) < 1e-12
         assert brute.rel(var, f_var + 0.36) < 1e-10
+
+
+def test_spectrum_of_rank_deficient_factors_is_finite_float32():
+    """MNIST's always-zero border pixels make A singular; the spectrum must stay finite (eigh runs in float64)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 300, generator=g)
+    x[:, :120] = 0.0  # inputs that never fire
+    a = torch.cat([x, torch.ones(50, 1)], 1)
+    out = torch.randn(50, 10, generator=g)
+    block = KronBlock(A=a.T @ a, G=out.T @ out, n=50, delta=torch.tensor(1.0), bias=True)
+    q_g, q_a, d = block.spectrum()
+    assert q_a.dtype == torch.float32
+    assert torch.isfinite(q_g).all() and torch.isfinite(q_a).all() and torch.isfinite(d).all()
+    assert (d >= 1.0 - 1e-5).all()  # eigenvalues of GGN (≥ 0) plus the prior δ = 1
