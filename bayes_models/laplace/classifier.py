@@ -116,6 +116,10 @@ class LaplaceClassifier:
         generator = torch.Generator(self.device).manual_seed(seed)
         return self._fitted().predictive_samples(x.to(self.device, torch.float32), n, generator=generator)
 
+    def predict(self, x: torch.Tensor, link: str = "probit", n_samples: int = 100) -> torch.Tensor:
+        """Predictive ``probs[N, C]``: closed-form probit (MacKay) of the linearised network, or ``"mc"``."""
+        return self._fitted().predict(x.to(self.device, torch.float32), link=link, n_samples=n_samples)
+
     def log_evidence(self) -> float:
         return self._fitted().log_evidence()
 

@@ -25,6 +25,9 @@ def test_fit_predict_evidence_and_round_trip():
     assert probs.shape == (30, 200, 3)
     assert torch.allclose(probs.sum(-1), torch.ones(30, 200), atol=1e-5)
     assert (probs.mean(0).argmax(-1) == y_test).float().mean() > 0.9  # well separated blobs
+    probit = model.predict(x_test)
+    assert probit.shape == (200, 3) and torch.allclose(probit.sum(-1), torch.ones(200), atol=1e-5)
+    assert (probit.argmax(-1) == probs.mean(0).argmax(-1)).float().mean() > 0.95  # two predictives, one posterior
     log_z = model.log_evidence()
     assert math.isfinite(log_z) and log_z < 0  # a probability of discrete labels: log Z ≤ 0
     restored = LaplaceClassifier.from_state_dict(model.state_dict(), device="cpu")
