@@ -3,7 +3,8 @@
 Every source becomes one :class:`Dataset` of model-ready arrays:
 
 - vectors ``[N, D]`` are standardised with the *train* statistics, ``x' = (x - mean_train) / std_train``
-  (``std = 0`` is replaced by 1, so constant features become 0);
+  (``std = 0`` is replaced by 1, so constant features become 0), kept as :attr:`Dataset.standardization` so
+  that data arriving later is loaded with the same transform (``load_dataset(..., standardization=...)``);
 - images ``[N, C, H, W]`` are divided by 255 when stored as ``uint8``, else kept as given (as float32);
 - labels are ``int64`` indices into ``classes``, ``-1`` meaning unknown (the unlabeled pool, train only);
 - ids are unique strings across train and test and derived from the source row, so an item keeps its id
@@ -47,6 +48,8 @@ class Dataset:
         Unicode item ids, unique across train and test.
     classes : tuple of str
         Class names.
+    standardization : (mean, std) of float64 arrays ``[D]``, or None
+        The transform ``x' = (x - mean) / std`` the vectors went through; None for images.
     """
 
     name: str
@@ -58,10 +61,14 @@ class Dataset:
     ids_train: np.ndarray
     ids_test: np.ndarray
     classes: tuple[str, ...]
+    standardization: tuple[np.ndarray, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
         where = self.source or self.name
+        if self.standardization is not None:
+            stats = _check_standardization(self.standardization, tuple(self.x_train.shape[1:]), where)
+            object.__setattr__(self, "standardization", stats)
         for split in ("train", "test"):
             x, y, ids = (getattr(self, f"{kind}_{split}") for kind in ("x", "y", "ids"))
             if x.dtype != np.float32 or x.ndim < 2:
@@ -113,6 +120,8 @@ def load_dataset(
     id_column: str | None = None,
     test_fraction: float = 0.25,
     split_seed: int = 0,
+    standardization: tuple[np.ndarray, np.ndarray] | None = None,
+    allow_empty_test: bool = False,
 ) -> Dataset:
     """Import a bundled set, an ``.npz`` file or a CSV / Parquet table.
 
@@ -125,6 +134,13 @@ def load_dataset(
         Tables only: the label column (required) and the id column (default ``row-<i>``).
     test_fraction, split_seed : float, int
         Stratified split of labeled rows for bundled sets and tables without a ``split`` column.
+    standardization : (mean, std), optional
+        Vectors only: scale with these statistics (e.g. an earlier import's :attr:`Dataset.standardization`)
+        instead of this file's train statistics, so rows arriving later live in the same feature space.
+    allow_empty_test : bool
+        Admit a source without test rows (data added to an existing campaign): ``test_fraction`` may then be
+        0 (every row of a table without a ``split`` column goes to train) and an ``.npz`` may leave out
+        ``x_test`` and ``y_test`` together.
 
     Returns
     -------
@@ -146,11 +162,14 @@ def load_dataset(
     DatasetError
         Unknown name, missing or unsupported file, or invalid content (the message says where and why).
     """
-    if not 0.0 < test_fraction < 1.0:
+    if allow_empty_test and not 0.0 <= test_fraction < 1.0:
+        raise DatasetError(f"{source}: test_fraction must be in [0, 1), got {test_fraction}")
+    if not allow_empty_test and not 0.0 < test_fraction < 1.0:
         raise DatasetError(f"{source}: test_fraction must be in (0, 1), got {test_fraction}")
+    scaling = {"standardization": standardization, "allow_empty_test": allow_empty_test}
     if isinstance(source, str) and source in BUNDLED:
         _no_columns(source, label_column, id_column)
-        return _load_bundled(source, test_fraction, split_seed)
+        return _load_bundled(source, test_fraction, split_seed, **scaling)
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
     if suffix not in FILE_SUFFIXES:
@@ -162,14 +181,14 @@ def load_dataset(
         raise DatasetError(f"{path}: file is empty")
     if suffix == ".npz":
         _no_columns(str(path), label_column, id_column)
-        return _load_npz(path)
-    return _load_table(path, label_column, id_column, test_fraction, split_seed)
+        return _load_npz(path, **scaling)
+    return _load_table(path, label_column, id_column, test_fraction, split_seed, **scaling)
 
 
 # ---------------------------------------------------------------------------------------------- sources
 
 
-def _load_bundled(name: str, test_fraction: float, seed: int) -> Dataset:
+def _load_bundled(name: str, test_fraction: float, seed: int, **scaling) -> Dataset:
     from sklearn import datasets as skd
 
     bunch = getattr(skd, f"load_{name}")()
@@ -178,15 +197,16 @@ def _load_bundled(name: str, test_fraction: float, seed: int) -> Dataset:
     y = np.asarray(bunch.target, dtype=np.int64)
     ids = _row_ids("row", len(x))
     train, test = _stratified_split(y, test_fraction, seed)
-    return _assemble(name, name, x[train], y[train], x[test], y[test], ids[train], ids[test], classes)
+    return _assemble(name, name, x[train], y[train], x[test], y[test], ids[train], ids[test], classes, **scaling)
 
 
-def _load_npz(path: Path) -> Dataset:
+def _load_npz(path: Path, *, allow_empty_test: bool = False, **scaling) -> Dataset:
     where = str(path.resolve())
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = sorted(archive.files)
-            for key in ("x_train", "x_test", "y_test"):
+            no_test = allow_empty_test and "x_test" not in keys and "y_test" not in keys
+            for key in ("x_train",) if no_test else ("x_train", "x_test", "y_test"):
                 if key not in keys:
                     raise DatasetError(f"{where}: missing key {key!r}; found keys {keys}")
             unexpected = sorted(set(keys) - set(NPZ_KEYS))
@@ -197,7 +217,11 @@ def _load_npz(path: Path) -> Dataset:
         raise
     except Exception as error:  # not a zip, a bare .npy, object arrays, truncated members, ...
         raise DatasetError(f"{where}: cannot read as .npz without pickles: {error}") from error
-    x_train, x_test = arrays["x_train"], arrays["x_test"]
+    x_train = arrays["x_train"]
+    if "x_test" not in arrays:  # allowed above only with allow_empty_test: no test rows at all
+        arrays["x_test"] = np.zeros((0, *np.shape(x_train)[1:]), dtype=x_train.dtype)
+        arrays["y_test"] = np.zeros(0, dtype=np.int64)
+    x_test = arrays["x_test"]
     n_train, n_test = len(x_train), len(x_test)
     y_train = arrays.get("y_train", np.full(n_train, -1, dtype=np.int64))
     ids_train = arrays["ids_train"] if "ids_train" in arrays else _row_ids("train", n_train)
@@ -219,10 +243,13 @@ def _load_npz(path: Path) -> Dataset:
     y_train, y_test, classes = _encode_labels(y_train, arrays["y_test"], classes, where)
     ids_train, ids_test = _as_str(ids_train, where, "ids_train"), _as_str(ids_test, where, "ids_test")
     x_train, x_test = _image_layout(x_train, where, "x_train"), _image_layout(x_test, where, "x_test")
-    return _assemble(path.stem, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes)
+    scaling["allow_empty_test"] = allow_empty_test
+    return _assemble(path.stem, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes, **scaling)
 
 
-def _load_table(path: Path, label_column: str | None, id_column: str | None, frac: float, seed: int) -> Dataset:
+def _load_table(
+    path: Path, label_column: str | None, id_column: str | None, frac: float, seed: int, **scaling
+) -> Dataset:
     where = str(path.resolve())
     try:
         frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
@@ -279,15 +306,17 @@ def _load_table(path: Path, label_column: str | None, id_column: str | None, fra
         train, test = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
     else:
         train, test = _stratified_split(y, frac, seed)
-    return _assemble(path.stem, where, x[train], y[train], x[test], y[test], ids[train], ids[test], classes)
+    return _assemble(path.stem, where, x[train], y[train], x[test], y[test], ids[train], ids[test], classes, **scaling)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _assemble(name, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes) -> Dataset:
+def _assemble(
+    name, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes, *, standardization, allow_empty_test
+) -> Dataset:
     """Check labels, ids and values, scale features and build the :class:`Dataset`."""
-    if len(x_test) == 0:
+    if len(x_test) == 0 and not allow_empty_test:
         raise DatasetError(f"{where}: the test split is empty; at least one labeled test row is needed")
     unknown = np.flatnonzero(y_test < 0)
     if unknown.size:
@@ -300,24 +329,55 @@ def _assemble(name, where, x_train, y_train, x_test, y_test, ids_train, ids_test
     for split, x, ids in (("train", x_train, ids_train), ("test", x_test, ids_test)):
         if x.dtype.kind not in "biuf":
             raise DatasetError(f"{where}: x_{split} must be numeric, got dtype {x.dtype}")
-        if x.dtype.kind == "f":
+        if x.dtype.kind == "f" and len(x):
             bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
             if bad.size:
                 raise DatasetError(f"{where}: NaN/inf in x_{split} row {bad[0]} (id {ids[bad[0]].item()!r})")
     if x_train.ndim == 4 and (x_train.dtype == np.uint8) != (x_test.dtype == np.uint8):
         raise DatasetError(f"{where}: x_train is {x_train.dtype} but x_test is {x_test.dtype}; store both alike")
     if x_train.ndim == 4:
+        if standardization is not None:
+            raise DatasetError(f"{where}: images are scaled, not standardised; got a standardisation to apply")
         scale = np.float32(255.0 if x_train.dtype == np.uint8 else 1.0)
         x_train, x_test = x_train.astype(np.float32), x_test.astype(np.float32)
         x_train /= scale
         x_test /= scale
+        stats = None
     else:
-        mean = x_train.mean(axis=0, dtype=np.float64)
-        std = x_train.std(axis=0, dtype=np.float64)
-        std[std == 0] = 1.0
-        x_train = ((x_train - mean) / std).astype(np.float32)
-        x_test = ((x_test - mean) / std).astype(np.float32)
-    return Dataset(name, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes)
+        if standardization is None:
+            if len(x_train) == 0:
+                raise DatasetError(f"{where}: the train split is empty; its statistics standardise the features")
+            mean = x_train.mean(axis=0, dtype=np.float64)
+            std = x_train.std(axis=0, dtype=np.float64)
+            std[std == 0] = 1.0
+        else:
+            mean, std = _check_standardization(standardization, tuple(x_train.shape[1:]), where)
+        x_train, x_test = standardize(x_train, mean, std), standardize(x_test, mean, std)
+        stats = (mean, std)
+    return Dataset(name, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes, stats)
+
+
+def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``(x - mean) / std`` computed in float64, returned as float32 (the transform of every vector import)."""
+    return ((np.asarray(x, dtype=np.float64) - mean) / std).astype(np.float32)
+
+
+def _check_standardization(stats, feature_shape: tuple[int, ...], where: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, std)`` as float64 arrays of ``feature_shape`` (vectors only), finite, with ``std > 0``."""
+    try:
+        mean, std = (np.asarray(v, dtype=np.float64) for v in stats)
+    except (TypeError, ValueError) as error:
+        raise DatasetError(f"{where}: standardization must be a (mean, std) pair of arrays: {error}") from error
+    if len(feature_shape) != 1:
+        raise DatasetError(f"{where}: only vectors [N, D] are standardised, features have shape {feature_shape}")
+    if mean.shape != feature_shape or std.shape != feature_shape:
+        raise DatasetError(
+            f"{where}: items have features of shape {feature_shape}, the standardisation given is for "
+            f"{mean.shape} (mean) / {std.shape} (std)"
+        )
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+        raise DatasetError(f"{where}: the standardisation needs finite means and finite std > 0")
+    return mean, std
 
 
 def _image_layout(x: np.ndarray, where: str, key: str) -> np.ndarray:

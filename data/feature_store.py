@@ -2,24 +2,31 @@
 
 Layout of a store folder (the campaign keeps it at ``workspace/datasets/<name>/``)::
 
-    features.npy   float32 (or float16) [n_train + n_test, *feature_shape], train rows first
-    targets.npy    int64 [n_train + n_test], -1 = unknown (train rows only)
-    ids.npy        unicode [n_train + n_test], unique item ids
+    features.npy   float32 (or float16) [n, *feature_shape], n = n_train + n_test + n_appended: train rows
+                   first, then test rows, then rows appended later (data ingested into a campaign)
+    targets.npy    int64 [n], -1 = unknown (train and appended rows only)
+    ids.npy        unicode [n], unique item ids
     meta.json      name, source, classes, n_train, n_test, feature_shape, is_image, dtype,
-                   format_version, content_hash
+                   format_version, content_hash; n_appended and standardization (vectors: the original
+                   import's train mean and std, which every appended row must have gone through; null for
+                   images) where present
 
-A store is written into a temporary sibling folder and renamed into place, so a crash never leaves a
-half-written store. ``content_hash`` (SHA-256 over the arrays and every metadata field except ``source``)
+``rows_train`` / ``rows_test`` describe the original import only; which rows a campaign uses, and in which
+split, is the label store's ``items`` table. A store is written into a temporary sibling folder and renamed
+into place, so a crash never leaves a half-written store; :func:`append_rows` and :func:`extend_classes`
+rewrite it the same way. ``content_hash`` (SHA-256 over the arrays and every metadata field except ``source``)
 makes re-writing the same dataset a no-op, which keeps retried import tasks idempotent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +34,11 @@ from typing import Any
 import numpy as np
 
 from data.datasets import Dataset, DatasetError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: appends are then not serialised between processes
+    fcntl = None
 
 FORMAT_VERSION = 1
 META_KEYS = ("name", "source", "classes", "n_train", "n_test", "feature_shape", "is_image", "dtype")
@@ -41,7 +53,8 @@ class FeatureStoreError(DatasetError):
 class FeatureStore:
     """An opened store: memory-mapped, read-only arrays and their metadata.
 
-    Rows ``0 .. n_train-1`` are the train split (labeled and unlabeled pool), the rest the test split.
+    Rows ``0 .. n_train-1`` are the original import's train split (labeled and unlabeled pool), the next
+    ``n_test`` its test split, and the last ``n_appended`` rows were appended later (:func:`append_rows`).
     """
 
     directory: Path
@@ -61,6 +74,18 @@ class FeatureStore:
         return int(self.meta["n_test"])
 
     @property
+    def n_appended(self) -> int:
+        return int(self.meta.get("n_appended", 0))
+
+    @property
+    def standardization(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(mean, std)`` (float64 ``[D]``) that standardised the vectors; None for images or an older store."""
+        stats = self.meta.get("standardization")
+        if stats is None:
+            return None
+        return np.asarray(stats["mean"], dtype=np.float64), np.asarray(stats["std"], dtype=np.float64)
+
+    @property
     def classes(self) -> tuple[str, ...]:
         return tuple(self.meta["classes"])
 
@@ -75,7 +100,12 @@ class FeatureStore:
 
     @property
     def rows_test(self) -> range:
+        """Rows of the original import's test split (a campaign's test items: the label store's ``items``)."""
         return range(self.n_train, self.n_train + self.n_test)
+
+    @property
+    def rows_appended(self) -> range:
+        return range(self.n_train + self.n_test, len(self.ids))
 
     def row_of(self, item_ids: str | Any) -> np.ndarray:
         """Rows (int64, same shape as ``item_ids``) of the given item ids.
@@ -86,23 +116,35 @@ class FeatureStore:
             Naming the first id (in the order given) that is not in the store.
         """
         query = np.asarray(item_ids, dtype=str)
+        rows = self.lookup(query)
+        if (rows < 0).any():
+            unknown = query.ravel()[np.ravel(rows) < 0][0]
+            raise KeyError(f"unknown item id {str(unknown)!r} in feature store {self.directory}")
+        return rows
+
+    def lookup(self, item_ids: str | Any) -> np.ndarray:
+        """Rows (int64, same shape as ``item_ids``) of the given item ids, ``-1`` for ids not in the store."""
+        query = np.asarray(item_ids, dtype=str)
+        if len(self.ids) == 0:
+            return np.full(query.shape, -1, dtype=np.int64)
         if self._order is None:
             self._order = np.argsort(self.ids, kind="stable")
             self._sorted_ids = np.asarray(self.ids[self._order])
         pos = np.minimum(np.searchsorted(self._sorted_ids, query), len(self._order) - 1)
         found = self._sorted_ids[pos] == query
-        if not np.all(found):
-            unknown = query.ravel()[~np.ravel(found)][0]
-            raise KeyError(f"unknown item id {str(unknown)!r} in feature store {self.directory}")
-        return self._order[pos].astype(np.int64)
+        return np.where(found, self._order[pos], -1).astype(np.int64)
 
     def to_dataset(self) -> Dataset:
-        """Load the store back into memory as a :class:`Dataset` (features as float32)."""
-        n = self.n_train
-        x = np.asarray(self.features, dtype=np.float32)
-        y, ids = np.asarray(self.targets), np.asarray(self.ids)
+        """Load the original import back into memory as a :class:`Dataset` (features as float32).
+
+        Appended rows are left out: they belong to no split of the import (see the label store's items).
+        """
+        n, end = self.n_train, self.n_train + self.n_test
+        x = np.asarray(self.features[:end], dtype=np.float32)
+        y, ids = np.asarray(self.targets[:end]), np.asarray(self.ids[:end])
         name, source = self.meta["name"], self.meta["source"]
-        return Dataset(name, source, x[:n], y[:n], x[n:], y[n:], ids[:n], ids[n:], self.classes)
+        stats = self.standardization
+        return Dataset(name, source, x[:n], y[:n], x[n:], y[n:], ids[:n], ids[n:], self.classes, stats)
 
     def verify(self) -> None:
         """Re-hash the arrays (reads everything) and raise :class:`FeatureStoreError` if they changed."""
@@ -115,7 +157,8 @@ class FeatureStore:
     def __repr__(self) -> str:
         return (
             f"FeatureStore({str(self.directory)!r}, name={self.meta['name']!r}, n_train={self.n_train}, "
-            f"n_test={self.n_test}, feature_shape={self.feature_shape}, dtype={self.meta['dtype']})"
+            f"n_test={self.n_test}, n_appended={self.n_appended}, feature_shape={self.feature_shape}, "
+            f"dtype={self.meta['dtype']})"
         )
 
 
@@ -165,26 +208,104 @@ def write_feature_store(
         "feature_shape": list(dataset.feature_shape),
         "is_image": dataset.is_image,
         "dtype": str(features.dtype),
+        "n_appended": 0,
+        "standardization": _stats_json(dataset.standardization),
     }
     meta["content_hash"] = _content_hash(meta, features, targets, ids)
     if _same_or_refuse(directory, meta["content_hash"], overwrite):
         return directory
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
-        for name, array in (("features", features), ("targets", targets), ("ids", ids)):
-            with open(tmp / f"{name}.npy", "wb") as handle:
-                np.save(handle, array, allow_pickle=False)
-                handle.flush()
-                os.fsync(handle.fileno())
-        with open(tmp / "meta.json", "w") as handle:
-            json.dump(meta, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        _swap_in(tmp, directory, meta["content_hash"])
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    _write_and_swap(directory, meta, features, targets, ids)
     return directory
+
+
+def append_rows(
+    directory: str | Path, x: np.ndarray, targets: np.ndarray, ids: Sequence[str] | np.ndarray
+) -> np.ndarray:
+    """Append items after the existing rows, rewriting the store atomically; return their rows (int64).
+
+    ``x`` must already be model-ready, i.e. transformed like the original import (vectors standardised with
+    the store's :attr:`FeatureStore.standardization`, images scaled to floats). Appends are serialised by a
+    lock file beside the store; readers keep the arrays they opened until they open the store again.
+
+    Parameters
+    ----------
+    directory : str or Path
+        An existing store.
+    x : np.ndarray
+        ``[M, *feature_shape]`` features, stored in the store's dtype.
+    targets : np.ndarray
+        ``[M]`` class indices into the store's classes, ``-1`` = unknown.
+    ids : sequence of str
+        ``[M]`` new item ids, distinct from each other and from every id in the store.
+
+    Raises
+    ------
+    FeatureStoreError
+        Duplicate or empty ids (the message names the first), wrong shapes, labels out of range, non-finite
+        features or a float16 overflow.
+    """
+    directory = Path(directory)
+    ids = np.asarray(ids, dtype=str).reshape(-1)
+    targets = np.asarray(targets)
+    with _locked(directory):
+        store = open_feature_store(directory)
+        shape = (len(ids), *store.feature_shape)
+        x = np.asarray(x)
+        if x.shape != shape:
+            raise FeatureStoreError(f"{directory}: rows to append must have shape {shape}, got {x.shape}")
+        if targets.shape != (len(ids),) or targets.dtype.kind not in "iu":
+            raise FeatureStoreError(
+                f"{directory}: targets to append must be integers [{len(ids)}], got {targets.dtype} {targets.shape}"
+            )
+        bad = np.flatnonzero((targets < -1) | (targets >= len(store.classes)))
+        if bad.size:
+            raise FeatureStoreError(
+                f"{directory}: appended item {str(ids[bad[0]])!r} has label {targets[bad[0]]}, "
+                f"expected -1..{len(store.classes) - 1}"
+            )
+        _refuse_duplicates(directory, store, ids)
+        rows = np.arange(len(store.ids), len(store.ids) + len(ids), dtype=np.int64)
+        if not len(ids):
+            return rows
+        with np.errstate(over="ignore"):  # an overflow is reported below, naming the item
+            new = x.astype(store.meta["dtype"])
+        bad = np.flatnonzero(~np.isfinite(new.reshape(len(new), -1)).all(axis=1))
+        if bad.size:
+            why = "overflows float16; the store holds float16" if np.isfinite(x[bad[0]]).all() else "is not finite"
+            raise FeatureStoreError(f"{directory}: appended item {str(ids[bad[0]])!r} {why}")
+        features = np.concatenate([store.features, new])
+        all_targets = np.concatenate([store.targets, targets.astype(np.int64)])
+        all_ids = np.concatenate([store.ids, ids])
+        meta = {key: value for key, value in store.meta.items() if key != "content_hash"}
+        meta["n_appended"] = store.n_appended + len(ids)
+        meta["content_hash"] = _content_hash(meta, features, all_targets, all_ids)
+        _write_and_swap(directory, meta, features, all_targets, all_ids)
+    return rows
+
+
+def extend_classes(directory: str | Path, new_classes: Sequence[str]) -> tuple[str, ...]:
+    """Append the names in ``new_classes`` that the store does not know to its classes; return all classes.
+
+    Existing class indices keep their meaning (new classes go last), so stored targets stay valid. Names the
+    store already knows are ignored, which makes a repeated call a no-op.
+    """
+    directory = Path(directory)
+    with _locked(directory):
+        store = open_feature_store(directory)
+        classes = list(store.classes)
+        for name in (str(c) for c in new_classes):
+            if not name:
+                raise FeatureStoreError(f"{directory}: a class name must not be empty")
+            if name not in classes:
+                classes.append(name)
+        if len(classes) == len(store.classes):
+            return store.classes
+        meta = {key: value for key, value in store.meta.items() if key != "content_hash"}
+        meta["classes"] = classes
+        features, targets, ids = (np.asarray(a) for a in (store.features, store.targets, store.ids))
+        meta["content_hash"] = _content_hash(meta, features, targets, ids)
+        _write_and_swap(directory, meta, features, targets, ids)
+    return tuple(classes)
 
 
 def open_feature_store(directory: str | Path) -> FeatureStore:
@@ -197,7 +318,7 @@ def open_feature_store(directory: str | Path) -> FeatureStore:
     """
     directory = Path(directory)
     meta = _read_meta(directory)
-    n = meta["n_train"] + meta["n_test"]
+    n = meta["n_train"] + meta["n_test"] + meta["n_appended"]
     arrays = {}
     for name in ("features", "targets", "ids"):
         path = directory / f"{name}.npy"
@@ -218,7 +339,8 @@ def open_feature_store(directory: str | Path) -> FeatureStore:
                 f"{directory / f'{name}.npy'}: expected {dtype} {shape} per meta.json, got {array.dtype} {array.shape}"
             )
     targets, n_train = arrays["targets"], meta["n_train"]
-    low = np.where(np.arange(n) < n_train, -1, 0)
+    rows = np.arange(n)
+    low = np.where((rows >= n_train) & (rows < n_train + meta["n_test"]), 0, -1)  # test labels must be known
     bad = np.flatnonzero((targets < low) | (targets >= len(meta["classes"])))
     if bad.size:
         raise FeatureStoreError(f"{directory / 'targets.npy'}: row {bad[0]} holds invalid label {targets[bad[0]]}")
@@ -259,11 +381,83 @@ def _read_meta(directory: Path) -> dict[str, Any]:
         raise FeatureStoreError(f"{path}: dtype {meta['dtype']!r}, expected one of {_DTYPES}")
     try:
         meta["n_train"], meta["n_test"] = int(meta["n_train"]), int(meta["n_test"])
+        meta["n_appended"] = int(meta.get("n_appended", 0))
         meta["feature_shape"] = [int(d) for d in meta["feature_shape"]]
         meta["classes"] = [str(c) for c in meta["classes"]]
     except (TypeError, ValueError) as error:
-        raise FeatureStoreError(f"{path}: malformed n_train / n_test / feature_shape / classes: {error}") from error
+        raise FeatureStoreError(
+            f"{path}: malformed n_train / n_test / n_appended / feature_shape / classes: {error}"
+        ) from error
+    if min(meta["n_train"], meta["n_test"], meta["n_appended"]) < 0:
+        raise FeatureStoreError(f"{path}: negative n_train / n_test / n_appended")
+    stats = meta.setdefault("standardization", None)
+    if stats is not None:
+        size = int(np.prod(meta["feature_shape"]))
+        try:
+            ok = all(len(stats[key]) == size for key in ("mean", "std")) and len(meta["feature_shape"]) == 1
+        except (TypeError, KeyError):
+            ok = False
+        if not ok:
+            raise FeatureStoreError(f"{path}: standardization must be null or {{mean, std}} of {size} numbers each")
     return meta
+
+
+def _stats_json(stats: tuple[np.ndarray, np.ndarray] | None) -> dict[str, list[float]] | None:
+    """``{"mean": [...], "std": [...]}`` (JSON floats round-trip float64 exactly) or None."""
+    if stats is None:
+        return None
+    mean, std = stats
+    return {"mean": np.asarray(mean, dtype=np.float64).tolist(), "std": np.asarray(std, dtype=np.float64).tolist()}
+
+
+def _refuse_duplicates(directory: Path, store: FeatureStore, ids: np.ndarray) -> None:
+    empty = np.flatnonzero(ids == "")
+    if empty.size:
+        raise FeatureStoreError(f"{directory}: appended item {empty[0]} has an empty id")
+    values, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise FeatureStoreError(f"{directory}: item id {values[counts > 1][0].item()!r} appears twice among the rows")
+    known = store.lookup(ids) >= 0
+    if known.any():
+        raise FeatureStoreError(
+            f"{directory}: item id {ids[known][0].item()!r} is already in the store "
+            f"({int(known.sum())} of {len(ids)} ids are); not appending"
+        )
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Serialise writers of one store (``.<name>.lock`` beside it) so that concurrent appends are not lost."""
+    if fcntl is None or not directory.parent.is_dir():
+        yield
+        return
+    with open(directory.parent / f".{directory.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_and_swap(
+    directory: Path, meta: dict[str, Any], features: np.ndarray, targets: np.ndarray, ids: np.ndarray
+) -> None:
+    """Write the arrays and ``meta.json`` into a temporary sibling folder, then rename it into place."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        for name, array in (("features", features), ("targets", targets), ("ids", ids)):
+            with open(tmp / f"{name}.npy", "wb") as handle:
+                np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+                handle.flush()
+                os.fsync(handle.fileno())
+        with open(tmp / "meta.json", "w") as handle:
+            json.dump(meta, handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _swap_in(tmp, directory, meta["content_hash"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _same_or_refuse(directory: Path, digest: str, overwrite: bool) -> bool:

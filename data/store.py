@@ -167,6 +167,35 @@ class LabelStore:
                     f"campaign {campaign!r} exists with classes {json.loads(existing.classes)}, got {list(classes)}"
                 )
 
+    def extend_classes(self, campaign: str, new_classes: Sequence[str]) -> list[str]:
+        """Append the names in ``new_classes`` the campaign does not know to its classes; return all of them.
+
+        Existing class indices keep their meaning (new classes go last), so stored labels stay valid; names
+        already known are ignored, so a repeated call is a no-op.
+        """
+        with self.engine.begin() as conn:
+            value = conn.execute(sa.select(campaigns.c.classes).where(campaigns.c.campaign == campaign)).scalar()
+            if value is None:
+                raise StoreError(f"unknown campaign {campaign!r}")
+            classes = json.loads(value)
+            added = [c for c in dict.fromkeys(str(c) for c in new_classes) if c not in classes]
+            if "" in added:
+                raise StoreError(f"campaign {campaign!r}: a class name must not be empty")
+            if added:
+                classes += added
+                conn.execute(
+                    campaigns.update().where(campaigns.c.campaign == campaign).values(classes=json.dumps(classes))
+                )
+        return classes
+
+    def dataset_of(self, campaign: str) -> str:
+        """The dataset (name or path, as given when the campaign was created) whose feature store it uses."""
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(campaigns.c.dataset).where(campaigns.c.campaign == campaign)).scalar()
+        if value is None:
+            raise StoreError(f"unknown campaign {campaign!r}")
+        return value
+
     def campaign_names(self) -> list[str]:
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(campaigns.c.campaign).order_by(campaigns.c.campaign)).scalars())
@@ -284,6 +313,14 @@ class LabelStore:
                 for r in conn.execute(sa.select(labels.c.item_id, labels.c.label).where(labels.c.id.in_(latest)))
             }
 
+    def answers_by(self, campaign: str, annotator: str) -> set[tuple[str, int]]:
+        """Every ``(item_id, label)`` that ``annotator`` ever recorded in the campaign (superseded ones too)."""
+        query = sa.select(labels.c.item_id, labels.c.label).where(
+            labels.c.campaign == campaign, labels.c.annotator == annotator
+        )
+        with self.engine.connect() as conn:
+            return {(r.item_id, r.label) for r in conn.execute(query)}
+
     def label_history(self, campaign: str, item_id: str) -> list[tuple[int, str, int]]:
         """Every answer for one item, oldest first, as (label, annotator, round)."""
         with self.engine.connect() as conn:
@@ -397,6 +434,12 @@ class LabelStore:
                 .order_by(rounds.c.round)
             ).scalars()
             return [json.loads(m) for m in rows]
+
+    def unfinished_rounds(self, campaign: str) -> list[int]:
+        """Rounds started and not finished: running now, or crashed (the next round call resumes them)."""
+        query = sa.select(rounds.c.round).where(rounds.c.campaign == campaign, rounds.c.status == "running")
+        with self.engine.connect() as conn:
+            return sorted(conn.execute(query).scalars())
 
     def next_round(self, campaign: str) -> int:
         """The round to run: an unfinished one (resume after a crash) or the one after the last."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from data import FeatureStore, load_dataset, open_feature_store, write_feature_store
-from data.store import LabelAnswer, LabelStore
+from data.store import LabelAnswer, LabelStore, StoreError
 from flows.settings import Settings
 
 
@@ -52,6 +52,7 @@ def prepare_campaign(settings: Settings, store: LabelStore, *, simulate: bool) -
     """
     features = ensure_feature_store(settings)
     campaign = settings.campaign_name
+    _follow_extended_classes(store, campaign, features.classes)
     store.create_campaign(campaign, settings.dataset.name, features.classes)
     train_rows = np.asarray(features.rows_train)
     test_rows = np.asarray(features.rows_test)
@@ -85,3 +86,36 @@ def prepare_campaign(settings: Settings, store: LabelStore, *, simulate: bool) -
     ]
     store.record_labels(campaign, answers, annotator="seed" if simulate else "import", require_queued=False)
     return features
+
+
+def _follow_extended_classes(store: LabelStore, campaign: str, classes: tuple[str, ...]) -> None:
+    """Give an existing campaign the classes that an ingest (``flows.ingest``) added to its shared feature store.
+
+    New classes only ever go last, so the campaign's labels keep their meaning; any other difference is left for
+    ``create_campaign`` to refuse.
+    """
+    try:
+        known = store.classes(campaign)
+    except StoreError:
+        return
+    if len(known) < len(classes) and list(classes[: len(known)]) == known:
+        store.extend_classes(campaign, classes)
+
+
+def campaign_test_rows(settings: Settings, features: FeatureStore) -> np.ndarray:
+    """Feature-store rows (int64, ascending) of the campaign's ``test`` items, ingested ones included.
+
+    Without such a campaign (``beliefloop select`` on a bare dataset) the original import's test split; a
+    workspace without a label store is not given one.
+    """
+    url = settings.store_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return np.asarray(features.rows_test, dtype=np.int64)
+    store = LabelStore(url)
+    try:
+        rows = store.item_rows(settings.campaign_name, "test")
+    finally:
+        store.close()
+    if not rows:
+        return np.asarray(features.rows_test, dtype=np.int64)
+    return np.sort(np.fromiter(rows.values(), dtype=np.int64, count=len(rows)))

@@ -14,6 +14,10 @@ from typing import Annotated, Any
 
 import typer
 
+# Idle OpenMP threads sleep instead of spinning: on a shared or small machine spinning threads made small torch
+# operations 10-25x slower (measured on 2 cores under load). Must be set before torch loads; the user's value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 class _App(typer.Typer):
     """Typer app whose commands report bad input (file, item, key) in one line instead of a traceback."""
@@ -50,6 +54,13 @@ DatasetOpt = Annotated[
     typer.Option("--dataset", help="digits | breast_cancer | wine | iris, or a .npz/.csv/.parquet path."),
 ]
 CampaignOpt = Annotated[str | None, typer.Option("--campaign", help="Campaign name (= MLflow experiment).")]
+SubsampleOpt = Annotated[
+    int | None, typer.Option("--pool-subsample", help="Score a random subset of M pool items per round.")
+]
+DaskOpt = Annotated[
+    str | None, typer.Option("--dask-address", help="Dask scheduler (tcp://host:8786) to run the round's tasks on.")
+]
+ShardsOpt = Annotated[int | None, typer.Option("--shards", help="Pool-scoring tasks per round.")]
 
 
 def _prefect_defaults() -> None:
@@ -105,6 +116,9 @@ def simulate(
     seed: Annotated[int | None, typer.Option(help="Seed of the seed set, training and acquisition.")] = None,
     workspace: WorkspaceOpt = None,
     campaign: CampaignOpt = None,
+    pool_subsample: SubsampleOpt = None,
+    shards: ShardsOpt = None,
+    dask_address: DaskOpt = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write per-round metrics as a JSON list.")] = None,
     summary_path: Annotated[
         Path | None, typer.Option("--summary", help="Write final and mean metrics as one JSON object (DVC metrics).")
@@ -118,7 +132,13 @@ def simulate(
             "workspace": workspace,
             "dataset": {"name": dataset},
             "campaign": {"name": campaign, "rounds": rounds, "k": k, "initial": initial, "seed": seed},
-            "acquisition": {"name": acquisition, "samples": samples},
+            "acquisition": {
+                "name": acquisition,
+                "samples": samples,
+                "pool_subsample": pool_subsample,
+                "shards": shards,
+                "dask_address": dask_address,
+            },
         },
     )
     from flows.console import console, print_header
@@ -146,6 +166,9 @@ def run_round(
     acquisition: Annotated[str | None, typer.Option(help="bald, predictive_entropy, random, ...")] = None,
     workspace: WorkspaceOpt = None,
     campaign: CampaignOpt = None,
+    pool_subsample: SubsampleOpt = None,
+    shards: ShardsOpt = None,
+    dask_address: DaskOpt = None,
     params: ParamsOpt = None,
 ) -> None:
     """Run one live round: ingest answers, train once enough labels exist, queue the top-k for people."""
@@ -155,7 +178,12 @@ def run_round(
             "workspace": workspace,
             "dataset": {"name": dataset},
             "campaign": {"k": k},
-            "acquisition": {"name": acquisition},
+            "acquisition": {
+                "name": acquisition,
+                "pool_subsample": pool_subsample,
+                "shards": shards,
+                "dask_address": dask_address,
+            },
         },
     )
     if not settings.campaign.name:
@@ -201,6 +229,45 @@ def label(
         typer.echo(f"rejected {item_id}: {reason}", err=True)
         raise typer.Exit(1)
     typer.echo(f"recorded {item} = {classes[index]} in campaign {name}")
+
+
+@app.command("ingest")
+def ingest_file(
+    path: Annotated[Path, typer.Argument(help="A .npz, .csv or .parquet file of new items, labeled or not.")],
+    allow_new_classes: Annotated[
+        bool, typer.Option("--allow-new-classes", help="Add label names the campaign does not know as new classes.")
+    ] = False,
+    id_prefix: Annotated[
+        str | None, typer.Option("--id-prefix", help="Put before the file's item ids (default: '<file stem>/').")
+    ] = None,
+    label_column: Annotated[
+        str | None, typer.Option("--label-column", help="Tables: the label column (default: dataset.label_column).")
+    ] = None,
+    id_column: Annotated[
+        str | None, typer.Option("--id-column", help="Tables: the id column (default: dataset.id_column).")
+    ] = None,
+    workspace: WorkspaceOpt = None,
+    campaign: CampaignOpt = None,
+    params: ParamsOpt = None,
+) -> None:
+    """Add new items to a campaign: train rows join the pool (their labels recorded), test rows the test set."""
+    settings = _settings(params, {"workspace": workspace})
+    from data.store import LabelStore
+    from flows.ingest import ingest
+
+    store = LabelStore(settings.store_url)
+    name = _resolve_campaign(settings, store, campaign)
+    report = ingest(
+        settings,
+        path,
+        campaign=name,
+        allow_new_classes=allow_new_classes,
+        id_prefix=id_prefix,
+        label_column=label_column,
+        id_column=id_column,
+    )
+    typer.echo(report.summary())
+    typer.echo("the next round (beliefloop round) trains on the new labels and scores the new pool items")
 
 
 @queue_app.command("list")

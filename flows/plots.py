@@ -29,12 +29,14 @@ def reliability_diagram(confidence: np.ndarray, accuracy: np.ndarray, counts: np
     return path
 
 
-def uncertainty_histogram(aleatoric: np.ndarray, epistemic: np.ndarray, path: Path) -> Path:
-    """Histograms of aleatoric (expected entropy) and epistemic (BALD) uncertainty over the scored pool."""
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-    for ax, values, name in zip(axes, (aleatoric, epistemic), ("aleatoric: E[H[p]]", "epistemic: BALD"), strict=True):
-        ax.hist(values, bins=40, color="tab:blue" if "alea" in name else "tab:orange")
-        ax.set(title=name, xlabel="nats", ylabel="pool items")
+def uncertainty_histogram(aleatoric: np.ndarray, epistemic: np.ndarray, edges: np.ndarray, path: Path) -> Path:
+    """Histograms (counts over shared bin ``edges``) of aleatoric (expected entropy) and epistemic (BALD)
+    uncertainty over the scored pool."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharex=True)
+    panels = (("aleatoric: E[H[p]]", aleatoric, "tab:blue"), ("epistemic: BALD", epistemic, "tab:orange"))
+    for ax, (title, counts, color) in zip(axes, panels, strict=True):
+        ax.stairs(counts, edges, fill=True, color=color)
+        ax.set(title=title, xlabel="nats", ylabel="pool items")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -8,6 +8,7 @@ is written once, and its MLflow run is found again by tag, so re-running after a
 from __future__ import annotations
 
 import csv
+import functools
 import tempfile
 import time
 from dataclasses import dataclass
@@ -19,14 +20,15 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from acquisition import RunningTopK, bald, expected_entropy, get_acquisition
-from bayes_models import bayes_factor_table
+from acquisition import BATCH_ACQUISITIONS, RunningTopK, StreamResult, bald, batchbald, score_pool_streaming
+from bayes_models import MCDropout, bayes_factor_table
 from bayes_models.metrics import accuracy, brier, ece, nll, reliability
 from bayes_models.selection import BayesFactorRow
-from data import FeatureStore
+from data import FeatureStore, open_feature_store
+from data.pool import iter_pool_chunks
 from data.store import LabelAnswer, LabelStore, QueueEntry
 from flows import plots
-from flows.campaign_setup import balanced_seed_rows, ensure_feature_store, prepare_campaign
+from flows.campaign_setup import balanced_seed_rows, campaign_test_rows, ensure_feature_store, prepare_campaign
 from flows.console import print_round
 from flows.models import (
     CandidateSpec,
@@ -45,12 +47,19 @@ SCORE_CHUNK = 4096
 
 @dataclass
 class PoolScores:
-    """What scoring the pool leaves: the chosen batch and per-item uncertainty for the summaries."""
+    """What scoring the pool leaves: the chosen batch and histograms of the pool's uncertainty."""
 
     entries: list[QueueEntry]
-    aleatoric: np.ndarray
-    epistemic: np.ndarray
+    aleatoric_hist: np.ndarray
+    epistemic_hist: np.ndarray
+    bin_edges: np.ndarray
     pool_size: int
+    n_scored: int
+
+    def mean(self, hist: np.ndarray) -> float:
+        """Mean uncertainty over the scored items from a histogram (exact to half a bin width)."""
+        centers = (self.bin_edges[:-1] + self.bin_edges[1:]) / 2
+        return float((hist * centers).sum() / max(hist.sum(), 1))
 
 
 def _rows_tensor(features: FeatureStore, rows: np.ndarray) -> torch.Tensor:
@@ -111,8 +120,11 @@ def _candidates_dir(settings: Settings) -> Path:
 
 
 @task(cache_policy=NO_CACHE)
-def evaluate(model, features: FeatureStore, samples: int, round_: int) -> tuple[dict[str, float], object]:
-    rows = np.asarray(features.rows_test)
+def evaluate(
+    model, features: FeatureStore, test_rows: np.ndarray, samples: int, round_: int
+) -> tuple[dict[str, float], object]:
+    """Test metrics on ``test_rows``: the campaign's test items (the label store's), ingested ones included."""
+    rows = np.asarray(test_rows, dtype=np.int64)
     x = _rows_tensor(features, rows)
     targets = torch.from_numpy(np.asarray(features.targets[rows], dtype=np.int64))
     probs = model.predictive_samples(x, samples, seed=round_).mean(0).cpu()
@@ -125,43 +137,97 @@ def evaluate(model, features: FeatureStore, samples: int, round_: int) -> tuple[
     return metrics, reliability(probs, targets)
 
 
-@task(cache_policy=NO_CACHE)
+def pool_predict(model, x: torch.Tensor, samples: int, *, seed: int) -> torch.Tensor:
+    """``probs[S, B, C]`` for pool scoring: the same S posterior draws for every item, whatever the chunk or shard
+    (MC dropout with consistent masks; Laplace and VI draw weights per call), so scores never depend on sharding."""
+    if isinstance(model, MCDropout):
+        return model.predictive_samples(x, samples, seed=seed, consistent=True).cpu()
+    return model.predictive_samples(x, samples, seed=seed).cpu()
+
+
+@task(cache_policy=NO_CACHE, retries=1)
+def score_shard(
+    model,
+    store_dir: str,
+    rows: np.ndarray,
+    ids: np.ndarray,
+    acquisition: str,
+    samples: int,
+    k: int,
+    seed: int,
+    shard: int,
+) -> StreamResult:
+    """Stream one shard of the pool through the model: running top-k and uncertainty histograms.
+
+    Every shard draws the same posterior samples (``seed``), so item scores do not depend on the sharding; only
+    random score functions (``random``, ``powerbald``) draw per shard. Takes the feature store's path, not the
+    arrays, so a Dask worker maps the file itself.
+    """
+    features = open_feature_store(store_dir)
+    chunks = iter_pool_chunks(features.features, rows, ids, SCORE_CHUNK)
+    return score_pool_streaming(
+        functools.partial(pool_predict, model, seed=seed),
+        chunks,
+        k=k,
+        acquisition=acquisition,
+        samples=samples,
+        generator=torch.Generator().manual_seed(seed * 1009 + shard),
+    )
+
+
 def score_pool(model, features: FeatureStore, pool: dict[str, int], settings: Settings, round_: int) -> PoolScores:
-    """Score the pool in chunks with a running top-k; without a model (cold start) pick a seeded random batch."""
-    name = settings.acquisition.name if model is not None else "random"
-    score_fn = get_acquisition(name)
-    generator = torch.Generator().manual_seed(settings.campaign.seed * 1000 + round_)
-    ids = np.asarray(list(pool))
+    """Score the pool in ``acquisition.shards`` Prefect tasks and merge their top-k; queue the batch.
+
+    Without a model (cold start) a seeded random batch is queued. ``pool_subsample`` scores a seeded random
+    subset (Gal et al. 2017). BatchBALD runs greedily on the ``batch_candidates`` best items by BALD.
+    """
+    a, k = settings.acquisition, settings.campaign.k
+    seed = settings.campaign.seed * 1000 + round_
+    generator = np.random.default_rng([settings.campaign.seed, round_])
+    ids = np.asarray(list(pool), dtype=np.str_)
     rows = np.fromiter(pool.values(), dtype=np.int64, count=len(pool))
-    top = RunningTopK(settings.campaign.k)
-    predicted = np.full(len(ids), -1, dtype=np.int64)
-    aleatoric, epistemic = np.zeros(len(ids)), np.zeros(len(ids))
-    n_classes = len(features.classes)
-    for start in range(0, len(ids), SCORE_CHUNK):
-        chunk = slice(start, start + SCORE_CHUNK)
-        if model is None:
-            probs = torch.full((1, len(ids[chunk]), n_classes), 1.0 / n_classes)
-        else:
-            probs = model.predictive_samples(
-                _rows_tensor(features, rows[chunk]), settings.acquisition.samples, seed=round_
-            ).cpu()
-        top.update(score_fn(probs, generator=generator), ids[chunk])
-        predicted[chunk] = probs.mean(0).argmax(-1).numpy() if model is not None else -1
-        aleatoric[chunk] = expected_entropy(probs).numpy()
-        epistemic[chunk] = bald(probs).numpy()
-    chosen_ids, chosen_scores = top.result()
-    position = {item_id: i for i, item_id in enumerate(ids)}
-    entries = [
-        QueueEntry(
-            item_id=item_id,
-            rank=rank,
-            score=float(score),
-            acquisition=name,
-            predicted=int(predicted[position[item_id]]) if model is not None else None,
-        )
-        for rank, (item_id, score) in enumerate(zip(chosen_ids, chosen_scores, strict=True), start=1)
+    edges = np.linspace(0.0, np.log(max(len(features.classes), 2)), 51)
+    if model is None:
+        chosen = generator.permutation(len(ids))[:k]
+        entries = [QueueEntry(str(ids[i]), rank, None, "random") for rank, i in enumerate(chosen, start=1)]
+        return PoolScores(entries, np.zeros(50, np.int64), np.zeros(50, np.int64), edges, len(ids), 0)
+    if a.pool_subsample is not None and a.pool_subsample < len(ids):
+        keep = np.sort(generator.choice(len(ids), a.pool_subsample, replace=False))
+        ids, rows = ids[keep], rows[keep]
+    batch = a.name in BATCH_ACQUISITIONS
+    stream_name, stream_k = ("bald", max(a.batch_candidates, k)) if batch else (a.name, k)
+    shards = [s for s in np.array_split(np.arange(len(ids)), a.shards) if len(s)]
+    futures = [
+        score_shard.submit(model, str(features.directory), rows[s], ids[s], stream_name, a.samples, stream_k, seed, i)
+        for i, s in enumerate(shards)
     ]
-    return PoolScores(entries, aleatoric, epistemic, len(ids))
+    results = [future.result() for future in futures]
+    merged = RunningTopK(stream_k)
+    for result in results:
+        merged.update(result.scores, result.ids)
+    top_ids, top_scores = merged.result()
+    row_of = dict(zip(ids.tolist(), rows.tolist(), strict=True))
+    probs = pool_predict(
+        model, _rows_tensor(features, np.array([row_of[i] for i in top_ids], dtype=np.int64)), a.samples, seed=seed
+    )
+    if batch:
+        positions = batchbald(probs, k, generator=torch.Generator().manual_seed(seed), item_ids=top_ids).tolist()
+        scores = bald(probs[:, positions]).tolist()
+    else:
+        positions, scores = list(range(len(top_ids))), top_scores.tolist()
+    predicted = probs.mean(0).argmax(-1)
+    entries = [
+        QueueEntry(top_ids[p], rank, float(score), a.name, int(predicted[p]))
+        for rank, (p, score) in enumerate(zip(positions, scores, strict=True), start=1)
+    ]
+    return PoolScores(
+        entries,
+        sum(r.aleatoric_hist for r in results),
+        sum(r.epistemic_hist for r in results),
+        results[0].bin_edges if results else edges,
+        len(pool),
+        sum(r.n_scored for r in results),
+    )
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -192,8 +258,12 @@ def log_round(
         paths = [batch]
         if selection:
             paths.append(_bayes_factor_csv(selection, tmp_path / "bayes_factors.csv"))
-        if scores.pool_size:
-            paths.append(plots.uncertainty_histogram(scores.aleatoric, scores.epistemic, tmp_path / "uncertainty.png"))
+        if scores.n_scored:
+            paths.append(
+                plots.uncertainty_histogram(
+                    scores.aleatoric_hist, scores.epistemic_hist, scores.bin_edges, tmp_path / "uncertainty.png"
+                )
+            )
         if diagram is not None:
             paths.append(
                 plots.reliability_diagram(
@@ -254,16 +324,20 @@ def select_model(
     Returns the Bayes-factor rows (selected first) with their fitted candidates and test metrics, and the
     selected model's reliability-diagram data.
     """
-    futures = [
-        fit_candidate_task.submit(spec, settings, features, labeled, round_) for spec in candidate_specs(settings)
-    ]
-    fitted = {f.name: f for f in (future.result() for future in futures)}
+    specs = candidate_specs(settings)
+    if settings.selection.workers > 1:  # concurrent fits share torch's RNG: faster, not bit-reproducible
+        futures = [fit_candidate_task.submit(spec, settings, features, labeled, round_) for spec in specs]
+        results = [future.result() for future in futures]
+    else:
+        results = [fit_candidate_task.submit(spec, settings, features, labeled, round_).result() for spec in specs]
+    fitted = {f.name: f for f in results}
     check_comparable(list(fitted.values()))
     table = bayes_factor_table({name: f.log_evidence for name, f in fitted.items()})
     selection, diagram = [], None
+    test_rows = campaign_test_rows(settings, features)
     for row in table:
         test_metrics, row_diagram = evaluate(
-            fitted[row.candidate].model, features, settings.acquisition.samples, round_
+            fitted[row.candidate].model, features, test_rows, settings.acquisition.samples, round_
         )
         diagram = row_diagram if row.selected else diagram
         selection.append((row, fitted[row.candidate], test_metrics))
@@ -311,9 +385,10 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
     scores = score_pool(model, features, pool, settings, round_)
     metrics["acquisition_seconds"] = time.perf_counter() - start
     metrics["pool_size"] = scores.pool_size
-    if scores.pool_size and model is not None:
-        metrics["pool_mean_aleatoric"] = float(scores.aleatoric.mean())
-        metrics["pool_mean_epistemic"] = float(scores.epistemic.mean())
+    if scores.n_scored:
+        metrics["pool_scored"] = scores.n_scored
+        metrics["pool_mean_aleatoric"] = scores.mean(scores.aleatoric_hist)
+        metrics["pool_mean_epistemic"] = scores.mean(scores.epistemic_hist)
     queued = store.enqueue(campaign, round_, scores.entries)
     metrics["n_queued"] = len(queued)
 
@@ -354,10 +429,19 @@ def select_models(settings: Settings, n_labels: int | None = None) -> list[dict]
     ]
 
 
+def task_runner(settings: Settings):
+    """Threads by default (``selection.workers`` at once); the Dask cluster at ``acquisition.dask_address`` when
+    given, through prefect-dask, so pool shards and candidate fits run on its workers."""
+    if settings.acquisition.dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=settings.acquisition.dask_address)
+    return ThreadPoolTaskRunner(max_workers=max(settings.selection.workers, settings.acquisition.shards))
+
+
 def run_round(settings: Settings, *, oracle: bool = False) -> dict[str, float]:
-    """``labeling_round`` with a thread pool of ``selection.workers`` for the candidate fits."""
-    runner = ThreadPoolTaskRunner(max_workers=settings.selection.workers)
-    return labeling_round.with_options(task_runner=runner)(settings, oracle=oracle)
+    """``labeling_round`` on the task runner the settings ask for."""
+    return labeling_round.with_options(task_runner=task_runner(settings))(settings, oracle=oracle)
 
 
 @flow(name="simulate_campaign")

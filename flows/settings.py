@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from acquisition import ACQUISITION_FUNCTIONS
+from acquisition import ACQUISITION_FUNCTIONS, BATCH_ACQUISITIONS
 
 _params_file: ContextVar[Path | None] = ContextVar("beliefloop_params_file", default=None)
 
@@ -105,12 +105,21 @@ class SelectionSettings(_Section):
 class AcquisitionSettings(_Section):
     name: str = "bald"
     samples: int = Field(20, ge=1)
+    pool_subsample: int | None = Field(None, ge=1)
+    """Score only this many pool items, drawn at random each round (Gal et al. 2017); ``null`` scores all."""
+    batch_candidates: int = Field(1000, ge=1)
+    """BatchBALD chooses greedily among this many of the pool's best items by BALD."""
+    shards: int = Field(1, ge=1)
+    """Pool scoring is split into this many Prefect tasks (threads, or Dask workers with ``dask_address``)."""
+    dask_address: str | None = None
+    """Scheduler address of a Dask cluster (``tcp://host:8786``) to run the round's tasks on via prefect-dask."""
 
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        if name not in ACQUISITION_FUNCTIONS:
-            raise ValueError(f"unknown acquisition {name!r}; expected one of {sorted(ACQUISITION_FUNCTIONS)}")
+        valid = sorted([*ACQUISITION_FUNCTIONS, *BATCH_ACQUISITIONS])
+        if name not in valid:
+            raise ValueError(f"unknown acquisition {name!r}; expected one of {valid}")
         return name
 
 
