@@ -96,3 +96,12 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         yield
+
+
+def seeded_network(config, device: torch.device, *, dropout: float) -> SplitNet:
+    """The default network of a model ``config`` (``feature_shape``, ``n_classes``, ``hidden``, ``depth``),
+    initialised from ``config.seed`` so that two models of one config start from the same weights."""
+    with seeded(config.seed, device):
+        return build_network(
+            config.feature_shape, config.n_classes, hidden=config.hidden, depth=config.depth, dropout=dropout
+        )

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from bayes_models.architectures import SplitNet, build_network, resolve_device, seeded
+from bayes_models.architectures import SplitNet, resolve_device, seeded, seeded_network
 from bayes_models.mc_dropout import MCDropout, MCDropoutConfig
 
 __all__ = ["DeepEnsemble"]
@@ -47,18 +47,11 @@ class DeepEnsemble:
         self.members: list[MCDropout] = []
         for m in range(members):
             member_config = replace(config, seed=config.seed + m, dropout=dropout)
-            with seeded(member_config.seed, self.device):
-                network = (
-                    network_factory()
-                    if network_factory is not None
-                    else build_network(
-                        config.feature_shape,
-                        config.n_classes,
-                        hidden=config.hidden,
-                        depth=config.depth,
-                        dropout=dropout,
-                    )
-                )
+            if network_factory is None:
+                network = seeded_network(member_config, self.device, dropout=dropout)
+            else:
+                with seeded(member_config.seed, self.device):
+                    network = network_factory()
             self.members.append(MCDropout(member_config, device=self.device, network=network))
 
     def __len__(self) -> int:

@@ -10,23 +10,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from bayes_models.architectures import SplitNet, build_network, has_dropout, resolve_device, seeded
+from bayes_models.architectures import SplitNet, has_dropout, resolve_device, seeded, seeded_network
 from bayes_models.fast_head import predictive_samples_consistent
-from bayes_models.training import train_map
+from bayes_models.training import TrainingConfig, train_map
 
 
 @dataclass(frozen=True)
-class MCDropoutConfig:
-    feature_shape: tuple[int, ...]
-    n_classes: int
-    hidden: int = 128
-    depth: int = 2
+class MCDropoutConfig(TrainingConfig):
     dropout: float = 0.5
-    steps: int = 500
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
 
 
 @contextmanager
@@ -53,14 +44,7 @@ class MCDropout:
         self.config = config
         self.device = resolve_device(device)
         if network is None:
-            with seeded(config.seed, self.device):
-                network = build_network(
-                    config.feature_shape,
-                    config.n_classes,
-                    hidden=config.hidden,
-                    depth=config.depth,
-                    dropout=config.dropout,
-                )
+            network = seeded_network(config, self.device, dropout=config.dropout)
         self.network = network
         self.network.to(self.device)
         self.losses: list[float] = []

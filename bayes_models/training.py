@@ -2,8 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """What every model family needs: the data's shape, the default network's size and the MAP training budget."""
+
+    feature_shape: tuple[int, ...]
+    n_classes: int
+    hidden: int = 128
+    depth: int = 2
+    steps: int = 500
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
 
 
 def train_map(

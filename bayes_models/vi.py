@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bayes_models.architectures import SplitNet, build_network, resolve_device, seeded
+from bayes_models.architectures import SplitNet, resolve_device, seeded, seeded_network
+from bayes_models.training import TrainingConfig
 
 __all__ = ["BayesLinear", "MeanFieldVI", "VIConfig", "gaussian_kl", "softplus_inverse"]
 
@@ -244,7 +245,7 @@ def _bayesianize(module: nn.Module, **kwargs: Any) -> nn.Module:
 
 
 @dataclass(frozen=True)
-class VIConfig:
+class VIConfig(TrainingConfig):
     """Settings of :class:`MeanFieldVI`.
 
     ``bayesian``: ``"head"`` (Linear layers of the head; the backbone is a MAP point estimate with ``weight_decay``,
@@ -255,10 +256,6 @@ class VIConfig:
     weight samples of the ELBO estimated at the end of :meth:`MeanFieldVI.fit`.
     """
 
-    feature_shape: tuple[int, ...]
-    n_classes: int
-    hidden: int = 128
-    depth: int = 2
     bayesian: str = "head"
     prior: str = "gaussian"
     prior_mean: float = 0.0
@@ -271,10 +268,6 @@ class VIConfig:
     kl_samples: int = 1
     elbo_samples: int = 32
     steps: int = 1000
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.bayesian not in ("head", "all"):
@@ -300,10 +293,7 @@ class MeanFieldVI:
         self.config = config
         self.device = resolve_device(device)
         if network is None:
-            with seeded(config.seed, self.device):
-                network = build_network(
-                    config.feature_shape, config.n_classes, hidden=config.hidden, depth=config.depth, dropout=0.0
-                )
+            network = seeded_network(config, self.device, dropout=0.0)
         if config.bayesian == "head":
             network.head = _bayesianize(network.head, init_std=config.init_std)
         else:

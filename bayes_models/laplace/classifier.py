@@ -13,27 +13,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from bayes_models.architectures import SplitNet, build_network, resolve_device, seeded
+from bayes_models.architectures import SplitNet, resolve_device, seeded, seeded_network
 from bayes_models.laplace.belief import GaussianBelief, map_with_gaussian_prior
 from bayes_models.laplace.core import Laplace
-from bayes_models.training import train_map
+from bayes_models.training import TrainingConfig, train_map
 
 
 @dataclass(frozen=True)
-class LaplaceConfig:
-    feature_shape: tuple[int, ...]
-    n_classes: int
-    hidden: int = 128
-    depth: int = 2
-    steps: int = 500
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
+class LaplaceConfig(TrainingConfig):
     subset: str = "last_layer"
     structure: str = "kfac"
     prior_precision: float = 1.0
     """Starting value of the isotropic prior precision, tuned by maximising the log evidence."""
-    seed: int = 0
 
 
 def fit_laplace(
@@ -65,10 +56,7 @@ class LaplaceClassifier:
         self.config = config
         self.device = resolve_device(device)
         if network is None:
-            with seeded(config.seed, self.device):
-                network = build_network(
-                    config.feature_shape, config.n_classes, hidden=config.hidden, depth=config.depth, dropout=0.0
-                )
+            network = seeded_network(config, self.device, dropout=0.0)
         self.network = network.to(self.device)
         self.laplace: Laplace | None = None
 
