@@ -45,7 +45,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import time
@@ -64,6 +63,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _common import MNIST_CANDIDATES, environment, mnist_path  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -71,7 +71,6 @@ from bayes_models import LaplaceClassifier, LaplaceConfig, map_with_gaussian_pri
 from bayes_models.metrics import accuracy, nll  # noqa: E402
 from data import load_dataset  # noqa: E402
 
-MNIST_CANDIDATES = (Path("/work/shared/data/mnist.npz"), ROOT.parent / "shared" / "data" / "mnist.npz")
 QUICK = {
     "rounds": 3,
     "initial": 50,
@@ -114,12 +113,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--accuracy-target", type=float, default=1.0, help="points of accuracy below retraining")
     parser.add_argument("--time-target", type=float, default=0.5, help="fraction of retraining's training time")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--no-eigh-repair",
-        dest="eigh_repair",
-        action="store_false",
-        help="leave NaN results of float32 torch.linalg.eigh as they are (they are counted either way)",
-    )
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (set explicitly)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (< 1 min): " + json.dumps(QUICK))
@@ -133,63 +126,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def environment(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "device": args.device,
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-
-
-def install_eigh_guard(repair: bool) -> dict[str, int]:
-    """Count (and with ``repair`` redo in float64) ``torch.linalg.eigh`` results that are not finite.
-
-    On this torch build (2.13 CPU, MKL) float32 ``eigh`` of the rank-deficient 785 × 785 KFAC input factor ``A`` of
-    an MNIST MLP returns NaN eigenvalues with 2 intra-op threads (finite with 1), which turns the all-weights KFAC
-    evidence and predictive into NaN. Until ``bayes_models/laplace/kfac.py`` guards against it, the benchmark does;
-    the counts go into the JSON so a run shows whether the fault occurred.
-    """
-    stats = {"calls": 0, "non_finite": 0, "repaired": 0}
-    original = torch.linalg.eigh
-
-    def guarded(a: torch.Tensor, UPLO: str = "L") -> Any:
-        result = original(a, UPLO=UPLO)
-        stats["calls"] += 1
-        if not (bool(torch.isfinite(result.eigenvalues).all()) and bool(torch.isfinite(result.eigenvectors).all())):
-            stats["non_finite"] += 1
-            if repair and a.dtype != torch.float64:
-                lam, q = original(a.double(), UPLO=UPLO)
-                result = torch.return_types.linalg_eigh((lam.to(a.dtype), q.to(a.dtype)))
-                stats["repaired"] += 1
-        return result
-
-    torch.linalg.eigh = guarded
-    return stats
-
-
-def mnist_path(args: argparse.Namespace) -> Path | None:
-    if args.mnist is not None:
-        return args.mnist if args.mnist.is_file() else None
-    return next((p for p in MNIST_CANDIDATES if p.is_file()), None)
 
 
 def balanced_subset(y: np.ndarray, n: int, rng: np.random.Generator, classes: list[int] | None = None) -> np.ndarray:
@@ -582,15 +518,14 @@ def load_mnist(path: Path, args: argparse.Namespace) -> dict[str, torch.Tensor]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    eigh = install_eigh_guard(args.eigh_repair)
     started = time.perf_counter()
     results: dict[str, Any] = {
         "quick": args.quick,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "environment": environment(args),
+        "environment": environment(args.device),
         "acquisition": "random (one seeded stream shared by every arm)",
     }
-    path = mnist_path(args)
+    path = mnist_path(args.mnist)
     if path is None:
         reason = f"mnist.npz not found (looked in {args.mnist or [str(p) for p in MNIST_CANDIDATES]})"
         console.print(f"[yellow]skipping: {reason}[/yellow]")
@@ -614,10 +549,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["summary"] = summary(verdicts)
         for line in results["summary"]:
             console.print(line)
-    results["environment"]["eigh_guard"] = {"repair": args.eigh_repair, **eigh}
-    if eigh["non_finite"]:
-        n_bad, n_fixed = eigh["non_finite"], eigh["repaired"]
-        console.print(f"[yellow]torch.linalg.eigh gave non-finite values {n_bad} times (repaired {n_fixed})[/yellow]")
     results["seconds"] = time.perf_counter() - started
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

@@ -59,6 +59,7 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _common import cpu_name  # noqa: E402
 
 from bayes_models import DeepEnsemble, MCDropout, MCDropoutConfig, MeanFieldVI, TemperatureScaling, VIConfig  # noqa: E402
 from bayes_models.laplace import fit_laplace  # noqa: E402
@@ -513,17 +514,6 @@ def print_table(summary: list[dict], settings: dict[str, dict], costs: list[dict
 # ---------------------------------------------------------------------------------------------- main
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -533,7 +523,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "threads_note": "train_map drops to 1 intra-op thread for steps under 5e7 FLOPs (bayes_models/training.py)",
-        "cpu_model": cpu_model(),
+        "cpu_model": cpu_name(),
         "cpu_count": os.cpu_count(),
         "device": args.device,
         "platform": platform.platform(),

@@ -40,7 +40,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import time
@@ -58,6 +57,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _common import MNIST_CANDIDATES, environment, mnist_path  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
@@ -68,7 +68,6 @@ from bayes_models.metrics import accuracy, nll  # noqa: E402
 from data import load_dataset  # noqa: E402
 from data.datasets import DatasetError  # noqa: E402
 
-MNIST_CANDIDATES = (Path("/work/shared/data/mnist.npz"), ROOT.parent / "shared" / "data" / "mnist.npz")
 QUICK = {
     "datasets": ["mnist", "digits"],
     "mnist_labels": 300,
@@ -132,12 +131,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test-size", type=int, default=0, help="test items scored (0: all; a seeded subset else)")
     parser.add_argument("--ll-tolerance", type=float, default=0.05, help="nats/item: 'selected is near the best'")
     parser.add_argument("--seed", type=int, default=0, help="label subset, network initialisation and minibatches")
-    parser.add_argument(
-        "--no-eigh-repair",
-        dest="eigh_repair",
-        action="store_false",
-        help="leave NaN results of float32 torch.linalg.eigh as they are (they are counted either way)",
-    )
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (set explicitly)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (< 1 min): " + json.dumps(QUICK))
@@ -151,63 +144,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def environment(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "device": args.device,
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-
-
-def install_eigh_guard(repair: bool) -> dict[str, int]:
-    """Count (and with ``repair`` redo in float64) ``torch.linalg.eigh`` results that are not finite.
-
-    On this torch build (2.13 CPU, MKL) float32 ``eigh`` of the rank-deficient 785 × 785 KFAC input factor ``A`` of
-    an MNIST MLP returns NaN eigenvalues with 2 intra-op threads (finite with 1), which turns the all-weights KFAC
-    evidence and predictive into NaN. Until ``bayes_models/laplace/kfac.py`` guards against it, the benchmark does;
-    the counts go into the JSON so a run shows whether the fault occurred.
-    """
-    stats = {"calls": 0, "non_finite": 0, "repaired": 0}
-    original = torch.linalg.eigh
-
-    def guarded(a: torch.Tensor, UPLO: str = "L") -> Any:
-        result = original(a, UPLO=UPLO)
-        stats["calls"] += 1
-        if not (bool(torch.isfinite(result.eigenvalues).all()) and bool(torch.isfinite(result.eigenvectors).all())):
-            stats["non_finite"] += 1
-            if repair and a.dtype != torch.float64:
-                lam, q = original(a.double(), UPLO=UPLO)
-                result = torch.return_types.linalg_eigh((lam.to(a.dtype), q.to(a.dtype)))
-                stats["repaired"] += 1
-        return result
-
-    torch.linalg.eigh = guarded
-    return stats
-
-
-def mnist_path(args: argparse.Namespace) -> Path | None:
-    if args.mnist is not None:
-        return args.mnist if args.mnist.is_file() else None
-    return next((p for p in MNIST_CANDIDATES if p.is_file()), None)
 
 
 def balanced_subset(y: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -227,7 +163,7 @@ def balanced_subset(y: np.ndarray, n: int, seed: int) -> np.ndarray:
 def load(name: str, args: argparse.Namespace) -> tuple[dict[str, torch.Tensor] | None, str | None]:
     """``({x, y, x_test, y_test}, None)`` with flattened float32 features, or ``(None, reason)`` when skipped."""
     if name == "mnist":
-        path = mnist_path(args)
+        path = mnist_path(args.mnist)
         if path is None:
             return None, f"mnist.npz not found (looked in {args.mnist or [str(p) for p in MNIST_CANDIDATES]})"
         ds = load_dataset(path)
@@ -485,13 +421,12 @@ def show(
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    eigh = install_eigh_guard(args.eigh_repair)
     started = time.perf_counter()
     results: dict[str, Any] = {
         "quick": args.quick,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
-    results["environment"] = environment(args)
+    results["environment"] = environment(args.device)
     results["datasets"] = {}
     for name in args.datasets:
         try:
@@ -518,10 +453,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         name: {"spearman_rho": v["spearman_rho"], "selected_within_tolerance": v["selected_within_tolerance"]}
         for name, v in verdicts.items()
     }
-    results["environment"]["eigh_guard"] = {"repair": args.eigh_repair, **eigh}
-    if eigh["non_finite"]:
-        n_bad, n_fixed = eigh["non_finite"], eigh["repaired"]
-        console.print(f"[yellow]torch.linalg.eigh gave non-finite values {n_bad} times (repaired {n_fixed})[/yellow]")
     results["seconds"] = time.perf_counter() - started
     for name, v in verdicts.items():
         console.print(
