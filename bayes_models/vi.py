@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bayes_models.architectures import SplitNet, resolve_device, seeded, seeded_network
-from bayes_models.training import TrainingConfig
+from bayes_models.training import TrainingConfig, training_threads
 
 __all__ = ["BayesLinear", "MeanFieldVI", "VIConfig", "gaussian_kl", "softplus_inverse"]
 
@@ -345,7 +345,8 @@ class MeanFieldVI:
         n = x.shape[0]
         with seeded(self.config.seed, self.device):
             if n > 0:
-                self._train(x, y, torch.Generator().manual_seed(self.config.seed))
+                with training_threads(self.network, min(self.config.batch_size, n), self.device):
+                    self._train(x, y, torch.Generator().manual_seed(self.config.seed))
             self._elbo = self.elbo(x, y, n_samples=self.config.elbo_samples, seed=self.config.seed)
         return self
 

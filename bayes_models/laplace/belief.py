@@ -22,6 +22,7 @@ from bayes_models.laplace._common import LIKELIHOODS, Subnet, check_option, eval
 from bayes_models.laplace.diag import DiagPrecision
 from bayes_models.laplace.full import DensePrecision
 from bayes_models.laplace.kfac import KronPrecision
+from bayes_models.training import training_threads
 
 Precision = DensePrecision | DiagPrecision | KronPrecision
 _PRECISIONS: dict[str, Any] = {"full": DensePrecision, "diag": DiagPrecision, "kfac": KronPrecision}
@@ -133,7 +134,7 @@ def map_with_gaussian_prior(
         return nll + 0.5 * precision.quad(theta - mean) / n
 
     losses: list[float] = []
-    with eval_mode(network):
+    with eval_mode(network), training_threads(network, min(batch_size, n), subnet.device):
         if optimizer == "lbfgs":
             opt = torch.optim.LBFGS(
                 trained, max_iter=steps, tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe"
