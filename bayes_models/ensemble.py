@@ -140,8 +140,7 @@ class DeepEnsemble:
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], *, device: str | torch.device = "auto") -> DeepEnsemble:
         """Rebuild with the default networks of the config (user networks: construct, then load)."""
-        config = dict(state["config"])
-        config["feature_shape"] = tuple(config["feature_shape"])
-        model = cls(MCDropoutConfig(**config), int(state["members"]), device=device, mc_dropout=state["mc_dropout"])
+        config = MCDropoutConfig.from_dict(state["config"])
+        model = cls(config, int(state["members"]), device=device, mc_dropout=state["mc_dropout"])
         model.load_state_dict(state)
         return model

@@ -115,8 +115,6 @@ class MCDropout:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], *, device: str | torch.device = "auto") -> MCDropout:
-        config = dict(state["config"])
-        config["feature_shape"] = tuple(config["feature_shape"])
-        model = cls(MCDropoutConfig(**config), device=device)
+        model = cls(MCDropoutConfig.from_dict(state["config"]), device=device)
         model.load_state_dict(state)
         return model

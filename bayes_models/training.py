@@ -42,6 +42,15 @@ class TrainingConfig:
     weight_decay: float = 1e-4
     seed: int = 0
 
+    @classmethod
+    def from_dict(cls, values: dict):
+        """Rebuild a config saved with ``dataclasses.asdict`` (lists from JSON/state dicts become tuples again)."""
+        return cls(**{k: tuple(map(_tuple, v)) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def _tuple(value):
+    return tuple(value) if isinstance(value, list) else value
+
 
 def train_map(
     network: nn.Module,

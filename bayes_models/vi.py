@@ -499,9 +499,6 @@ class MeanFieldVI:
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], *, device: str | torch.device = "auto") -> MeanFieldVI:
         """Rebuild a model with the default network of its config (user networks: construct, then load)."""
-        config = dict(state["config"])
-        config["feature_shape"] = tuple(config["feature_shape"])
-        config["layer_priors"] = tuple(tuple(entry) for entry in config["layer_priors"])
-        model = cls(VIConfig(**config), device=device)
+        model = cls(VIConfig.from_dict(state["config"]), device=device)
         model.load_state_dict(state)
         return model

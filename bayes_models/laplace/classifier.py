@@ -127,8 +127,6 @@ class LaplaceClassifier:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], *, device: str | torch.device = "auto") -> LaplaceClassifier:
-        config = dict(state["config"])
-        config["feature_shape"] = tuple(config["feature_shape"])
-        model = cls(LaplaceConfig(**config), device=device)
+        model = cls(LaplaceConfig.from_dict(state["config"]), device=device)
         model.load_state_dict(state)
         return model
