@@ -41,6 +41,11 @@ class TrainingConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     seed: int = 0
+    update_steps: int | None = None
+    """Steps of a belief update (a fit from an earlier posterior, on the new data only); ``None``: ``steps``."""
+
+    def steps_for(self, belief_update: bool) -> int:
+        return self.update_steps if belief_update and self.update_steps is not None else self.steps
 
     @classmethod
     def from_dict(cls, values: dict):

@@ -368,7 +368,7 @@ class MeanFieldVI:
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
         try:
-            for _ in range(c.steps):
+            for _ in range(c.steps_for(belief_update=self.prior_from_posterior)):
                 if cursor + batch_size > n:
                     order, cursor = torch.randperm(n, generator=generator), 0
                 index = order[cursor : cursor + batch_size].to(self.device)

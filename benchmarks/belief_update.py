@@ -98,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--depth", type=int, default=2, help="MLP hidden layers")
     parser.add_argument("--schedule", default="epochs", choices=["epochs", "fixed"], help="Adam steps per fit")
     parser.add_argument("--epochs", type=float, default=30.0, help="--schedule epochs: passes over the fitted labels")
-    parser.add_argument("--min-steps", type=int, default=100, help="--schedule epochs: at least this many steps")
+    parser.add_argument("--min-steps", type=int, default=40, help="--schedule epochs: at least this many steps")
     parser.add_argument("--steps", type=int, default=500, help="--schedule fixed: steps of every fit")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,7 @@ def build_model(spec: CandidateSpec, feature_shape: tuple[int, ...], n_classes: 
         lr=m.lr,
         weight_decay=m.weight_decay,
         seed=seed,
+        update_steps=m.update_steps,
     )
     if m.family == "laplace":
         config = LaplaceConfig(**common, subset=settings.selection.subset, structure=settings.selection.structure)
@@ -126,6 +127,7 @@ def fit_candidate(
         log_z, kind = evidence(model, family, x, y, settings)
         return FittedCandidate(spec.name, family, model, log_z, kind, seconds, list(ids), len(ids))
     model = load_model(previous, spec.model.device)
+    model.config = replace(model.config, update_steps=spec.model.update_steps)  # today's settings, not round 1's
     seen = set(previous["trained_on"])
     new = [i for i, item in enumerate(ids) if item not in seen]
     log_z = previous["log_evidence"]

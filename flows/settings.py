@@ -57,6 +57,8 @@ class ModelSettings(_Section):
     """Hidden layers of the MLP (vectors); the CNN for images has a fixed backbone."""
     dropout: float = Field(0.5, ge=0, lt=1)
     steps: int = Field(500, ge=1)
+    update_steps: int | None = Field(None, ge=1)
+    """Steps of a belief update (``update: belief``), which fits only the new labels; ``null``: ``steps``."""
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)

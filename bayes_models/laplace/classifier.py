@@ -84,7 +84,7 @@ class LaplaceClassifier:
                     prior.mean,
                     prior.precision,
                     subset=prior.subset,
-                    steps=c.steps,
+                    steps=c.steps_for(belief_update=True),
                     batch_size=c.batch_size,
                     lr=c.lr,
                     generator=generator,

@@ -74,7 +74,7 @@ def test_belief_update_rounds_fit_only_new_labels(tmp_path):
 
     settings = _settings(
         tmp_path / "w",
-        model={"family": "laplace", "steps": 150},
+        model={"family": "laplace", "steps": 150, "update_steps": 40},
         selection={"candidates": [{"name": "small", "hidden": 16}, {"name": "wide", "hidden": 64}]},
         update="belief",
     )
@@ -87,6 +87,7 @@ def test_belief_update_rounds_fit_only_new_labels(tmp_path):
         settings.models_dir / settings.campaign_name / "candidates" / "wide.pt", map_location="cpu", weights_only=True
     )
     assert payload["family"] == "laplace" and len(payload["trained_on"]) == 24
+    assert payload["state"]["config"]["update_steps"] == 40
     # Accumulated evidence: round 3's log Z = round 2's + the evidence of round 3's new labels (< 0 each time).
     log_z = [run.data.metrics["log_evidence/wide"] for run in runs]
     assert log_z[0] > log_z[1] > log_z[2]
