@@ -235,9 +235,7 @@ def get_acquisition(name: str) -> ScoreFn:
         If ``name`` is unknown; the message names it and lists the valid names.
     """
     if name == "batchbald":
-        raise ValueError(
-            "batchbald selects a batch jointly, not per item: call acquisition.batchbald(probs_S_N_C, k)"
-        )
+        raise ValueError("batchbald selects a batch jointly, not per item: call acquisition.batchbald(probs_S_N_C, k)")
     try:
         return ACQUISITION_FUNCTIONS[name]
     except KeyError:
