@@ -231,6 +231,23 @@ def label(
     typer.echo(f"recorded {item} = {classes[index]} in campaign {name}")
 
 
+@app.command()
+def skip(
+    item: Annotated[str, typer.Option("--item", help="Item id.")],
+    workspace: WorkspaceOpt = None,
+    campaign: CampaignOpt = None,
+    params: ParamsOpt = None,
+) -> None:
+    """Mark a pending item as skipped (unanswerable): it leaves the pool and is never queued again."""
+    settings = _settings(params, {"workspace": workspace})
+    from data.store import LabelStore
+
+    store = LabelStore(settings.store_url)
+    name = _resolve_campaign(settings, store, campaign)
+    store.skip(name, item)
+    typer.echo(f"skipped {item} in campaign {name}")
+
+
 @app.command("ingest")
 def ingest_file(
     path: Annotated[Path, typer.Argument(help="A .npz, .csv or .parquet file of new items, labeled or not.")],

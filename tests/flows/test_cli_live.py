@@ -50,6 +50,10 @@ def test_live_round_label_and_train(tmp_path, unlabeled_npz):
     bad_class = _cli("label", "--item", batch[11].item_id, "--label", "7", *common, check=False)
     assert bad_class.returncode == 1 and "unknown class 7" in bad_class.stderr
     assert len(store.current_labels("flowers")) == 11
+    _cli("skip", "--item", batch[11].item_id, *common)
+    assert store.queued("flowers", round_=1)[11].status == "skipped"
+    again = _cli("skip", "--item", batch[11].item_id, *common, check=False)
+    assert again.returncode == 2 and "no pending queue entry" in again.stderr
 
     # min_labels defaults to 20: still a random batch; with it lowered the round trains and uses BALD.
     env_round = _cli("round", "--dataset", str(path), "--k", "5", *common, "--acquisition", "bald")
