@@ -94,6 +94,15 @@ def _settings(params: Path | None, overrides: dict[str, Any]):
     return load_settings(params, overrides)
 
 
+def _open_campaign(params: Path | None, workspace: Path | None, campaign: str | None):
+    """Settings, the label store and the campaign a command acts on (the only one in the workspace if unnamed)."""
+    settings = _settings(params, {"workspace": workspace})
+    from data.store import LabelStore
+
+    store = LabelStore(settings.store_url)
+    return settings, store, _resolve_campaign(settings, store, campaign)
+
+
 def _resolve_campaign(settings, store, campaign: str | None) -> str:
     if campaign:
         return campaign
@@ -214,11 +223,9 @@ def label(
     params: ParamsOpt = None,
 ) -> None:
     """Record one person's answer for a queued item."""
-    settings = _settings(params, {"workspace": workspace})
-    from data.store import LabelAnswer, LabelStore
+    from data.store import LabelAnswer
 
-    store = LabelStore(settings.store_url)
-    name = _resolve_campaign(settings, store, campaign)
+    _, store, name = _open_campaign(params, workspace, campaign)
     classes = store.classes(name)
     index = classes.index(label_) if label_ in classes else (int(label_) if label_.lstrip("-").isdigit() else None)
     if index is None:
@@ -239,11 +246,7 @@ def skip(
     params: ParamsOpt = None,
 ) -> None:
     """Mark a pending item as skipped (unanswerable): it leaves the pool and is never queued again."""
-    settings = _settings(params, {"workspace": workspace})
-    from data.store import LabelStore
-
-    store = LabelStore(settings.store_url)
-    name = _resolve_campaign(settings, store, campaign)
+    _, store, name = _open_campaign(params, workspace, campaign)
     store.skip(name, item)
     typer.echo(f"skipped {item} in campaign {name}")
 
@@ -268,12 +271,9 @@ def ingest_file(
     params: ParamsOpt = None,
 ) -> None:
     """Add new items to a campaign: train rows join the pool (their labels recorded), test rows the test set."""
-    settings = _settings(params, {"workspace": workspace})
-    from data.store import LabelStore
     from flows.ingest import ingest
 
-    store = LabelStore(settings.store_url)
-    name = _resolve_campaign(settings, store, campaign)
+    settings, _, name = _open_campaign(params, workspace, campaign)
     report = ingest(
         settings,
         path,
@@ -296,14 +296,11 @@ def queue_list(
     params: ParamsOpt = None,
 ) -> None:
     """List queued items (default: every round, every status)."""
-    settings = _settings(params, {"workspace": workspace})
     from rich.table import Table
 
-    from data.store import LabelStore
     from flows.console import console
 
-    store = LabelStore(settings.store_url)
-    name = _resolve_campaign(settings, store, campaign)
+    _, store, name = _open_campaign(params, workspace, campaign)
     classes = store.classes(name)
     table = Table("round", "rank", "item", "score", "acquisition", "predicted", "status", title=f"queue of {name}")
     for q in store.queued(name, round_=round_, status=status):
