@@ -13,14 +13,6 @@ from bayes_models.mc_dropout import MCDropoutConfig
 CONFIG = MCDropoutConfig((2,), 3, hidden=16, steps=150, batch_size=32, lr=1e-2, seed=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     centers = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.5]])

@@ -22,14 +22,6 @@ def z_bound(k: int) -> float:
     return float(norm.ppf(1 - 0.0027 / (2 * k)))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def data(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 5, generator=g)

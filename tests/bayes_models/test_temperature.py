@@ -13,14 +13,6 @@ from bayes_models.temperature import TemperatureScaling
 SETTINGS = settings(derandomize=True, deadline=None, max_examples=60)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def over_confident(n: int, seed: int, factor: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits ``factor`` × the true ones, with labels drawn from the true softmax."""
     g = torch.Generator().manual_seed(seed)

@@ -26,14 +26,6 @@ def z_bound(k: int) -> float:
     return float(norm.ppf(1 - 0.0027 / (2 * k)))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: intra-op threads only contend on a shared machine
-    yield
-    torch.set_num_threads(previous)
-
-
 def random_layer(seed: int, in_features: int = 4, out_features: int = 3) -> BayesLinear:
     """float64 layer with random μ, σ ∈ [0.2, 1.5] and a random per-weight Gaussian prior."""
     g = torch.Generator().manual_seed(seed)

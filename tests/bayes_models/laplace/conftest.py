@@ -6,7 +6,6 @@ machine multi-threaded kernels on 30×8 matrices are several times slower than o
 """
 
 import math
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -95,14 +94,6 @@ def regression_data(
     w = torch.randn(d, c, generator=g, dtype=DT)
     y = x @ w + 0.3 + sigma * torch.randn(n, c, generator=g, dtype=DT)
     return x, y.squeeze(-1) if c == 1 else y
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture
