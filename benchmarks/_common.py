@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 from pathlib import Path
@@ -45,3 +47,20 @@ def mnist_path(explicit: Path | None = None) -> Path | None:
     if explicit is not None:
         return explicit if explicit.is_file() else None
     return next((p for p in MNIST_CANDIDATES if p.is_file()), None)
+
+
+def finish_parser(
+    parser: argparse.ArgumentParser, name: str, quick: dict[str, Any], argv: list[str] | None
+) -> argparse.Namespace:
+    """Add the flags every benchmark has (threads, device, --quick, --out) and parse; ``--quick`` swaps in the
+    ``quick`` sizes except where a flag was given explicitly."""
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (set explicitly)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run (< 1 min): " + json.dumps(quick))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / f"{name}.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        for key, value in quick.items():
+            if getattr(args, key) == parser.get_default(key):
+                setattr(args, key, value)
+    return args

@@ -63,7 +63,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import MNIST_CANDIDATES, environment, mnist_path  # noqa: E402
+from _common import MNIST_CANDIDATES, environment, finish_parser, mnist_path  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -113,16 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--accuracy-target", type=float, default=1.0, help="points of accuracy below retraining")
     parser.add_argument("--time-target", type=float, default=0.5, help="fraction of retraining's training time")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (set explicitly)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run (< 1 min): " + json.dumps(QUICK))
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "belief_update.json")
-    args = parser.parse_args(argv)
-    if args.quick:  # smaller sizes, except where a flag was given explicitly
-        for key, value in QUICK.items():
-            if getattr(args, key) == parser.get_default(key):
-                setattr(args, key, value)
-    return args
+    return finish_parser(parser, "belief_update", QUICK, argv)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
