@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data import FeatureStore, load_dataset, open_feature_store, write_feature_store
+from data import Dataset, FeatureStore, load_dataset, open_feature_store, write_feature_store
+from data.feature_store import append_rows, extend_classes
 from data.store import LabelAnswer, LabelStore, StoreError
 from flows.settings import Settings
 
@@ -27,6 +28,65 @@ def ensure_feature_store(settings: Settings) -> FeatureStore:
         )
         write_feature_store(dataset, directory)
     return open_feature_store(directory)
+
+
+def model_feature_store(settings: Settings) -> FeatureStore:
+    """The features the models are trained on and score: the imported store, or its pool-fitted representation.
+
+    ``representation: spectral`` fits the embedding once on the import's train rows (the pool, labels unused),
+    maps the test rows and rows ingested later by its Nyström extension, and keeps the result as a feature
+    store beside the imported one (same rows, ids, targets and classes), so everything downstream is unchanged.
+    """
+    raw = ensure_feature_store(settings)
+    r = settings.representation
+    if representation_name(settings, raw) == "none":
+        return raw
+    from representation import SpectralConfig, SpectralEmbedding
+
+    config = SpectralConfig(dim=r.dim, neighbors=r.neighbors, pca_dim=r.pca_dim)
+    tag = f"spectral-d{config.dim}-k{config.neighbors}-p{config.pca_dim}"
+    directory = feature_store_dir(settings).with_name(f"{feature_store_dir(settings).name}.{tag}")
+    state_file = directory.with_name(f"{directory.name}.npz")
+    embedding = SpectralEmbedding(config)
+    if not (directory / "meta.json").exists():
+        train, test = np.asarray(raw.rows_train), np.asarray(raw.rows_test)
+        embedding.fit(raw.features[train])
+        _save_arrays(state_file, embedding.state_dict())
+        dataset = Dataset(
+            raw.meta["name"],
+            f"{raw.meta['source']} ({tag})",
+            embedding.embedding(),
+            np.asarray(raw.targets[train]),
+            embedding.transform(raw.features[test]) if len(test) else np.zeros((0, config.dim), np.float32),
+            np.asarray(raw.targets[test]),
+            np.asarray(raw.ids[train]),
+            np.asarray(raw.ids[test]),
+            raw.classes,
+        )
+        write_feature_store(dataset, directory)
+    derived = open_feature_store(directory)
+    if derived.classes != raw.classes:
+        extend_classes(directory, raw.classes[len(derived.classes) :])
+    if len(derived.ids) < len(raw.ids):  # rows ingested since: map them with the fitted embedding
+        with np.load(state_file) as arrays:
+            embedding.load_state_dict(arrays)
+        new = np.arange(len(derived.ids), len(raw.ids))
+        append_rows(directory, embedding.transform(raw.features[new]), raw.targets[new], raw.ids[new])
+    return open_feature_store(directory)
+
+
+def representation_name(settings: Settings, raw: FeatureStore) -> str:
+    """``auto`` resolved: ``spectral`` for images with a pool of ``auto_min_pool`` items or more, else ``none``."""
+    r = settings.representation
+    if r.name != "auto":
+        return r.name
+    return "spectral" if raw.meta["is_image"] and raw.n_train >= r.auto_min_pool else "none"
+
+
+def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    tmp = path.with_name(f"{path.stem}.tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
 
 
 def balanced_seed_rows(targets: np.ndarray, size: int, n_classes: int, seed: int) -> np.ndarray:

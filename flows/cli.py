@@ -365,11 +365,11 @@ def select(
 
 @app.command()
 def prepare(dataset: DatasetOpt = None, workspace: WorkspaceOpt = None, params: ParamsOpt = None) -> None:
-    """Import a dataset into the workspace's feature store (DVC's ``prepare`` stage)."""
+    """Import a dataset into the workspace's feature store, and fit its pool representation (DVC's ``prepare``)."""
     settings = _settings(params, {"workspace": workspace, "dataset": {"name": dataset}})
-    from flows.campaign_setup import ensure_feature_store
+    from flows.campaign_setup import model_feature_store
 
-    store = ensure_feature_store(settings)
+    store = model_feature_store(settings)
     typer.echo(f"{store.directory}: {store.n_train} train + {store.n_test} test items, {len(store.classes)} classes")
 
 

@@ -28,7 +28,7 @@ from data import FeatureStore, open_feature_store
 from data.pool import iter_pool_chunks
 from data.store import LabelAnswer, LabelStore, QueueEntry
 from flows import plots
-from flows.campaign_setup import balanced_seed_rows, campaign_test_rows, ensure_feature_store, prepare_campaign
+from flows.campaign_setup import balanced_seed_rows, campaign_test_rows, model_feature_store, prepare_campaign
 from flows.console import print_round
 from flows.models import (
     CandidateSpec,
@@ -350,7 +350,7 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
     logger = get_run_logger()
     campaign = settings.campaign_name
     store = LabelStore(settings.store_url)
-    features = ensure_feature_store(settings)
+    features = model_feature_store(settings)
     round_ = store.next_round(campaign)
     store.start_round(campaign, round_)
     tracker = CampaignTracker(settings.tracking_uri, settings.artifact_root, campaign)
@@ -403,7 +403,7 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
 def select_models(settings: Settings, n_labels: int | None = None) -> list[dict]:
     """Model selection alone: fit every candidate on the dataset's known training labels (a class-balanced subset
     of ``n_labels`` when given) and return the Bayes-factor table with test metrics, selected model first."""
-    features = ensure_feature_store(settings)
+    features = model_feature_store(settings)
     train_rows = np.asarray(features.rows_train)
     targets = np.asarray(features.targets[train_rows])
     if n_labels is not None:

@@ -125,6 +125,19 @@ class AcquisitionSettings(_Section):
         return name
 
 
+class RepresentationSettings(_Section):
+    """Features learnt from the unlabelled pool that the models are trained on (``representation/``)."""
+
+    name: Literal["auto", "none", "spectral"] = "auto"
+    """``spectral``: Laplacian eigenmaps of the pool's neighbour graph, new items mapped by Nyström; ``none``: the
+    imported features; ``auto``: ``spectral`` for image data sets with a pool of at least ``auto_min_pool``
+    items, ``none`` otherwise."""
+    dim: int = Field(20, ge=2)
+    neighbors: int = Field(10, ge=2)
+    pca_dim: int = Field(50, ge=1)
+    auto_min_pool: int = Field(1000, ge=1)
+
+
 class StoreSettings(_Section):
     url: str | None = None
     """SQLAlchemy URL of the label store; default ``sqlite:///<workspace>/labels.db``."""
@@ -165,6 +178,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     acquisition: AcquisitionSettings = AcquisitionSettings()
     selection: SelectionSettings = SelectionSettings()
+    representation: RepresentationSettings = RepresentationSettings()
     update: Literal["retrain", "belief"] = "retrain"
     """``belief``: a round starts from the previous round's posterior as its prior and fits only the new labels."""
     store: StoreSettings = StoreSettings()

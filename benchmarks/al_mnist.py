@@ -1,0 +1,201 @@
+"""Label efficiency on MNIST (Gal et al. 2017; Kirsch et al. 2019 protocol) through the user's code path.
+
+    python benchmarks/al_mnist.py --seeds 0 1 2 --methods powerbald bald random batchbald predictive_entropy
+
+20 class-balanced initial labels, 10 acquired per round, the models refit every round, test accuracy on the
+10,000 test images, default settings for image data (``representation: auto`` → the pool's spectral embedding,
+the default candidates, S = 20, the whole 60k pool scored). Each campaign is a sequence of real
+``labeling_round`` Prefect flow runs with the simulated oracle, writing a real MLflow and SQLite store, exactly
+what ``beliefloop simulate`` runs. Prints a table and writes ``benchmarks/results/al_mnist.json`` plus a PNG of
+the median accuracy curves. ``--quick``: one seed, two methods, 5 rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from _common import environment, finish_parser, mnist_path
+from rich.console import Console
+from rich.table import Table
+
+PUBLISHED = {  # labels to reach 90% / 95% test accuracy on MNIST as reported by Kirsch et al. (2019)
+    "BALD (Gal et al. 2017)": (120, 250),
+    "BatchBALD (Kirsch et al. 2019)": (90, 200),
+}
+
+
+def labels_to(curve: list[dict], target: float) -> int | None:
+    """Labels at the first round whose test accuracy reaches ``target`` (``None`` if none does)."""
+    return next((int(r["n_labeled"]) for r in curve if r["test_accuracy"] >= target), None)
+
+
+def run_campaign(settings, console: Console) -> list[dict]:
+    """``simulate_campaign``'s loop, with each round's wall time kept beside the round's own timings."""
+    from data.store import LabelStore
+    from flows.campaign_setup import prepare_campaign
+    from flows.rounds import run_round
+
+    store = LabelStore(settings.store_url)
+    prepare_campaign(settings, store, simulate=True)
+    rounds = []
+    while store.next_round(settings.campaign_name) <= settings.campaign.rounds:
+        start = time.perf_counter()
+        result = run_round(settings, oracle=True)
+        wall = time.perf_counter() - start
+        train, score = result.get("train_seconds", 0.0), result.get("acquisition_seconds", 0.0)
+        rounds.append({**result, "wall_seconds": wall, "overhead_seconds": wall - train - score})
+        console.log(
+            f"{settings.campaign_name} round {result['round']:>2}: {result['n_labeled']:>3} labels, "
+            f"acc {result['test_accuracy']:.3f}, ECE {result['test_ece']:.3f}, wall {wall:.1f} s"
+        )
+    store.close()
+    return rounds
+
+
+def summarise(curves: list[list[dict]]) -> dict:
+    def median(values):
+        known = [v for v in values if v is not None]
+        return statistics.median(known) if len(known) == len(values) else None
+
+    to_90 = [labels_to(c, 0.90) for c in curves]
+    to_95 = [labels_to(c, 0.95) for c in curves]
+    late_ece = [max((r["test_ece"] for r in c if r["n_labeled"] >= 100), default=None) for c in curves]
+    walls = [sum(r["wall_seconds"] for r in c) for c in curves]
+    return {
+        "labels_to_90": to_90,
+        "labels_to_95": to_95,
+        "median_labels_to_90": median(to_90),
+        "median_labels_to_95": median(to_95),
+        "max_ece_from_100_labels": late_ece,
+        "campaign_wall_seconds": walls,
+        "seconds_per_round": {
+            part: statistics.fmean(r[f"{part}_seconds"] for c in curves for r in c)
+            for part in ("wall", "train", "acquisition", "overhead")
+        },
+        "curves": [
+            [
+                {
+                    "n_labeled": r["n_labeled"],
+                    "accuracy": r["test_accuracy"],
+                    "ece": r["test_ece"],
+                    "nll": r["test_nll"],
+                    "train_seconds": r.get("train_seconds", 0.0),
+                    "score_seconds": r.get("acquisition_seconds", 0.0),
+                    "overhead_seconds": r["overhead_seconds"],
+                }
+                for r in c
+            ]
+            for c in curves
+        ],
+    }
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for method, summary in results.items():
+        labels = [r["n_labeled"] for r in summary["curves"][0]]
+        medians = [statistics.median(c[i]["accuracy"] for c in summary["curves"]) for i in range(len(labels))]
+        axis.plot(labels, medians, marker="o", markersize=3, label=method)
+    for target in (0.90, 0.95):
+        axis.axhline(target, color="grey", linewidth=0.6, linestyle="--")
+    axis.set(xlabel="labels", ylabel="test accuracy (median over seeds)", ylim=(0.6, 1.0), title="MNIST")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mnist", type=Path, default=None)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=["powerbald", "bald", "random"])
+    parser.add_argument("--rounds", type=int, default=17, help="17 rounds: 20 → 180 labels")
+    parser.add_argument("--representation", default="auto", help="auto (spectral for images) or none")
+    parser.add_argument("--pool-subsample", type=int, default=None)
+    args = finish_parser(parser, "al_mnist", {"seeds": [0], "methods": ["powerbald", "random"], "rounds": 5}, argv)
+    mnist = mnist_path(args.mnist)
+    if mnist is None:
+        raise SystemExit("mnist.npz not found (expected ../shared/data/mnist.npz); pass --mnist PATH")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from flows.campaign_setup import model_feature_store
+    from flows.cli import _flow_context
+    from flows.settings import load_settings
+
+    console = Console()
+    curves: dict[str, list[list[dict]]] = {m: [] for m in args.methods}
+    with tempfile.TemporaryDirectory() as workspace, _flow_context():
+
+        def settings(method: str, seed: int):
+            return load_settings(
+                None,
+                {
+                    "workspace": workspace,
+                    "dataset": {"name": str(mnist)},
+                    "campaign": {"rounds": args.rounds, "k": 10, "initial": 20, "seed": seed},
+                    "acquisition": {"name": method, "pool_subsample": args.pool_subsample},
+                    "representation": {"name": args.representation},
+                    "model": {"device": args.device},
+                },
+            )
+
+        start = time.perf_counter()
+        model_feature_store(settings(args.methods[0], args.seeds[0]))
+        prepare_seconds = time.perf_counter() - start
+        console.log(f"import + representation: {prepare_seconds:.1f} s")
+        for seed in args.seeds:
+            for method in args.methods:
+                curves[method].append(run_campaign(settings(method, seed), console))
+
+    results = {method: summarise(runs) for method, runs in curves.items()}
+    table = Table(title=f"MNIST, 20 initial + 10 per round, seeds {args.seeds}, representation {args.representation}")
+    for column in (
+        "method",
+        "labels to 90%",
+        "labels to 95%",
+        "max ECE ≥100 labels",
+        "s/round (train/score/other)",
+        "campaign s",
+    ):
+        table.add_column(column, justify="right")
+    for method, s in results.items():
+        t = s["seconds_per_round"]
+        table.add_row(
+            method,
+            f"{s['median_labels_to_90']} {s['labels_to_90']}",
+            f"{s['median_labels_to_95']} {s['labels_to_95']}",
+            " ".join(f"{e:.3f}" if e is not None else "-" for e in s["max_ece_from_100_labels"]),
+            f"{t['wall']:.1f} ({t['train']:.1f}/{t['acquisition']:.1f}/{t['overhead']:.1f})",
+            " ".join(f"{w:.0f}" for w in s["campaign_wall_seconds"]),
+        )
+    for name, (n90, n95) in PUBLISHED.items():
+        table.add_row(name, str(n90), str(n95), "", "", "")
+    console.print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    png = args.out.with_suffix(".png")
+    plot(results, png)
+    payload = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "mnist"},
+        "environment": environment(args.device),
+        "prepare_seconds": prepare_seconds,
+        "published": PUBLISHED,
+        "methods": results,
+    }
+    args.out.write_text(json.dumps(payload, indent=2))
+    console.print(f"wrote {args.out} and {png}")
+
+
+if __name__ == "__main__":
+    main()
