@@ -1,6 +1,7 @@
-"""Bayesian PyTorch models behind one duck-typed interface (torch and numpy only; no Prefect, no MLflow).
+"""Bayesian PyTorch models behind one interface (torch and numpy only; no Prefect, no MLflow).
 
-Every model family implements:
+Every model family implements :class:`BayesianClassifier` (``bayes_models/interface.py``, held by
+``tests/bayes_models/test_contract.py``):
 
 ``fit(x, y, prior=None) -> self``
     Fit (or, given ``prior``, belief-update from an earlier posterior) on tensors ``x[N, ...]``, ``y[N]``.
@@ -21,6 +22,7 @@ Networks are :class:`SplitNet` modules: a deterministic ``features`` backbone an
 from bayes_models.architectures import SplitNet, build_network, gal_cnn, mlp, resolve_device, seeded
 from bayes_models.ensemble import DeepEnsemble
 from bayes_models.fast_head import head_samples_consistent, predictive_samples_consistent
+from bayes_models.interface import BayesianClassifier
 from bayes_models.laplace import (
     GaussianBelief,
     Laplace,
@@ -37,6 +39,7 @@ from bayes_models.vi import BayesLinear, MeanFieldVI, VIConfig
 
 __all__ = [
     "BayesLinear",
+    "BayesianClassifier",
     "BayesianLinearRegression",
     "DeepEnsemble",
     "GaussianBelief",

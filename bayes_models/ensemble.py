@@ -79,13 +79,18 @@ class DeepEnsemble:
     ) -> torch.Tensor:
         """``probs[S, N, C]``, member-major.
 
-        Without ``mc_dropout``: one deterministic prediction per member, ``S = M``; ``n`` and ``seed`` are ignored.
+        Without ``mc_dropout``: the M deterministic member predictions, sample s being member ``s mod M``
+        (``n = None``: each member once). With ``n`` a multiple of M this is exactly the uniform mixture; otherwise
+        a member's weight is off by at most ``1/n``. ``seed`` is not used.
         With ``mc_dropout``: ``n`` must be a multiple of M; member m contributes ``n / M`` dropout samples (rows
         ``m·n/M … (m+1)·n/M − 1``), seeded from ``seed``.
         """
-        if not self.mc_dropout:
-            return torch.stack([self._deterministic(member, x, batch_size) for member in self.members])
         m = len(self.members)
+        if not self.mc_dropout:
+            if n is not None and n < 1:
+                raise ValueError(f"n must be at least 1, got {n}")
+            per_member = torch.stack([self._deterministic(member, x, batch_size) for member in self.members])
+            return per_member if n is None else per_member[torch.arange(n) % m]
         if n is None or n < m or n % m:
             raise ValueError(f"with mc_dropout, n must be a positive multiple of the {m} members, got {n}")
         seeds = torch.randint(0, 2**62, (m,), generator=torch.Generator().manual_seed(seed)).tolist()

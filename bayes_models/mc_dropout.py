@@ -36,7 +36,9 @@ def dropout_only(module: nn.Module) -> Iterator[None]:
 
 
 class MCDropout:
-    """MC-dropout classifier behind the common model interface (see ``bayes_models/__init__.py``)."""
+    """MC-dropout classifier behind the common model interface (:class:`bayes_models.interface.BayesianClassifier`)."""
+
+    evidence_is_bound = False
 
     def __init__(
         self, config: MCDropoutConfig, *, device: str | torch.device = "auto", network: SplitNet | None = None

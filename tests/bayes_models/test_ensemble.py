@@ -41,12 +41,16 @@ def test_members_differ_and_learn(fitted):
 
 def test_samples_are_the_members(fitted):
     x, _ = blobs(11, seed=2)
-    probs = fitted.predictive_samples(x, 100, seed=1, batch_size=4)  # n is ignored without mc_dropout
+    probs = fitted.predictive_samples(x, None, seed=1, batch_size=4)  # n=None: each member once
     assert probs.shape == (3, 11, 3)
     torch.testing.assert_close(probs.sum(-1), torch.ones(3, 11))
     for m, member in enumerate(fitted.members):
         torch.testing.assert_close(probs[m], torch.softmax(member.network(x), -1))
     assert torch.equal(probs, fitted.predictive_samples(x, seed=2, batch_size=4))
+    # n samples honoured: sample s is member s mod M, so n = 6 is the same mixture as the 3 members.
+    six = fitted.predictive_samples(x, 6, seed=1, batch_size=4)
+    assert torch.equal(six, probs[[0, 1, 2, 0, 1, 2]])
+    torch.testing.assert_close(six.mean(0), probs.mean(0))
 
 
 def test_fit_and_samples_repeat_for_a_seed_and_leave_the_global_rng_alone(fitted):

@@ -140,3 +140,37 @@ def test_killed_round_rerun_adds_no_duplicates(tmp_path):
     experiment = client.get_experiment_by_name(campaign)
     tags = [r.data.tags.get("beliefloop.round") for r in client.search_runs([experiment.experiment_id])]
     assert sorted(t for t in tags if t) == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize(
+    ("family", "update"),
+    [
+        ("mc_dropout", "retrain"),
+        ("laplace", "retrain"),
+        ("laplace", "belief"),
+        ("vi", "retrain"),
+        ("vi", "belief"),
+        ("ensemble", "retrain"),
+    ],
+)
+def test_every_family_and_update_mode_runs_a_campaign(tmp_path, prefect_no_heartbeat, family, update):
+    """Default S (20) and ensemble size (5): every family's predictive honours S through scoring and evaluation."""
+    from flows.rounds import simulate_campaign
+
+    settings = load_settings(
+        None,
+        {
+            "workspace": tmp_path / "w",
+            "dataset": {"name": "iris"},
+            "campaign": {"rounds": 2, "k": 5, "initial": 9},
+            "model": {"family": family, "steps": 60, "update_steps": 30},
+            "selection": {"candidates": []},
+            "update": update,
+        },
+    )
+    results = simulate_campaign(settings)
+    assert [r["n_queued"] for r in results] == [5, 5]
+    assert results[1]["n_labeled"] == 14
+    assert results[1][f"n_fitted/{family}"] == (5 if update == "belief" else 14)
+    assert results[1]["test_accuracy"] > 0.6  # 39 test items, 3 classes
+    assert results[1]["pool_scored"] == 111 - 14  # iris: 111 train items, 14 of them labelled
