@@ -199,7 +199,7 @@ def run_round(
         settings.campaign.name = campaign or Path(settings.dataset.name).stem
     from data.store import LabelStore
     from flows.campaign_setup import prepare_campaign
-    from flows.console import print_header, print_round
+    from flows.console import pool_exhausted, print_header, print_round
 
     with _flow_context():
         from flows.rounds import run_round
@@ -208,9 +208,10 @@ def run_round(
         result = run_round(settings)
     print_header()
     print_round(result)
-    typer.echo(
-        f"{int(result['n_queued'])} items wait in the queue: beliefloop queue list --workspace {settings.workspace}"
-    )
+    if not pool_exhausted(result):
+        typer.echo(
+            f"{int(result['n_queued'])} items wait in the queue: beliefloop queue list --workspace {settings.workspace}"
+        )
 
 
 @app.command()

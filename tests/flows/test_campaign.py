@@ -140,3 +140,25 @@ def test_killed_round_rerun_adds_no_duplicates(tmp_path):
     experiment = client.get_experiment_by_name(campaign)
     tags = [r.data.tags.get("beliefloop.round") for r in client.search_runs([experiment.experiment_id])]
     assert sorted(t for t in tags if t) == ["1", "2", "3"]
+
+
+def test_exhausted_pool_ends_the_campaign_cleanly(tmp_path, prefect_no_heartbeat, capsys):
+    from flows.rounds import simulate_campaign
+
+    settings = _small(tmp_path / "w", rounds=3, k=99999)  # round 1 queues the whole pool
+    results = simulate_campaign(settings)
+    assert [r["round"] for r in results] == [1, 2]  # round 2 finds the pool exhausted; round 3 would refit alone
+    assert results[1]["pool_size"] == 0 and results[1]["n_queued"] == 0
+    assert "round 2: the pool is exhausted" in capsys.readouterr().out
+
+    store = LabelStore(settings.store_url)
+    assert store.unfinished_rounds(settings.campaign_name) == []
+    assert _queue_counts(store, settings.campaign_name) == {1: results[1]["n_labeled"] - 9}  # the pool, answered
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    experiment = client.get_experiment_by_name(settings.campaign_name)
+    statuses = {
+        r.data.tags["beliefloop.round"]: r.info.status
+        for r in client.search_runs([experiment.experiment_id])
+        if r.data.tags.get("beliefloop.role") == "round"
+    }
+    assert statuses == {"1": "FINISHED", "2": "FINISHED"}
