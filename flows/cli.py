@@ -96,7 +96,7 @@ def _settings(params: Path | None, overrides: dict[str, Any]):
 
 def _open_campaign(params: Path | None, workspace: Path | None, campaign: str | None):
     """Settings, the label store and the campaign a command acts on (the only one in the workspace if unnamed)."""
-    settings = _settings(params, {"workspace": workspace})
+    settings = _settings(params, {"workspace": workspace, "campaign": {"name": campaign}})
     from data.store import LabelStore
 
     store = LabelStore(settings.store_url)
@@ -105,7 +105,7 @@ def _open_campaign(params: Path | None, workspace: Path | None, campaign: str | 
 
 def _resolve_campaign(settings, store, campaign: str | None) -> str:
     if campaign:
-        return campaign
+        return settings.campaign.name  # the flag, validated
     names = store.campaign_names()
     if len(names) == 1:
         return names[0]
@@ -181,22 +181,23 @@ def run_round(
     params: ParamsOpt = None,
 ) -> None:
     """Run one live round: ingest answers, train once enough labels exist, queue the top-k for people."""
-    settings = _settings(
-        params,
-        {
-            "workspace": workspace,
-            "dataset": {"name": dataset},
-            "campaign": {"k": k},
-            "acquisition": {
-                "name": acquisition,
-                "pool_subsample": pool_subsample,
-                "shards": shards,
-                "dask_address": dask_address,
-            },
+    overrides = {
+        "workspace": workspace,
+        "dataset": {"name": dataset},
+        "campaign": {"k": k, "name": campaign},
+        "acquisition": {
+            "name": acquisition,
+            "pool_subsample": pool_subsample,
+            "shards": shards,
+            "dask_address": dask_address,
         },
-    )
-    if not settings.campaign.name:
-        settings.campaign.name = campaign or Path(settings.dataset.name).stem
+    }
+    settings = _settings(params, overrides)
+    if not settings.campaign.name:  # a live campaign is named after its dataset
+        from flows.settings import dataset_slug
+
+        overrides["campaign"]["name"] = dataset_slug(settings.dataset.name)
+        settings = _settings(params, overrides)
     from data.store import LabelStore
     from flows.campaign_setup import prepare_campaign
     from flows.console import pool_exhausted, print_header, print_round
