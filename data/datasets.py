@@ -293,6 +293,12 @@ def _load_table(
     labels = frame[label_column]
     numeric = pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(labels)
     labels = labels.to_numpy(dtype=np.float64, na_value=np.nan) if numeric else labels.to_numpy(dtype=object)
+    nested = next((row for row, value in enumerate(labels) if not pd.api.types.is_scalar(value)), None)
+    if nested is not None:  # a list column (Parquet): one label per row is expected
+        raise DatasetError(
+            f"{where}: label column {label_column!r} in row {nested} (id {ids[nested].item()!r}) holds "
+            f"{np.asarray(labels[nested]).tolist()!r}, expected a single label"
+        )
     y, _, classes = _encode_labels(labels, labels[:0], None, where)
     if "split" in columns and "split" not in (label_column, id_column):
         split = frame["split"].astype("string").str.strip().str.lower().to_numpy(dtype=object, na_value="")

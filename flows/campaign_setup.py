@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data import FeatureStore, load_dataset, open_feature_store, write_feature_store
+from data import DatasetError, FeatureStore, load_dataset, open_feature_store, write_feature_store
 from data.store import LabelAnswer, LabelStore, StoreError
 from flows.settings import Settings
 
@@ -60,7 +60,7 @@ def prepare_campaign(settings: Settings, store: LabelStore, *, simulate: bool) -
     splits = np.full(len(train_rows), "pool", dtype=object)
     if simulate:
         if (train_targets < 0).any():
-            raise ValueError(
+            raise DatasetError(
                 f"dataset {settings.dataset.name!r} has unlabeled training rows; a simulated campaign needs "
                 "every training label for its oracle"
             )

@@ -24,7 +24,7 @@ from acquisition import BATCH_ACQUISITIONS, RunningTopK, StreamResult, bald, bat
 from bayes_models import MCDropout, bayes_factor_table
 from bayes_models.metrics import accuracy, brier, ece, nll, reliability
 from bayes_models.selection import BayesFactorRow
-from data import FeatureStore, open_feature_store
+from data import DatasetError, FeatureStore, open_feature_store
 from data.pool import iter_pool_chunks
 from data.store import LabelAnswer, LabelStore, QueueEntry
 from flows import plots
@@ -412,7 +412,7 @@ def select_models(settings: Settings, n_labels: int | None = None) -> list[dict]
     else:
         chosen = np.flatnonzero(targets >= 0)
     if len(chosen) == 0:
-        raise ValueError(f"dataset {settings.dataset.name!r} has no training labels to select a model on")
+        raise DatasetError(f"dataset {settings.dataset.name!r} has no training labels to select a model on")
     labeled = {str(features.ids[train_rows[i]]): int(targets[i]) for i in chosen}
     selection, _ = select_model(settings, features, labeled, 0)
     return [

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 from acquisition import ACQUISITION_FUNCTIONS, BATCH_ACQUISITIONS
 
@@ -249,6 +250,10 @@ def load_settings(params: Path | None = None, overrides: dict[str, Any] | None =
         )
         source = f" (params file {params})" if params else ""
         raise SettingsError(f"invalid settings{source}: {problems}") from None
+    except SourceError as error:  # a BELIEFLOOP_* value that does not parse, e.g. a list that is not JSON
+        raise SettingsError(
+            f"invalid settings: {error} ({error.__cause__}); lists and mappings in BELIEFLOOP_* variables must be JSON"
+        ) from None
     finally:
         _params_file.reset(token)
 

@@ -366,6 +366,14 @@ def test_bad_parquet_names_file(tmp_path):
         load_dataset(path, label_column="y")
 
 
+def test_parquet_list_labels_name_file_column_and_row(tmp_path):
+    path = tmp_path / "lists.parquet"
+    pd.DataFrame({"x": [1.0, 2.0, 3.0], "y": [["a"], ["a"], ["b", "c"]]}).to_parquet(path)
+    pattern = r"lists\.parquet: label column 'y' in row 0 \(id 'row-0'\) holds \['a'\], expected a single label"
+    with pytest.raises(DatasetError, match=pattern):
+        load_dataset(path, label_column="y")
+
+
 # ------------------------------------------------------------------------------------------ files
 
 
