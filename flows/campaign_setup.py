@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from data import DatasetError, FeatureStore, load_dataset, open_feature_store, write_feature_store
-from data.store import LabelAnswer, LabelStore, StoreError
+from data.store import LabelAnswer, LabelStore, StoreError, sqlite_file
 from flows.settings import Settings
 
 
@@ -109,7 +109,7 @@ def campaign_test_rows(settings: Settings, features: FeatureStore) -> np.ndarray
     workspace without a label store is not given one.
     """
     url = settings.store_url
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+    if (path := sqlite_file(url)) is not None and not path.exists():
         return np.asarray(features.rows_test, dtype=np.int64)
     store = LabelStore(url)
     try:

@@ -146,12 +146,24 @@ def _settings(params: Path | None, overrides: dict[str, Any]):
 
 
 def _open_campaign(params: Path | None, workspace: Path | None, campaign: str | None):
-    """Settings, the label store and the campaign a command acts on (the only one in the workspace if unnamed)."""
-    settings = _settings(params, {"workspace": workspace, "campaign": {"name": campaign}})
-    from data.store import LabelStore
+    """Settings, the label store and the campaign a command acts on (the only one in the workspace if unnamed).
 
+    The workspace and its label store must exist: a command that acts on a campaign creates neither.
+    """
+    settings = _settings(params, {"workspace": workspace, "campaign": {"name": campaign}})
+    _check_workspace(settings.workspace)
+    from data.store import LabelStore, sqlite_file
+
+    path = sqlite_file(settings.store_url)
+    if path is not None and not path.exists():
+        raise CommandError(f"no label store {path}: start a campaign first (beliefloop round or simulate)")
     store = LabelStore(settings.store_url)
     return settings, store, _resolve_campaign(settings, store, campaign)
+
+
+def _check_workspace(workspace: Path) -> None:
+    if not workspace.is_dir():
+        raise CommandError(f"workspace {workspace} does not exist: start a campaign (beliefloop round or simulate)")
 
 
 def _resolve_campaign(settings, store, campaign: str | None) -> str:
@@ -434,6 +446,8 @@ def ui(
 ) -> None:
     """Open the MLflow UI on the workspace's tracking store."""
     settings = _settings(params, {"workspace": workspace})
+    if not settings.tracking.uri:  # the workspace's own tracking store
+        _check_workspace(settings.workspace)
     typer.echo(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C stops it)")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri]
     raise typer.Exit(subprocess.call([*command, "--host", "127.0.0.1", "--port", str(port)]))

@@ -198,6 +198,13 @@ class Settings(BaseSettings):
     ):
         return init_settings, env_settings, _YamlParams(settings_cls)
 
+    @field_validator("workspace", mode="before")
+    @classmethod
+    def _not_empty(cls, workspace: Any) -> Any:
+        if isinstance(workspace, str) and not workspace.strip():  # Path("") would be the current folder
+            raise ValueError("the workspace must not be empty (default: workspace)")
+        return workspace
+
     @model_validator(mode="after")
     def _belief_needs_a_posterior(self) -> Settings:
         if self.update == "belief":

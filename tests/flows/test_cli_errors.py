@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -92,3 +93,30 @@ def test_prefect_server_gets_a_long_startup_timeout_unless_the_user_set_one(monk
     monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "45")
     cli._prefect_defaults()
     assert os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == "45"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["label", "--item", "train-1", "--label", "0"],
+        ["skip", "--item", "train-1"],
+        ["queue", "list"],
+        ["ingest", "new.csv"],
+        ["ui"],
+    ],
+    ids=["label", "skip", "queue-list", "ingest", "ui"],
+)
+def test_commands_on_a_campaign_create_no_workspace(tmp_path, command):
+    missing = tmp_path / "no" / "such" / "dir"
+    assert f"workspace {missing} does not exist" in _fails(*command, "--workspace", str(missing))
+    if command != ["ui"]:
+        (tmp_path / "empty").mkdir()
+        assert "no label store" in _fails(*command, "--workspace", str(tmp_path / "empty"))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ([] if command == ["ui"] else ["empty"])
+
+
+def test_an_empty_workspace_value_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    error = _fails("queue", "list", env={"BELIEFLOOP_WORKSPACE": ""})
+    assert "workspace: Value error, the workspace must not be empty" in error
+    assert list(tmp_path.iterdir()) == []

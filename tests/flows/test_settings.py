@@ -77,3 +77,10 @@ def test_safe_campaign_names_and_derived_names():
     assert load_settings(None, {"campaign": {"name": settings.campaign_name}}).campaign_name == settings.campaign_name
     with pytest.raises(SettingsError, match=r"campaign\.seed"):
         load_settings(None, {"campaign": {"seed": -1}})
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_workspace_is_refused(monkeypatch, value):
+    monkeypatch.setenv("BELIEFLOOP_WORKSPACE", value)
+    with pytest.raises(SettingsError, match="workspace must not be empty"):
+        load_settings()
