@@ -16,6 +16,7 @@ was expected versus found. Files are never unpickled (``allow_pickle=False``).
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,6 +203,8 @@ def _load_bundled(name: str, test_fraction: float, seed: int, **scaling) -> Data
 
 def _load_npz(path: Path, *, allow_empty_test: bool = False, **scaling) -> Dataset:
     where = str(path.resolve())
+    if not zipfile.is_zipfile(path):  # np.load would try to unpickle it (refused) or read it as a bare .npy
+        raise DatasetError(f"{where}: not a valid .npz file (a .npz is a zip archive of .npy arrays)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = sorted(archive.files)
@@ -215,7 +218,7 @@ def _load_npz(path: Path, *, allow_empty_test: bool = False, **scaling) -> Datas
             arrays = {key: archive[key] for key in keys}
     except DatasetError:
         raise
-    except Exception as error:  # not a zip, a bare .npy, object arrays, truncated members, ...
+    except Exception as error:  # object arrays, truncated members, ...
         raise DatasetError(f"{where}: cannot read as .npz without pickles: {error}") from error
     x_train = arrays["x_train"]
     if "x_test" not in arrays:  # allowed above only with allow_empty_test: no test rows at all

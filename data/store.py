@@ -367,6 +367,9 @@ class LabelStore:
         return self.queued(campaign, round_=round_)
 
     def queued(self, campaign: str, *, round_: int | None = None, status: str | None = None) -> list[QueuedItem]:
+        """Queue entries in (round, rank) order, of one round and / or one of ``QUEUE_STATUSES`` when given."""
+        if status is not None and status not in QUEUE_STATUSES:
+            raise StoreError(f"unknown queue status {status!r}; expected one of {list(QUEUE_STATUSES)}")
         query = sa.select(queue).where(queue.c.campaign == campaign).order_by(queue.c.round, queue.c.rank)
         if round_ is not None:
             query = query.where(queue.c.round == round_)

@@ -243,11 +243,17 @@ def test_npz_with_pickled_object_arrays_is_refused(tmp_path):
         load_dataset(path)
 
 
-def test_npz_not_a_zip(tmp_path):
+@pytest.mark.parametrize("bare_npy", [False, True], ids=["text", "bare-npy"])
+def test_npz_not_a_zip(tmp_path, bare_npy):
     path = tmp_path / "junk.npz"
-    path.write_text("hello")
-    with pytest.raises(DatasetError, match=r"junk\.npz: cannot read"):
+    with path.open("wb") as handle:
+        if bare_npy:
+            np.save(handle, np.zeros(3))
+        else:
+            handle.write(b"hello")
+    with pytest.raises(DatasetError, match=r"junk\.npz: not a valid \.npz file") as info:
         load_dataset(path)
+    assert "pickle" not in str(info.value)
 
 
 def test_column_options_are_rejected_for_npz(tmp_path):

@@ -120,3 +120,18 @@ def test_an_empty_workspace_value_is_refused(tmp_path, monkeypatch):
     error = _fails("queue", "list", env={"BELIEFLOOP_WORKSPACE": ""})
     assert "workspace: Value error, the workspace must not be empty" in error
     assert list(tmp_path.iterdir()) == []
+
+
+def test_queue_list_refuses_an_unknown_status(tmp_path):
+    from data.store import LabelStore
+
+    LabelStore.for_workspace(tmp_path).create_campaign("c", "iris", ["a", "b"])
+    error = _fails("queue", "list", "--status", "bogus", "--workspace", str(tmp_path))
+    assert "unknown queue status 'bogus'; expected one of ['pending', 'labeled', 'skipped']" in error
+
+
+def test_a_file_that_is_not_an_npz_archive_is_named(tmp_path):
+    junk = tmp_path / "junk.npz"
+    junk.write_text("hello")
+    error = _fails("prepare", "--dataset", str(junk), "--workspace", str(tmp_path / "w"))
+    assert f"{junk}: not a valid .npz file" in error and "pickle" not in error
