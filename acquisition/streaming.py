@@ -88,7 +88,8 @@ def score_pool_streaming(
         Score only M items drawn uniformly without replacement from the pool before scoring (Gal et al. 2017
         score a random subset of the pool). Needs ``pool_size``; items outside it are never passed to the model.
     pool_size : int, optional
-        Number of items ``pool_chunks`` yields; required with ``subsample`` and checked at the end.
+        Number of items ``pool_chunks`` yields (0 for an exhausted pool: an empty result); required with
+        ``subsample`` and checked at the end.
     bins : int
         Number of histogram bins.
 
@@ -111,7 +112,7 @@ def score_pool_streaming(
         _check_positive(subsample, "subsample")
         if pool_size is None:
             raise ValueError("subsample needs pool_size, the number of items pool_chunks yields")
-        _check_positive(pool_size, "pool_size")
+        _check_k(pool_size, "pool_size")
         if subsample < pool_size:
             selected = np.zeros(pool_size, dtype=bool)
             chosen = torch.randperm(pool_size, generator=generator, device=_draw_device(generator))[:subsample]

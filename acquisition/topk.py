@@ -30,9 +30,9 @@ def _scores_and_ids(scores_N: torch.Tensor | np.ndarray | Sequence[float], item_
     return scores, ids
 
 
-def _check_k(k: int) -> int:
+def _check_k(k: int, name: str = "k") -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-        raise ValueError(f"k must be a non-negative integer, got {k!r}")
+        raise ValueError(f"{name} must be a non-negative integer, got {k!r}")
     return int(k)
 
 

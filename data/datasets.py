@@ -16,6 +16,7 @@ was expected versus found. Files are never unpickled (``allow_pickle=False``).
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,6 +203,8 @@ def _load_bundled(name: str, test_fraction: float, seed: int, **scaling) -> Data
 
 def _load_npz(path: Path, *, allow_empty_test: bool = False, **scaling) -> Dataset:
     where = str(path.resolve())
+    if not zipfile.is_zipfile(path):  # np.load would try to unpickle it (refused) or read it as a bare .npy
+        raise DatasetError(f"{where}: not a valid .npz file (a .npz is a zip archive of .npy arrays)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = sorted(archive.files)
@@ -215,7 +218,7 @@ def _load_npz(path: Path, *, allow_empty_test: bool = False, **scaling) -> Datas
             arrays = {key: archive[key] for key in keys}
     except DatasetError:
         raise
-    except Exception as error:  # not a zip, a bare .npy, object arrays, truncated members, ...
+    except Exception as error:  # object arrays, truncated members, ...
         raise DatasetError(f"{where}: cannot read as .npz without pickles: {error}") from error
     x_train = arrays["x_train"]
     if "x_test" not in arrays:  # allowed above only with allow_empty_test: no test rows at all
@@ -293,6 +296,12 @@ def _load_table(
     labels = frame[label_column]
     numeric = pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(labels)
     labels = labels.to_numpy(dtype=np.float64, na_value=np.nan) if numeric else labels.to_numpy(dtype=object)
+    nested = next((row for row, value in enumerate(labels) if not pd.api.types.is_scalar(value)), None)
+    if nested is not None:  # a list column (Parquet): one label per row is expected
+        raise DatasetError(
+            f"{where}: label column {label_column!r} in row {nested} (id {ids[nested].item()!r}) holds "
+            f"{np.asarray(labels[nested]).tolist()!r}, expected a single label"
+        )
     y, _, classes = _encode_labels(labels, labels[:0], None, where)
     if "split" in columns and "split" not in (label_column, id_column):
         split = frame["split"].astype("string").str.strip().str.lower().to_numpy(dtype=object, na_value="")

@@ -127,12 +127,17 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (``sqlite:///path``); None for other databases."""
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
 class LabelStore:
     """Campaign state in one database. Safe to share between processes (transactions, WAL)."""
 
     def __init__(self, url: str) -> None:
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if (path := sqlite_file(url)) is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         self.url = url
         self.engine: Engine = sa.create_engine(url)
         if self.engine.dialect.name == "sqlite":
@@ -362,6 +367,9 @@ class LabelStore:
         return self.queued(campaign, round_=round_)
 
     def queued(self, campaign: str, *, round_: int | None = None, status: str | None = None) -> list[QueuedItem]:
+        """Queue entries in (round, rank) order, of one round and / or one of ``QUEUE_STATUSES`` when given."""
+        if status is not None and status not in QUEUE_STATUSES:
+            raise StoreError(f"unknown queue status {status!r}; expected one of {list(QUEUE_STATUSES)}")
         query = sa.select(queue).where(queue.c.campaign == campaign).order_by(queue.c.round, queue.c.rank)
         if round_ is not None:
             query = query.where(queue.c.round == round_)

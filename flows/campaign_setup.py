@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data import Dataset, FeatureStore, load_dataset, open_feature_store, write_feature_store
+from data import Dataset, DatasetError, FeatureStore, load_dataset, open_feature_store, write_feature_store
 from data.feature_store import append_rows, extend_classes
-from data.store import LabelAnswer, LabelStore, StoreError
+from data.store import LabelAnswer, LabelStore, StoreError, sqlite_file
 from flows.settings import Settings
 
 
@@ -120,7 +120,7 @@ def prepare_campaign(settings: Settings, store: LabelStore, *, simulate: bool) -
     splits = np.full(len(train_rows), "pool", dtype=object)
     if simulate:
         if (train_targets < 0).any():
-            raise ValueError(
+            raise DatasetError(
                 f"dataset {settings.dataset.name!r} has unlabeled training rows; a simulated campaign needs "
                 "every training label for its oracle"
             )
@@ -169,7 +169,7 @@ def campaign_test_rows(settings: Settings, features: FeatureStore) -> np.ndarray
     workspace without a label store is not given one.
     """
     url = settings.store_url
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+    if (path := sqlite_file(url)) is not None and not path.exists():
         return np.asarray(features.rows_test, dtype=np.int64)
     store = LabelStore(url)
     try:

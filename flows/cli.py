@@ -19,6 +19,14 @@ import typer
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+class CommandError(RuntimeError):
+    """A failure of a command that is not a bug (the environment, not the code); reported in one line."""
+
+
+_state = {"debug": False}
+"""Global options of the invocation (typer's pattern: the app callback sets them before every command)."""
+
+
 class _App(typer.Typer):
     """Typer app whose commands report bad input (file, item, key) in one line instead of a traceback."""
 
@@ -28,13 +36,22 @@ class _App(typer.Typer):
         def decorator(function):
             @functools.wraps(function)
             def friendly(*f_args, **f_kwargs):
-                from data import DatasetError
+                from data import DatasetError, FeatureStoreError
                 from data.store import StoreError
                 from flows.settings import SettingsError
 
                 try:
                     return function(*f_args, **f_kwargs)
-                except (DatasetError, StoreError, SettingsError) as error:
+                except (
+                    DatasetError,
+                    FeatureStoreError,
+                    StoreError,
+                    SettingsError,
+                    CommandError,
+                    typer.BadParameter,
+                ) as error:
+                    if _state["debug"]:
+                        raise
                     typer.secho(f"error: {error}", fg="red", err=True)
                     raise typer.Exit(2) from None
 
@@ -46,6 +63,15 @@ class _App(typer.Typer):
 app = _App(no_args_is_help=True, add_completion=False, help="Bayesian active learning campaigns.")
 queue_app = _App(no_args_is_help=True, help="Inspect the labeling queue.")
 app.add_typer(queue_app, name="queue")
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show a failure's traceback instead of one line.")] = False,
+) -> None:
+    """Bayesian active learning campaigns."""
+    _state["debug"] = debug
+
 
 ParamsOpt = Annotated[Path | None, typer.Option("--params", help="params.yaml to read (DVC's params file).")]
 WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", help="Campaign workspace folder [workspace].")]
@@ -64,28 +90,53 @@ ShardsOpt = Annotated[int | None, typer.Option("--shards", help="Pool-scoring ta
 
 
 def _prefect_defaults() -> None:
-    """Quiet, offline-friendly Prefect and MLflow defaults; the user's environment wins."""
-    for key, value in {
+    """Quiet, offline-friendly Prefect and MLflow defaults; the user's environment wins.
+
+    Prefect's temporary server gets 300 s to start (the default 20 s, even 60 s, is missed on a loaded machine).
+    Without ``--debug``, flow and task runs do not log the traceback of a failure the command reports in one line.
+    """
+    defaults = {
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_LOGGING_LEVEL": "WARNING",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",
         "MLFLOW_LOGGING_LEVEL": "WARNING",
-    }.items():
+    }
+    if not _state["debug"]:
+        defaults["PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL"] = "CRITICAL"
+        defaults["PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL"] = "CRITICAL"
+    for key, value in defaults.items():
         os.environ.setdefault(key, value)
 
 
 @contextmanager
 def _flow_context():
-    """Without a Prefect server, disable flow heartbeats (they only serve crash detection by a server)."""
+    """Start Prefect's temporary server when no server is set (its failure is one line), and disable flow
+    heartbeats then (they only serve crash detection by a server)."""
     _prefect_defaults()
-    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_SERVER_EPHEMERAL_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
 
-    if PREFECT_API_URL.value():
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         yield
-    else:
-        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    try:
+        SubprocessASGIServer().start()  # the one flow runs use
+    except RuntimeError as error:
+        timeout = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+        raise CommandError(
+            f"Prefect's temporary server did not start within {timeout} s; raise "
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS or point PREFECT_API_URL at a running server"
+        ) from error
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def _settings(params: Path | None, overrides: dict[str, Any]):
@@ -95,17 +146,29 @@ def _settings(params: Path | None, overrides: dict[str, Any]):
 
 
 def _open_campaign(params: Path | None, workspace: Path | None, campaign: str | None):
-    """Settings, the label store and the campaign a command acts on (the only one in the workspace if unnamed)."""
-    settings = _settings(params, {"workspace": workspace})
-    from data.store import LabelStore
+    """Settings, the label store and the campaign a command acts on (the only one in the workspace if unnamed).
 
+    The workspace and its label store must exist: a command that acts on a campaign creates neither.
+    """
+    settings = _settings(params, {"workspace": workspace, "campaign": {"name": campaign}})
+    _check_workspace(settings.workspace)
+    from data.store import LabelStore, sqlite_file
+
+    path = sqlite_file(settings.store_url)
+    if path is not None and not path.exists():
+        raise CommandError(f"no label store {path}: start a campaign first (beliefloop round or simulate)")
     store = LabelStore(settings.store_url)
     return settings, store, _resolve_campaign(settings, store, campaign)
 
 
+def _check_workspace(workspace: Path) -> None:
+    if not workspace.is_dir():
+        raise CommandError(f"workspace {workspace} does not exist: start a campaign (beliefloop round or simulate)")
+
+
 def _resolve_campaign(settings, store, campaign: str | None) -> str:
     if campaign:
-        return campaign
+        return settings.campaign.name  # the flag, validated
     names = store.campaign_names()
     if len(names) == 1:
         return names[0]
@@ -181,25 +244,26 @@ def run_round(
     params: ParamsOpt = None,
 ) -> None:
     """Run one live round: ingest answers, train once enough labels exist, queue the top-k for people."""
-    settings = _settings(
-        params,
-        {
-            "workspace": workspace,
-            "dataset": {"name": dataset},
-            "campaign": {"k": k},
-            "acquisition": {
-                "name": acquisition,
-                "pool_subsample": pool_subsample,
-                "shards": shards,
-                "dask_address": dask_address,
-            },
+    overrides = {
+        "workspace": workspace,
+        "dataset": {"name": dataset},
+        "campaign": {"k": k, "name": campaign},
+        "acquisition": {
+            "name": acquisition,
+            "pool_subsample": pool_subsample,
+            "shards": shards,
+            "dask_address": dask_address,
         },
-    )
-    if not settings.campaign.name:
-        settings.campaign.name = campaign or Path(settings.dataset.name).stem
+    }
+    settings = _settings(params, overrides)
+    if not settings.campaign.name:  # a live campaign is named after its dataset
+        from flows.settings import dataset_slug
+
+        overrides["campaign"]["name"] = dataset_slug(settings.dataset.name)
+        settings = _settings(params, overrides)
     from data.store import LabelStore
     from flows.campaign_setup import prepare_campaign
-    from flows.console import print_header, print_round
+    from flows.console import pool_exhausted, print_header, print_round
 
     with _flow_context():
         from flows.rounds import run_round
@@ -208,9 +272,10 @@ def run_round(
         result = run_round(settings)
     print_header()
     print_round(result)
-    typer.echo(
-        f"{int(result['n_queued'])} items wait in the queue: beliefloop queue list --workspace {settings.workspace}"
-    )
+    if not pool_exhausted(result):
+        typer.echo(
+            f"{int(result['n_queued'])} items wait in the queue: beliefloop queue list --workspace {settings.workspace}"
+        )
 
 
 @app.command()
@@ -381,6 +446,8 @@ def ui(
 ) -> None:
     """Open the MLflow UI on the workspace's tracking store."""
     settings = _settings(params, {"workspace": workspace})
+    if not settings.tracking.uri:  # the workspace's own tracking store
+        _check_workspace(settings.workspace)
     typer.echo(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C stops it)")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri]
     raise typer.Exit(subprocess.call([*command, "--host", "127.0.0.1", "--port", str(port)]))

@@ -28,6 +28,17 @@ def print_header() -> None:
     console.print(_line([title for title, _, _ in _COLUMNS], "model"), style="bold")
 
 
+def pool_exhausted(metrics: dict) -> bool:
+    """Whether a round found no pool item left to score (every one labeled, queued or skipped)."""
+    return metrics.get("pool_size") == 0
+
+
 def print_round(metrics: dict) -> None:
     cells = [fmt.format(metrics[key]) if metrics.get(key) is not None else "-" for _, key, fmt in _COLUMNS]
     console.print(_line(cells, metrics.get("selected") or "-"))
+    if pool_exhausted(metrics):
+        console.print(
+            f"round {metrics['round']:.0f}: the pool is exhausted (every item is labeled, queued or skipped); "
+            "nothing was queued",
+            soft_wrap=True,
+        )

@@ -24,12 +24,12 @@ from acquisition import BATCH_ACQUISITIONS, RunningTopK, StreamResult, bald, bat
 from bayes_models import MCDropout, bayes_factor_table
 from bayes_models.metrics import accuracy, brier, ece, nll, reliability
 from bayes_models.selection import BayesFactorRow
-from data import FeatureStore, open_feature_store
+from data import DatasetError, FeatureStore, open_feature_store
 from data.pool import iter_pool_chunks
 from data.store import LabelAnswer, LabelStore, QueueEntry
 from flows import plots
 from flows.campaign_setup import balanced_seed_rows, campaign_test_rows, model_feature_store, prepare_campaign
-from flows.console import print_round
+from flows.console import pool_exhausted, print_round
 from flows.models import (
     CandidateSpec,
     FittedCandidate,
@@ -178,8 +178,9 @@ def score_shard(
 def score_pool(model, features: FeatureStore, pool: dict[str, int], settings: Settings, round_: int) -> PoolScores:
     """Score the pool in ``acquisition.shards`` Prefect tasks and merge their top-k; queue the batch.
 
-    Without a model (cold start) a seeded random batch is queued. ``pool_subsample`` scores a seeded random
-    subset (Gal et al. 2017). BatchBALD runs greedily on the ``batch_candidates`` best items by BALD.
+    Without a model (cold start) a seeded random batch is queued; an exhausted pool (every item labeled, queued or
+    skipped) queues nothing. ``pool_subsample`` scores a seeded random subset (Gal et al. 2017). BatchBALD runs
+    greedily on the ``batch_candidates`` best items by BALD.
     """
     a, k = settings.acquisition, settings.campaign.k
     seed = settings.campaign.seed * 1000 + round_
@@ -187,7 +188,7 @@ def score_pool(model, features: FeatureStore, pool: dict[str, int], settings: Se
     ids = np.asarray(list(pool), dtype=np.str_)
     rows = np.fromiter(pool.values(), dtype=np.int64, count=len(pool))
     edges = np.linspace(0.0, np.log(max(len(features.classes), 2)), 51)
-    if model is None:
+    if model is None or not pool:  # cold start: a seeded random batch; an exhausted pool: nothing to score
         chosen = generator.permutation(len(ids))[:k]
         entries = [QueueEntry(str(ids[i]), rank, None, "random") for rank, i in enumerate(chosen, start=1)]
         return PoolScores(entries, np.zeros(50, np.int64), np.zeros(50, np.int64), edges, len(ids), 0)
@@ -224,7 +225,7 @@ def score_pool(model, features: FeatureStore, pool: dict[str, int], settings: Se
         entries,
         sum(r.aleatoric_hist for r in results),
         sum(r.epistemic_hist for r in results),
-        results[0].bin_edges if results else edges,
+        results[0].bin_edges,
         len(pool),
         sum(r.n_scored for r in results),
     )
@@ -411,7 +412,7 @@ def select_models(settings: Settings, n_labels: int | None = None) -> list[dict]
     else:
         chosen = np.flatnonzero(targets >= 0)
     if len(chosen) == 0:
-        raise ValueError(f"dataset {settings.dataset.name!r} has no training labels to select a model on")
+        raise DatasetError(f"dataset {settings.dataset.name!r} has no training labels to select a model on")
     labeled = {str(features.ids[train_rows[i]]): int(targets[i]) for i in chosen}
     selection, _ = select_model(settings, features, labeled, 0)
     return [
@@ -446,10 +447,14 @@ def run_round(settings: Settings, *, oracle: bool = False) -> dict[str, float]:
 
 @flow(name="simulate_campaign")
 def simulate_campaign(settings: Settings) -> list[dict[str, float]]:
-    """Rounds 1..``campaign.rounds`` with a simulated oracle; resumes where an earlier run stopped."""
+    """Rounds 1..``campaign.rounds`` with a simulated oracle; resumes where an earlier run stopped, and stops
+    after a round that found the pool exhausted."""
     store = LabelStore(settings.store_url)
     prepare_campaign(settings, store, simulate=True)
     campaign = settings.campaign_name
     while store.next_round(campaign) <= settings.campaign.rounds:
-        print_round(run_round(settings, oracle=True))
+        result = run_round(settings, oracle=True)
+        print_round(result)
+        if pool_exhausted(result):  # later rounds would only refit the same labels
+            break
     return store.round_metrics(campaign)[: settings.campaign.rounds]

@@ -6,6 +6,7 @@ rejected with a message naming the key, so a typo never silently falls back to a
 
 from __future__ import annotations
 
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -13,10 +14,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 from acquisition import ACQUISITION_FUNCTIONS, BATCH_ACQUISITIONS
 
 _params_file: ContextVar[Path | None] = ContextVar("beliefloop_params_file", default=None)
+
+NAME_MAX = 100
+_SAFE_NAME = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{NAME_MAX - 1}}}")
 
 
 class SettingsError(ValueError):
@@ -35,18 +40,35 @@ class DatasetSettings(_Section):
     test_fraction: float = Field(0.25, gt=0, lt=1)
 
 
+def dataset_slug(dataset: str) -> str:
+    """The stem of a dataset name or path as a safe name: other characters become ``_``, leading dots go."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", Path(dataset).stem).lstrip(".")[: NAME_MAX // 2] or "dataset"
+
+
 class CampaignSettings(_Section):
     name: str | None = None
-    """Campaign (= MLflow experiment); derived from dataset, acquisition and seed when not given."""
+    """Campaign (= MLflow experiment, and a folder name in the workspace); derived from dataset, acquisition and
+    seed when not given. Letters, digits, ``.``, ``_`` and ``-``, not starting with ``.``, at most 100."""
     rounds: int = Field(10, ge=1)
     k: int = Field(10, ge=1)
     initial: int = Field(20, ge=0)
     """Size of the class-balanced labeled seed set of a simulated campaign."""
     min_labels: int = Field(20, ge=1)
     """A live round queues a seeded random batch until this many labels exist."""
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
+    """Non-negative (numpy's generators refuse negative seeds) and bounded, so the derived name stays short."""
     oracle_noise: float = Field(0.0, ge=0, le=1)
     """Probability that the simulated oracle answers a uniformly random wrong class."""
+
+    @field_validator("name")
+    @classmethod
+    def _safe(cls, name: str | None) -> str | None:
+        if name is not None and not _SAFE_NAME.fullmatch(name):
+            raise ValueError(
+                f"campaign name {name!r} is not allowed: use letters, digits, '.', '_' and '-', not starting "
+                f"with '.', at most {NAME_MAX} characters"
+            )
+        return name
 
 
 class ModelSettings(_Section):
@@ -190,6 +212,13 @@ class Settings(BaseSettings):
     ):
         return init_settings, env_settings, _YamlParams(settings_cls)
 
+    @field_validator("workspace", mode="before")
+    @classmethod
+    def _not_empty(cls, workspace: Any) -> Any:
+        if isinstance(workspace, str) and not workspace.strip():  # Path("") would be the current folder
+            raise ValueError("the workspace must not be empty (default: workspace)")
+        return workspace
+
     @model_validator(mode="after")
     def _belief_needs_a_posterior(self) -> Settings:
         if self.update == "belief":
@@ -205,7 +234,7 @@ class Settings(BaseSettings):
     def campaign_name(self) -> str:
         if self.campaign.name:
             return self.campaign.name
-        return f"{Path(self.dataset.name).stem}-{self.acquisition.name}-seed{self.campaign.seed}"
+        return f"{dataset_slug(self.dataset.name)}-{self.acquisition.name}-seed{self.campaign.seed}"
 
     @property
     def store_url(self) -> str:
@@ -242,6 +271,10 @@ def load_settings(params: Path | None = None, overrides: dict[str, Any] | None =
         )
         source = f" (params file {params})" if params else ""
         raise SettingsError(f"invalid settings{source}: {problems}") from None
+    except SourceError as error:  # a BELIEFLOOP_* value that does not parse, e.g. a list that is not JSON
+        raise SettingsError(
+            f"invalid settings: {error} ({error.__cause__}); lists and mappings in BELIEFLOOP_* variables must be JSON"
+        ) from None
     finally:
         _params_file.reset(token)
 

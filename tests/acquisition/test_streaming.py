@@ -114,6 +114,17 @@ def test_subsample_is_seeded_and_of_size_m():
     assert result.ids == IDS[expected].tolist()
 
 
+def test_empty_pool_gives_an_empty_result():
+    predictor = TablePredictor()
+    for subsample in (None, 5):
+        result = score_pool_streaming(
+            predictor, iter([]), k=3, acquisition="bald", samples=S, subsample=subsample, pool_size=0
+        )
+        assert (result.ids, result.n_scored, result.n_read) == ([], 0, 0)
+        assert len(result.scores) == 0 and result.aleatoric_hist.sum() == result.epistemic_hist.sum() == 0
+    assert predictor.batches == []
+
+
 def test_errors():
     with pytest.raises(ValueError, match="subsample needs pool_size"):
         score_pool_streaming(TablePredictor(), _chunks(8), k=3, acquisition="bald", samples=S, subsample=5)

@@ -243,11 +243,17 @@ def test_npz_with_pickled_object_arrays_is_refused(tmp_path):
         load_dataset(path)
 
 
-def test_npz_not_a_zip(tmp_path):
+@pytest.mark.parametrize("bare_npy", [False, True], ids=["text", "bare-npy"])
+def test_npz_not_a_zip(tmp_path, bare_npy):
     path = tmp_path / "junk.npz"
-    path.write_text("hello")
-    with pytest.raises(DatasetError, match=r"junk\.npz: cannot read"):
+    with path.open("wb") as handle:
+        if bare_npy:
+            np.save(handle, np.zeros(3))
+        else:
+            handle.write(b"hello")
+    with pytest.raises(DatasetError, match=r"junk\.npz: not a valid \.npz file") as info:
         load_dataset(path)
+    assert "pickle" not in str(info.value)
 
 
 def test_column_options_are_rejected_for_npz(tmp_path):
@@ -363,6 +369,14 @@ def test_bad_parquet_names_file(tmp_path):
         load_dataset(path, label_column="y")
     path.write_bytes(b"not parquet")
     with pytest.raises(DatasetError, match=r"bad\.parquet: cannot read table"):
+        load_dataset(path, label_column="y")
+
+
+def test_parquet_list_labels_name_file_column_and_row(tmp_path):
+    path = tmp_path / "lists.parquet"
+    pd.DataFrame({"x": [1.0, 2.0, 3.0], "y": [["a"], ["a"], ["b", "c"]]}).to_parquet(path)
+    pattern = r"lists\.parquet: label column 'y' in row 0 \(id 'row-0'\) holds \['a'\], expected a single label"
+    with pytest.raises(DatasetError, match=pattern):
         load_dataset(path, label_column="y")
 
 

@@ -174,3 +174,25 @@ def test_every_family_and_update_mode_runs_a_campaign(tmp_path, prefect_no_heart
     assert results[1][f"n_fitted/{family}"] == (5 if update == "belief" else 14)
     assert results[1]["test_accuracy"] > 0.6  # 39 test items, 3 classes
     assert results[1]["pool_scored"] == 111 - 14  # iris: 111 train items, 14 of them labelled
+
+
+def test_exhausted_pool_ends_the_campaign_cleanly(tmp_path, prefect_no_heartbeat, capsys):
+    from flows.rounds import simulate_campaign
+
+    settings = _small(tmp_path / "w", rounds=3, k=99999)  # round 1 queues the whole pool
+    results = simulate_campaign(settings)
+    assert [r["round"] for r in results] == [1, 2]  # round 2 finds the pool exhausted; round 3 would refit alone
+    assert results[1]["pool_size"] == 0 and results[1]["n_queued"] == 0
+    assert "round 2: the pool is exhausted" in capsys.readouterr().out
+
+    store = LabelStore(settings.store_url)
+    assert store.unfinished_rounds(settings.campaign_name) == []
+    assert _queue_counts(store, settings.campaign_name) == {1: results[1]["n_labeled"] - 9}  # the pool, answered
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    experiment = client.get_experiment_by_name(settings.campaign_name)
+    statuses = {
+        r.data.tags["beliefloop.round"]: r.info.status
+        for r in client.search_runs([experiment.experiment_id])
+        if r.data.tags.get("beliefloop.role") == "round"
+    }
+    assert statuses == {"1": "FINISHED", "2": "FINISHED"}

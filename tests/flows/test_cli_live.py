@@ -70,6 +70,23 @@ def test_live_round_label_and_train(tmp_path, unlabeled_npz):
     assert "test_accuracy" in metrics[2] and "test_accuracy" not in metrics[0]
 
 
+def test_round_on_a_fully_skipped_pool_queues_nothing(tmp_path, unlabeled_npz):
+    path, _ = unlabeled_npz
+    common = ["--dataset", str(path), "--workspace", str(tmp_path / "w")]
+    _cli("round", "--k", "500", *common)  # the whole pool
+    store = LabelStore.for_workspace(tmp_path / "w")
+    for q in store.queued("flowers"):
+        store.skip("flowers", q.item_id)
+    out = _cli("round", *common).stdout
+    assert "round 2: the pool is exhausted" in out and "items wait" not in out
+    assert store.unfinished_rounds("flowers") == []
+    assert [(m["round"], m["pool_size"], m["n_queued"]) for m in store.round_metrics("flowers")] == [
+        (1, 120, 120),
+        (2, 0, 0),
+    ]
+    assert len(store.queued("flowers")) == 120
+
+
 def test_bad_dataset_file_gives_clear_error(tmp_path):
     broken = tmp_path / "broken.npz"
     np.savez(broken, x_train=np.zeros((3, 2)), x_test=np.zeros((2, 2)))

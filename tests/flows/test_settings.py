@@ -62,3 +62,25 @@ def test_candidates_override_model_keys():
         ("h128-d2", 128, 2, 7),
         ("h256-d2", 256, 2, 7),
     ]
+
+
+@pytest.mark.parametrize("name", ["../../../escaped", "a/b", ".hidden", "", "x" * 101, "tab\\there", "é"])
+def test_unsafe_campaign_names_are_refused(name):
+    with pytest.raises(SettingsError, match=r"campaign\.name: .*campaign name .* is not allowed"):
+        load_settings(None, {"campaign": {"name": name}})
+
+
+def test_safe_campaign_names_and_derived_names():
+    assert load_settings(None, {"campaign": {"name": "lab-2_v1.0"}}).campaign_name == "lab-2_v1.0"
+    settings = load_settings(None, {"dataset": {"name": "/data/..my set (v2).csv"}, "campaign": {"seed": 4}})
+    assert settings.campaign_name == "my_set__v2_-bald-seed4"
+    assert load_settings(None, {"campaign": {"name": settings.campaign_name}}).campaign_name == settings.campaign_name
+    with pytest.raises(SettingsError, match=r"campaign\.seed"):
+        load_settings(None, {"campaign": {"seed": -1}})
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_workspace_is_refused(monkeypatch, value):
+    monkeypatch.setenv("BELIEFLOOP_WORKSPACE", value)
+    with pytest.raises(SettingsError, match="workspace must not be empty"):
+        load_settings()
