@@ -24,7 +24,7 @@ def test_dvc_repro_and_experiment(tmp_path):
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, repo / name)
     shutil.copytree(ROOT / ".dvc", repo / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
-    for package in ("flows", "bayes_models", "acquisition", "data"):
+    for package in ("flows", "bayes_models", "acquisition", "data", "representation"):
         shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["dataset"]["name"] = "iris"
@@ -41,7 +41,7 @@ def test_dvc_repro_and_experiment(tmp_path):
     _run([*git, "add", "-A"], repo, env)
     _run([*git, "commit", "-qm", "pipeline"], repo, env)
 
-    _run(["dvc", "repro"], repo, env)
+    _run(["dvc", "repro", "campaign"], repo, env)  # prepare → campaign (al_mnist is a long benchmark)
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
     assert metrics["rounds"] == 2 and metrics["n_labeled"] == 14
     assert 0 <= metrics["test_accuracy"] <= 1
@@ -52,7 +52,7 @@ def test_dvc_repro_and_experiment(tmp_path):
 
     _run([*git, "add", "-A"], repo, env)
     _run([*git, "commit", "-qm", "lock"], repo, env)
-    _run(["dvc", "exp", "run", "-S", "acquisition.name=random"], repo, env)
+    _run(["dvc", "exp", "run", "campaign", "-S", "acquisition.name=random"], repo, env)
     assert yaml.safe_load((repo / "params.yaml").read_text())["acquisition"]["name"] == "random"
     shown = _run(["dvc", "exp", "show", "--json"], repo, env)
     assert "random" in shown
