@@ -127,10 +127,12 @@ def _flow_context():
         return
     from prefect.server.api.server import SubprocessASGIServer
 
+    # The environment's value, applied even when Prefect's settings were loaded before _prefect_defaults ran.
+    timeout = int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
     try:
-        SubprocessASGIServer().start()  # the one flow runs use
+        with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: timeout}):
+            SubprocessASGIServer().start()  # the one flow runs use
     except RuntimeError as error:
-        timeout = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
         raise CommandError(
             f"Prefect's temporary server did not start within {timeout} s; raise "
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS or point PREFECT_API_URL at a running server"

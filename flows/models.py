@@ -45,9 +45,13 @@ class FittedCandidate:
     log_evidence: float
     evidence_kind: str
     train_seconds: float
-    trained_on: list[str]
+    trained_on: dict[str, int]
+    """Item id → the label the model was fitted with (what a later belief update compares against)."""
     n_fitted: int
     """Labels fitted this round: all of them when retraining, only the new ones in a belief update."""
+    n_relabelled: int = 0
+    """Items whose label changed since the posterior was fitted; a belief update then retrains on everything,
+    since the old posterior still holds the old labels."""
 
 
 def candidate_specs(settings: Settings) -> list[CandidateSpec]:
@@ -121,14 +125,16 @@ def fit_candidate(
     """
     family = spec.model.family
     start = time.perf_counter()
-    if previous is None:
+    labels = dict(zip(ids, y.tolist(), strict=True))
+    relabelled = _relabelled(previous, labels) if previous is not None else []
+    if previous is None or relabelled:
         model = build_model(spec, feature_shape, n_classes, seed, settings).fit(x, y)
         seconds = time.perf_counter() - start
         log_z, kind = evidence(model, family, x, y, settings)
-        return FittedCandidate(spec.name, family, model, log_z, kind, seconds, list(ids), len(ids))
+        return FittedCandidate(spec.name, family, model, log_z, kind, seconds, labels, len(ids), len(relabelled))
     model = load_model(previous, spec.model.device)
     model.config = replace(model.config, update_steps=spec.model.update_steps)  # today's settings, not round 1's
-    seen = set(previous["trained_on"])
+    seen = previous["trained_on"]
     new = [i for i, item in enumerate(ids) if item not in seen]
     log_z = previous["log_evidence"]
     if new:
@@ -137,7 +143,12 @@ def fit_candidate(
         log_z += model.log_evidence()
     seconds = time.perf_counter() - start
     kind = previous["evidence_kind"]
-    return FittedCandidate(spec.name, family, model, log_z, kind, seconds, sorted(seen | set(ids)), len(new))
+    return FittedCandidate(spec.name, family, model, log_z, kind, seconds, {**seen, **labels}, len(new))
+
+
+def _relabelled(previous: dict[str, Any], labels: dict[str, int]) -> list[str]:
+    """Ids whose current label differs from the one the saved posterior was fitted with."""
+    return [item for item, label in previous["trained_on"].items() if item in labels and labels[item] != label]
 
 
 _CLASSES = {"mc_dropout": MCDropout, "laplace": LaplaceClassifier, "vi": MeanFieldVI, "ensemble": DeepEnsemble}
@@ -167,7 +178,8 @@ def load_candidate(directory: Path, name: str, family: str) -> dict[str, Any] | 
     if not path.exists():
         return None
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    return payload if payload["family"] == family else None
+    # A checkpoint from before labels were kept beside ids cannot tell a relabelled item: retrain from it.
+    return payload if payload["family"] == family and isinstance(payload["trained_on"], dict) else None
 
 
 def load_model(payload: dict[str, Any], device: str) -> Any:

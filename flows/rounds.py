@@ -376,6 +376,12 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
             metrics[f"log_evidence/{row.candidate}"] = row.log_evidence
             metrics[f"log_bayes_factor/{row.candidate}"] = row.log_bayes_factor
             metrics[f"n_fitted/{row.candidate}"] = fitted.n_fitted
+            if settings.update == "belief":
+                metrics[f"n_relabelled/{row.candidate}"] = fitted.n_relabelled
+            if fitted.n_relabelled:
+                logger.info(
+                    "%s: %d items relabelled since its posterior; retrained", row.candidate, fitted.n_relabelled
+                )
             save_candidate(_candidates_dir(settings), fitted, round_)
         logger.info("selected %s (%s)", chosen.name, chosen.evidence_kind)
     else:

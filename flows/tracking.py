@@ -7,22 +7,33 @@ ids: fluent ``mlflow.log_*`` calls from Prefect worker threads would not see the
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import RunStatus
+from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 ROLE, ROUND = "beliefloop.role", "beliefloop.round"
+BATCH = 900
+"""Entries per ``log_batch`` call (MLflow accepts at most 1,000 metrics and 100 params per call)."""
+
+
+@functools.lru_cache(maxsize=8)
+def tracking_client(tracking_uri: str) -> MlflowClient:
+    """One client per tracking store and process: opening a SQL store costs seconds (engine, schema check), and
+    a process running many rounds (a simulated campaign, a served deployment) would pay it every round."""
+    return MlflowClient(tracking_uri=tracking_uri)
 
 
 class CampaignTracker:
     """Finds or creates the campaign's experiment and runs in one tracking store."""
 
     def __init__(self, tracking_uri: str, artifact_root: str, campaign: str) -> None:
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.client = tracking_client(tracking_uri)
         self.campaign = campaign
         experiment = self.client.get_experiment_by_name(campaign)
         if experiment is None:
@@ -60,13 +71,16 @@ class CampaignTracker:
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         existing = self.client.get_run(run_id).data.params
-        for key, value in _flatten(params).items():
-            if key not in existing:
-                self.client.log_param(run_id, key, value)
+        new = [Param(key, value) for key, value in _flatten(params).items() if key not in existing]
+        for start in range(0, len(new), 100):
+            self.client.log_batch(run_id, params=new[start : start + 100])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-        for key, value in metrics.items():
-            self.client.log_metric(run_id, key, float(value), step=step)
+        """All of a step's metrics in one transaction per :data:`BATCH` (not one per metric)."""
+        now = int(time.time() * 1000)
+        entries = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        for start in range(0, len(entries), BATCH):
+            self.client.log_batch(run_id, metrics=entries[start : start + BATCH])
 
     def log_artifacts(self, run_id: str, paths: list[Path]) -> None:
         for path in paths:

@@ -91,3 +91,38 @@ def test_belief_update_rounds_fit_only_new_labels(tmp_path):
     # Accumulated evidence: round 3's log Z = round 2's + the evidence of round 3's new labels (< 0 each time).
     log_z = [run.data.metrics["log_evidence/wide"] for run in runs]
     assert log_z[0] > log_z[1] > log_z[2]
+
+
+def test_a_relabelled_item_makes_the_belief_update_retrain(tmp_path):
+    """The saved posterior holds the old label of a corrected item: the round retrains on every label, and says so."""
+    from data.store import LabelAnswer, LabelStore
+    from flows.rounds import run_round, simulate_campaign
+
+    settings = _settings(
+        tmp_path / "w",
+        campaign={"rounds": 2, "k": 6, "initial": 12},
+        model={"family": "laplace", "steps": 150, "update_steps": 40},
+        selection={"candidates": []},
+        update="belief",
+    )
+    simulate_campaign(settings)
+    store = LabelStore(settings.store_url)
+    labels = store.current_labels(settings.campaign_name)
+    item, old = next(iter(labels.items()))
+    report = store.record_labels(
+        settings.campaign_name, [LabelAnswer(item, (old + 1) % 3)], annotator="reviewer", require_queued=False
+    )
+    assert report.accepted
+    third = run_round(
+        settings.model_copy(update={"campaign": settings.campaign.model_copy(update={"rounds": 3})}), oracle=True
+    )
+    assert third["n_relabelled/laplace"] == 1
+    assert third["n_fitted/laplace"] == third["n_labeled"] == 24  # everything refitted, not just the 6 new labels
+    payload = torch.load(
+        settings.models_dir / settings.campaign_name / "candidates" / "laplace.pt",
+        map_location="cpu",
+        weights_only=True,
+    )
+    assert payload["trained_on"][item] == (old + 1) % 3 and len(payload["trained_on"]) == 24
+    _, runs = _round_runs(settings)
+    assert [run.data.metrics["n_relabelled/laplace"] for run in runs] == [0, 0, 1]
