@@ -327,9 +327,15 @@ class MeanFieldVI:
         return sum((layer.kl(n_samples) for layer in self.layers.values()), torch.zeros((), device=self.device))
 
     def fit(
-        self, x: torch.Tensor, y: torch.Tensor, prior: Mapping[str, tuple[torch.Tensor, Any]] | None = None
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        prior: Mapping[str, tuple[torch.Tensor, Any]] | None = None,
+        *,
+        steps: int | None = None,
     ) -> MeanFieldVI:
-        """Minimise ``NLL_mean + KL / N`` by Adam for ``config.steps`` minibatches, from the current q.
+        """Minimise ``NLL_mean + KL / N`` by Adam for ``steps`` minibatches (default: ``config.steps``, or
+        ``config.update_steps`` once the prior is a posterior), from the current q.
 
         ``prior``: a :meth:`posterior` of an earlier fit (``{name: (mu, sigma)}``). It becomes the prior and the
         starting q, so the objective is ``KL(q_new ‖ q_prev)`` plus the NLL of the new data: a belief update, whose
@@ -346,11 +352,14 @@ class MeanFieldVI:
         with seeded(self.config.seed, self.device):
             if n > 0:
                 with training_threads(self.network, min(self.config.batch_size, n), self.device):
-                    self._train(x, y, torch.Generator().manual_seed(self.config.seed))
+                    default = self.config.steps_for(belief_update=self.prior_from_posterior)
+                    self._train(
+                        x, y, torch.Generator().manual_seed(self.config.seed), default if steps is None else steps
+                    )
             self._elbo = self.elbo(x, y, n_samples=self.config.elbo_samples, seed=self.config.seed)
         return self
 
-    def _train(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> None:
+    def _train(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, steps: int) -> None:
         c, net, n = self.config, self.network, x.shape[0]
         bayes = {id(p) for layer in self.layers.values() for p in layer.parameters()}
         groups = [{"params": [p for p in net.parameters() if id(p) in bayes], "weight_decay": 0.0}]
@@ -368,7 +377,7 @@ class MeanFieldVI:
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
         try:
-            for _ in range(c.steps_for(belief_update=self.prior_from_posterior)):
+            for _ in range(steps):
                 if cursor + batch_size > n:
                     order, cursor = torch.randperm(n, generator=generator), 0
                 index = order[cursor : cursor + batch_size].to(self.device)

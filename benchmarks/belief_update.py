@@ -49,7 +49,6 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -171,9 +170,11 @@ def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def belief_step(model: LaplaceClassifier, x: torch.Tensor, y: torch.Tensor, temper: float) -> LaplaceClassifier:
+def belief_step(
+    model: LaplaceClassifier, x: torch.Tensor, y: torch.Tensor, temper: float, steps: int
+) -> LaplaceClassifier:
     """The rounds' belief update (``flows/models.py::fit_candidate``): the posterior becomes the prior."""
-    return model.fit(x, y, prior=prior_from_posterior(model.posterior(), temper=temper))
+    return model.fit(x, y, prior=prior_from_posterior(model.posterior(), temper=temper), steps=steps)
 
 
 def clone(model: LaplaceClassifier, device: str) -> LaplaceClassifier:
@@ -249,8 +250,7 @@ def campaign(data: dict[str, torch.Tensor], args: argparse.Namespace) -> tuple[l
             else:
                 assert belief_model is not None
                 b_steps = n_steps(len(new), args)
-                belief_model.config = replace(belief_model.config, steps=b_steps)  # no per-call steps in fit()
-                _, b_wall, b_cpu = timed(belief_step, belief_model, x[new], y[new], args.temper)
+                _, b_wall, b_cpu = timed(belief_step, belief_model, x[new], y[new], args.temper, b_steps)
                 cumulative_log_z += belief_model.log_evidence()
             rows.append(
                 {
@@ -399,8 +399,7 @@ def shift(data: dict[str, torch.Tensor], args: argparse.Namespace) -> tuple[list
             new_steps = n_steps(len(y_new), args)
 
             belief = clone(base, args.device)
-            belief.config = replace(belief.config, steps=new_steps)
-            _, belief_s, _ = timed(belief_step, belief, x_new, y_new, args.temper)
+            _, belief_s, _ = timed(belief_step, belief, x_new, y_new, args.temper, new_steps)
 
             naive = clone(base, args.device)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -133,13 +133,13 @@ def fit_candidate(
         log_z, kind = evidence(model, family, x, y, settings)
         return FittedCandidate(spec.name, family, model, log_z, kind, seconds, labels, len(ids), len(relabelled))
     model = load_model(previous, spec.model.device)
-    model.config = replace(model.config, update_steps=spec.model.update_steps)  # today's settings, not round 1's
     seen = previous["trained_on"]
     new = [i for i, item in enumerate(ids) if item not in seen]
     log_z = previous["log_evidence"]
     if new:
         posterior = model.posterior()
-        model.fit(x[new], y[new], prior=prior_from_posterior(posterior) if family == "laplace" else posterior)
+        prior = prior_from_posterior(posterior) if family == "laplace" else posterior
+        model.fit(x[new], y[new], prior=prior, steps=spec.model.update_steps or spec.model.steps)  # today's settings
         log_z += model.log_evidence()
     seconds = time.perf_counter() - start
     kind = previous["evidence_kind"]

@@ -60,8 +60,15 @@ class LaplaceClassifier:
         self.network = network.to(self.device)
         self.laplace: Laplace | None = None
 
-    def fit(self, x: torch.Tensor, y: torch.Tensor, prior: GaussianBelief | None = None) -> LaplaceClassifier:
+    def fit(
+        self, x: torch.Tensor, y: torch.Tensor, prior: GaussianBelief | None = None, *, steps: int | None = None
+    ) -> LaplaceClassifier:
+        """MAP fit (from ``prior`` when given: a belief update) for ``steps`` minibatches, then the Laplace posterior.
+
+        ``steps`` defaults to ``config.steps``, or ``config.update_steps`` for a belief update.
+        """
         c = self.config
+        steps = c.steps_for(belief_update=prior is not None) if steps is None else steps
         x, y = x.to(self.device, torch.float32), y.to(self.device, torch.long)
         generator = torch.Generator().manual_seed(c.seed)
         with seeded(c.seed, self.device):
@@ -70,7 +77,7 @@ class LaplaceClassifier:
                     self.network,
                     x,
                     y,
-                    steps=c.steps,
+                    steps=steps,
                     batch_size=c.batch_size,
                     lr=c.lr,
                     weight_decay=c.weight_decay,
@@ -84,7 +91,7 @@ class LaplaceClassifier:
                     prior.mean,
                     prior.precision,
                     subset=prior.subset,
-                    steps=c.steps_for(belief_update=True),
+                    steps=steps,
                     batch_size=c.batch_size,
                     lr=c.lr,
                     generator=generator,

@@ -77,7 +77,11 @@ def test_belief_update_starts_from_the_posterior(family, data):
     (x, y), (x_new, y_new) = data
     model = FAMILIES[family]().fit(x, y)
     before = model.predictive_samples(x_new, 10, seed=0)
-    model.fit(x_new, y_new, prior=BELIEF_PRIOR[family](model.posterior()))
+    config = model.config
+    model.fit(x_new, y_new, prior=BELIEF_PRIOR[family](model.posterior()), steps=60)  # a per-call step budget
+    assert model.config is config  # ... passed as an argument, not by changing the model's config
+    if family == "vi":
+        assert len(model.history["loss"]) == 60
     after = model.predictive_samples(x_new, 10, seed=0)
     assert not torch.allclose(before, after)
     assert (after.mean(0).argmax(-1) == y_new).float().mean() > 0.8
