@@ -316,6 +316,35 @@ def skip(
     typer.echo(f"skipped {item} in campaign {name}")
 
 
+@app.command()
+def annotate(
+    workspace: WorkspaceOpt = None,
+    campaign: CampaignOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind; any but loopback requires a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the labeling page.")] = 8765,
+    token: Annotated[
+        str | None, typer.Option(help="Token every request must carry [generated when binding beyond loopback].")
+    ] = None,
+    params: ParamsOpt = None,
+) -> None:
+    """Serve a labeling page for the campaign's pending queue (keyboard first; each answer stored at once)."""
+    import secrets
+
+    import uvicorn
+
+    from data import open_feature_store
+    from flows.annotate import LOOPBACK_HOSTS, create_app
+    from flows.campaign_setup import feature_store_dir
+
+    settings, store, name = _open_campaign(params, workspace, campaign)
+    features = open_feature_store(feature_store_dir(settings, store.dataset_of(name)))
+    if token is None and host not in LOOPBACK_HOSTS:
+        token = secrets.token_urlsafe(24)
+    url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+    typer.echo(f"labeling page of campaign {name}: {url}  (Ctrl-C stops it)")
+    uvicorn.run(create_app(store, name, features, token=token, host=host), host=host, port=port, log_level="warning")
+
+
 @app.command("ingest")
 def ingest_file(
     path: Annotated[Path, typer.Argument(help="A .npz, .csv or .parquet file of new items, labeled or not.")],
