@@ -15,7 +15,7 @@ from sklearn.datasets import load_digits
 SCRIPT_ID = "<script>alert(1)</script>"
 
 
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def _run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "flows", *args], capture_output=True, text=True, timeout=600)
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -47,7 +47,7 @@ def _queued_campaign(tmp_path_factory):
         "campaign:\n  min_labels: 10\nmodel:\n  steps: 30\nacquisition:\n  samples: 4\nselection:\n  candidates: []\n"
     )
     workspace = root / "w"
-    run_cli(
+    _run_cli(
         "round",
         "--dataset",
         str(root / "digits8.npz"),
@@ -65,6 +65,12 @@ def _queued_campaign(tmp_path_factory):
 def queued_workspace(_queued_campaign, tmp_path):
     """A copy of the session's campaign (``digits8``) that a test may change."""
     return shutil.copytree(_queued_campaign, tmp_path / "w")
+
+
+@pytest.fixture()
+def beliefloop():
+    """Run the CLI in a subprocess: ``beliefloop(*args, check=True)`` → the completed process."""
+    return _run_cli
 
 
 @pytest.fixture()
