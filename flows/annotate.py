@@ -10,7 +10,6 @@ carry it (``Authorization: Bearer T`` or ``?token=T``), else it is refused with 
 from __future__ import annotations
 
 import base64
-import io
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.templating import Jinja2Templates
@@ -27,10 +25,9 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from data import FeatureStore
 from data.store import LabelAnswer, LabelStore, QueuedItem, StoreError
+from flows.item_views import feature_table, image_png
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).with_name("templates"))
-IMAGE_MIN_SIDE = 224
-"""Images are enlarged (each pixel an integer square) to at least this many pixels on their longer side."""
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 
 
@@ -55,32 +52,6 @@ class Undo(BaseModel):
     item_id: str
     action: Literal["label", "skip"]
     annotator: str = Field(min_length=1, max_length=100)
-
-
-def image_png(image_C_H_W: np.ndarray, min_side: int = IMAGE_MIN_SIDE) -> bytes:
-    """An image as PNG: grey for one channel, RGB(A) for three (four), min–max scaled, enlarged by an integer."""
-    import matplotlib.image
-
-    image = np.asarray(image_C_H_W, dtype=np.float64)
-    low, high = image.min(), image.max()
-    image = (image - low) / (high - low) if high > low else np.zeros_like(image)
-    scale = max(1, -(-min_side // max(image.shape[1:])))
-    image = image.repeat(scale, axis=1).repeat(scale, axis=2)
-    buffer = io.BytesIO()
-    if image.shape[0] == 1:
-        matplotlib.image.imsave(buffer, image[0], cmap="gray", vmin=0, vmax=1, format="png")
-    else:
-        matplotlib.image.imsave(buffer, image.transpose(1, 2, 0), format="png")
-    return buffer.getvalue()
-
-
-def feature_table(features: FeatureStore, row: int) -> list[tuple[str, str]]:
-    """A vector's features as ``(name, value)`` in the units of the imported file (standardisation undone)."""
-    x = np.asarray(features.features[row], dtype=np.float64)
-    if (stats := features.standardization) is not None:
-        mean, std = stats
-        x = x * std + mean
-    return [(f"x{j}", f"{value:.4g}") for j, value in enumerate(x)]
 
 
 def progress(queue: list[QueuedItem], round_: int | None) -> Progress:

@@ -404,6 +404,59 @@ def queue_list(
     console.print(table)
 
 
+@queue_app.command("export")
+def queue_export(
+    fmt: Annotated[str, typer.Option("--format", help="csv | jsonl | label-studio")] = "csv",
+    out: Annotated[Path | None, typer.Option("--out", help="File to write [standard output].")] = None,
+    status: Annotated[str, typer.Option(help="pending | labeled | skipped")] = "pending",
+    workspace: WorkspaceOpt = None,
+    campaign: CampaignOpt = None,
+    params: ParamsOpt = None,
+) -> None:
+    """Write the queue (default: pending items) for annotators' tools, with the model's prediction and score."""
+    from data import open_feature_store
+    from flows.campaign_setup import feature_store_dir
+    from flows.queue_io import EXPORT_FORMATS, export_queue
+
+    if fmt not in EXPORT_FORMATS:
+        raise typer.BadParameter(f"unknown format {fmt!r}; expected one of {list(EXPORT_FORMATS)}")
+    settings, store, name = _open_campaign(params, workspace, campaign)
+    features = open_feature_store(feature_store_dir(settings, store.dataset_of(name)))
+    entries = store.queued(name, status=status)
+    text = export_queue(entries, store.classes(name), features, fmt)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        typer.echo(f"{len(entries)} {status} items of campaign {name} written to {out}", err=True)
+
+
+@queue_app.command("import")
+def queue_import(
+    path: Annotated[Path, typer.Argument(help="CSV of item_id,label[,annotator] or a Label Studio JSON export.")],
+    annotator: Annotated[str | None, typer.Option(help="Who answered [the file's, else current user].")] = None,
+    workspace: WorkspaceOpt = None,
+    campaign: CampaignOpt = None,
+    params: ParamsOpt = None,
+) -> None:
+    """Record a file of answers, matched by item id; report each row as accepted or rejected (with why)."""
+    from flows.queue_io import ImportFileError, import_answers, read_answers
+
+    _, store, name = _open_campaign(params, workspace, campaign)
+    try:
+        rows = read_answers(path, store.classes(name), annotator, getpass.getuser())
+    except ImportFileError as error:
+        raise CommandError(str(error)) from None
+    outcomes = import_answers(store, name, rows)
+    for o in outcomes:
+        typer.echo(f"{o.where} {o.item_id}: {'accepted' if o.accepted else 'rejected'}: {o.detail}", err=not o.accepted)
+    n_accepted = sum(o.accepted for o in outcomes)
+    typer.echo(f"{n_accepted} accepted, {len(outcomes) - n_accepted} rejected, campaign {name}")
+    if n_accepted < len(outcomes):
+        raise typer.Exit(1)
+
+
 def _parse_candidate(text: str) -> dict[str, Any]:
     """``name:key=value,key=value`` → a candidate entry (``h64:hidden=64,depth=1``)."""
     name, _, assignments = text.partition(":")

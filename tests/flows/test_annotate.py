@@ -6,13 +6,12 @@ import re
 import struct
 
 import httpx
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from data import load_dataset, open_feature_store, write_feature_store
+from data import open_feature_store
 from data.store import LabelStore
-from flows.annotate import create_app, feature_table
+from flows.annotate import create_app
 
 CAMPAIGN = "digits8"
 
@@ -119,14 +118,6 @@ def test_without_a_token_only_loopback_names_are_served(queued_workspace):
         assert c.get("/").status_code == 400  # a rebound DNS name reaches 127.0.0.1 but is not served
     with TestClient(_app(queued_workspace), base_url="http://localhost") as c:
         assert c.get("/api/queue").json()["progress"] == {"round": 1, "done": 0, "total": 8}
-
-
-def test_vectors_are_shown_in_the_units_of_the_file(tmp_path):
-    x_train = np.array([[1.5, 200.0], [2.5, 100.0], [3.0, 150.0]], dtype=np.float32)
-    np.savez(tmp_path / "v.npz", x_train=x_train, x_test=x_train[:1], y_test=np.array([0]))
-    features = open_feature_store(write_feature_store(load_dataset(str(tmp_path / "v.npz")), tmp_path / "store"))
-    assert not np.allclose(features.features[1], x_train[1])  # stored standardised
-    assert feature_table(features, 1) == [("x0", "2.5"), ("x1", "100")]
 
 
 def test_the_command_beyond_loopback_prints_a_token_and_refuses_requests_without_it(queued_workspace, serve_annotate):
