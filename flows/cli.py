@@ -385,19 +385,29 @@ def ingest_file(
 def queue_list(
     status: Annotated[str | None, typer.Option(help="pending | labeled | skipped")] = None,
     round_: Annotated[int | None, typer.Option("--round", help="Only this round.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table | json | csv (json and csv for scripts).")] = "table",
     workspace: WorkspaceOpt = None,
     campaign: CampaignOpt = None,
     params: ParamsOpt = None,
 ) -> None:
     """List queued items (default: every round, every status)."""
+    if fmt not in ("table", "json", "csv"):
+        raise typer.BadParameter(f"unknown format {fmt!r}; expected one of ['table', 'json', 'csv']")
+    _, store, name = _open_campaign(params, workspace, campaign)
+    entries = store.queued(name, round_=round_, status=status)
+    if fmt != "table":
+        from flows.queue_io import QUEUE_COLUMNS, queue_rows, rows_csv
+
+        rows = queue_rows(entries, store.classes(name))
+        typer.echo(json.dumps(rows, indent=1) if fmt == "json" else rows_csv(rows, QUEUE_COLUMNS), nl=fmt == "json")
+        return
     from rich.table import Table
 
     from flows.console import console
 
-    _, store, name = _open_campaign(params, workspace, campaign)
     classes = store.classes(name)
     table = Table("round", "rank", "item", "score", "acquisition", "predicted", "status", title=f"queue of {name}")
-    for q in store.queued(name, round_=round_, status=status):
+    for q in entries:
         predicted = classes[q.predicted] if q.predicted is not None and q.predicted >= 0 else "-"
         score = f"{q.score:.4f}" if q.score is not None else "-"
         table.add_row(str(q.round), str(q.rank), q.item_id, score, q.acquisition, predicted, q.status)

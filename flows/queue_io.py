@@ -20,7 +20,9 @@ from data.store import LabelAnswer, LabelStore, QueuedItem
 from flows.item_views import feature_table, image_png
 
 EXPORT_FORMATS = ("csv", "jsonl", "label-studio")
-CSV_COLUMNS = ("item_id", "label", "annotator", "predicted", "score", "acquisition", "round", "rank", "status")
+QUEUE_COLUMNS = ("item_id", "predicted", "score", "acquisition", "round", "rank", "status")
+EXPORT_COLUMNS = ("item_id", "label", "annotator", *QUEUE_COLUMNS[1:])
+"""A CSV export leaves ``label`` and ``annotator`` blank for people to fill in."""
 
 
 class ImportFileError(ValueError):
@@ -46,27 +48,36 @@ class RowOutcome:
     detail: str
 
 
-def _entry(q: QueuedItem, classes: list[str]) -> dict:
-    return {
-        "item_id": q.item_id,
-        "predicted": classes[q.predicted] if q.predicted is not None else None,
-        "score": q.score,
-        "acquisition": q.acquisition,
-        "round": q.round,
-        "rank": q.rank,
-        "status": q.status,
-    }
+def queue_rows(entries: list[QueuedItem], classes: list[str]) -> list[dict]:
+    """Queue entries as plain rows, the predicted class by name."""
+    return [
+        {
+            "item_id": q.item_id,
+            "predicted": classes[q.predicted] if q.predicted is not None else None,
+            "score": q.score,
+            "acquisition": q.acquisition,
+            "round": q.round,
+            "rank": q.rank,
+            "status": q.status,
+        }
+        for q in entries
+    ]
+
+
+def rows_csv(rows: list[dict], columns: tuple[str, ...]) -> str:
+    """Rows as CSV with a header of ``columns``; columns a row lacks are left blank."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def export_queue(entries: list[QueuedItem], classes: list[str], features: FeatureStore, fmt: str) -> str:
-    """The entries as text in ``fmt`` (one of ``EXPORT_FORMATS``); CSV leaves ``label`` and ``annotator`` blank."""
-    rows = [_entry(q, classes) for q in entries]
+    """The entries as text in ``fmt``, one of ``EXPORT_FORMATS`` (``features`` shows items to Label Studio)."""
+    rows = queue_rows(entries, classes)
     if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, CSV_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        return buffer.getvalue()
+        return rows_csv(rows, EXPORT_COLUMNS)
     if fmt == "jsonl":
         return "".join(json.dumps(row) + "\n" for row in rows)
     if fmt == "label-studio":

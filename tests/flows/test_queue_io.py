@@ -111,3 +111,27 @@ def test_jsonl_export_names_classes(queued_workspace, beliefloop):
     lines = [json.loads(line) for line in out.splitlines()]
     assert [line["item_id"] for line in lines] == [q.item_id for q in _pending(queued_workspace)]
     assert {line["status"] for line in lines} == {"pending"} and all(line["acquisition"] == "bald" for line in lines)
+
+
+def test_queue_list_for_scripts_keeps_whole_ids(queued_workspace, beliefloop, script_id):
+    common = ["queue", "list", "--status", "pending", "--workspace", str(queued_workspace)]
+    listed = json.loads(beliefloop(*common, "--format", "json").stdout)
+    pending = _pending(queued_workspace)
+    assert [row["item_id"] for row in listed] == [q.item_id for q in pending] and script_id in [
+        r["item_id"] for r in listed
+    ]
+    assert listed[0] == {
+        "item_id": pending[0].item_id,
+        "predicted": str(pending[0].predicted),
+        "score": pending[0].score,
+        "acquisition": "bald",
+        "round": 1,
+        "rank": pending[0].rank,
+        "status": "pending",
+    }
+    rows = list(csv.DictReader(io.StringIO(beliefloop(*common, "--format", "csv").stdout)))
+    assert [{k: r[k] for k in ("item_id", "round", "rank")} for r in rows] == [
+        {"item_id": q.item_id, "round": "1", "rank": str(q.rank)} for q in pending
+    ]
+    bad = beliefloop(*common, "--format", "yaml", check=False)
+    assert bad.returncode == 2 and "unknown format 'yaml'" in bad.stderr
