@@ -1,8 +1,9 @@
 """The persistent label store and labeling queue (SQLAlchemy; SQLite with WAL by default, any URL works).
 
 Tables follow ``DESIGN.md``: ``items`` (which rows of the feature store belong to a campaign, and their split),
-``labels`` (append-only answers; the latest per item wins, disagreements are kept), ``queue`` (what was asked,
-unique on campaign + round + item) and ``rounds`` (bookkeeping that makes a crashed round resumable).
+``labels`` (append-only answers; the latest per item wins, disagreements are kept), ``retractions`` (answers
+withdrawn by an undo: the answer stays in ``labels``, marked withdrawn here), ``queue`` (what was asked, unique
+on campaign + round + item) and ``rounds`` (bookkeeping that makes a crashed round resumable).
 Every public write is one transaction: a batch of labels is validated row by row, bad rows are reported with
 their item id and reason, and the good rows are all written — or, on a database error, none.
 """
@@ -53,6 +54,14 @@ labels = sa.Table(
     sa.Column("round", sa.Integer, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_labels_campaign_item", "campaign", "item_id"),
+)
+
+retractions = sa.Table(
+    "retractions",
+    metadata,
+    sa.Column("label_id", sa.Integer, sa.ForeignKey("labels.id"), primary_key=True),
+    sa.Column("annotator", sa.String, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 queue = sa.Table(
@@ -125,6 +134,19 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _standing_labels(conn: sa.Connection, campaign: str, item_ids: Sequence[str] | None = None) -> dict[str, int]:
+    """Latest answer per item among those not withdrawn, of ``item_ids`` when given."""
+    latest = sa.select(sa.func.max(labels.c.id)).where(
+        labels.c.campaign == campaign, labels.c.id.not_in(sa.select(retractions.c.label_id))
+    )
+    if item_ids is not None:
+        latest = latest.where(labels.c.item_id.in_(item_ids))
+    query = sa.select(labels.c.item_id, labels.c.label).where(
+        labels.c.id.in_(latest.group_by(labels.c.item_id).scalar_subquery())
+    )
+    return {r.item_id: r.label for r in conn.execute(query)}
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -304,19 +326,42 @@ class LabelStore:
                 )
         return report
 
+    def retract_label(self, campaign: str, item_id: str, *, annotator: str) -> int:
+        """Withdraw ``annotator``'s latest standing answer for an item (an undo) and return its label.
+
+        The answer stays in ``labels`` and a ``retractions`` row marks it withdrawn, so the history keeps both.
+        The item's ``labeled`` queue entries return to ``pending`` unless another standing answer remains.
+        """
+        with self.engine.begin() as conn:
+            answer = conn.execute(
+                sa.select(labels.c.id, labels.c.label)
+                .where(
+                    labels.c.campaign == campaign,
+                    labels.c.item_id == item_id,
+                    labels.c.annotator == annotator,
+                    labels.c.id.not_in(sa.select(retractions.c.label_id)),
+                )
+                .order_by(labels.c.id.desc())
+                .limit(1)
+            ).first()
+            if answer is None:
+                raise StoreError(
+                    f"item {item_id!r} has no answer by {annotator!r} to withdraw in campaign {campaign!r}"
+                )
+            conn.execute(retractions.insert().values(label_id=answer.id, annotator=annotator, created_at=_now()))
+            if item_id not in _standing_labels(conn, campaign, [item_id]):
+                conn.execute(
+                    queue.update()
+                    .where(queue.c.campaign == campaign, queue.c.item_id == item_id, queue.c.status == "labeled")
+                    .values(status="pending")
+                )
+        return answer.label
+
     def current_labels(self, campaign: str) -> dict[str, int]:
-        """Latest label of every labeled item (append order decides; earlier answers stay in history)."""
-        latest = (
-            sa.select(sa.func.max(labels.c.id))
-            .where(labels.c.campaign == campaign)
-            .group_by(labels.c.item_id)
-            .scalar_subquery()
-        )
+        """Latest standing label of every labeled item (append order decides; earlier and withdrawn answers stay
+        in history)."""
         with self.engine.connect() as conn:
-            return {
-                r.item_id: r.label
-                for r in conn.execute(sa.select(labels.c.item_id, labels.c.label).where(labels.c.id.in_(latest)))
-            }
+            return _standing_labels(conn, campaign)
 
     def answers_by(self, campaign: str, annotator: str) -> set[tuple[str, int]]:
         """Every ``(item_id, label)`` that ``annotator`` ever recorded in the campaign (superseded ones too)."""
@@ -401,10 +446,23 @@ class LabelStore:
         if not updated:
             raise StoreError(f"item {item_id!r} has no pending queue entry in campaign {campaign!r}")
 
+    def unskip(self, campaign: str, item_id: str) -> None:
+        """Undo a skip: the item's skipped queue entries return to ``pending``."""
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                queue.update()
+                .where(queue.c.campaign == campaign, queue.c.item_id == item_id, queue.c.status == "skipped")
+                .values(status="pending")
+            ).rowcount
+        if not updated:
+            raise StoreError(f"item {item_id!r} has no skipped queue entry in campaign {campaign!r}")
+
     def unlabeled_pool(self, campaign: str) -> dict[str, int]:
-        """Pool items that have no label and were never queued (pending or skipped): candidates to score."""
+        """Pool items that have no standing label and were never queued (pending or skipped): candidates to score."""
         asked = sa.select(queue.c.item_id).where(queue.c.campaign == campaign)
-        answered = sa.select(labels.c.item_id).where(labels.c.campaign == campaign)
+        answered = sa.select(labels.c.item_id).where(
+            labels.c.campaign == campaign, labels.c.id.not_in(sa.select(retractions.c.label_id))
+        )
         query = sa.select(items.c.item_id, items.c.row).where(
             items.c.campaign == campaign,
             items.c.split == "pool",

@@ -12,8 +12,10 @@ from data.store import LabelAnswer, LabelStore, StoreError, sqlite_file
 from flows.settings import Settings
 
 
-def feature_store_dir(settings: Settings) -> Path:
-    return settings.datasets_dir / Path(settings.dataset.name).stem
+def feature_store_dir(settings: Settings, dataset: str | None = None) -> Path:
+    """Folder of the imported feature store of ``dataset`` (a campaign's, see ``LabelStore.dataset_of``), by
+    default of the settings' dataset."""
+    return settings.datasets_dir / Path(dataset or settings.dataset.name).stem
 
 
 def ensure_feature_store(settings: Settings) -> FeatureStore:

@@ -318,6 +318,35 @@ def skip(
     typer.echo(f"skipped {item} in campaign {name}")
 
 
+@app.command()
+def annotate(
+    workspace: WorkspaceOpt = None,
+    campaign: CampaignOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind; any but loopback requires a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the labeling page.")] = 8765,
+    token: Annotated[
+        str | None, typer.Option(help="Token every request must carry [generated when binding beyond loopback].")
+    ] = None,
+    params: ParamsOpt = None,
+) -> None:
+    """Serve a labeling page for the campaign's pending queue (keyboard first; each answer stored at once)."""
+    import secrets
+
+    import uvicorn
+
+    from data import open_feature_store
+    from flows.annotate import LOOPBACK_HOSTS, create_app
+    from flows.campaign_setup import feature_store_dir
+
+    settings, store, name = _open_campaign(params, workspace, campaign)
+    features = open_feature_store(feature_store_dir(settings, store.dataset_of(name)))
+    if token is None and host not in LOOPBACK_HOSTS:
+        token = secrets.token_urlsafe(24)
+    url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+    typer.echo(f"labeling page of campaign {name}: {url}  (Ctrl-C stops it)")
+    uvicorn.run(create_app(store, name, features, token=token, host=host), host=host, port=port, log_level="warning")
+
+
 @app.command("ingest")
 def ingest_file(
     path: Annotated[Path, typer.Argument(help="A .npz, .csv or .parquet file of new items, labeled or not.")],
@@ -358,23 +387,86 @@ def ingest_file(
 def queue_list(
     status: Annotated[str | None, typer.Option(help="pending | labeled | skipped")] = None,
     round_: Annotated[int | None, typer.Option("--round", help="Only this round.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table | json | csv (json and csv for scripts).")] = "table",
     workspace: WorkspaceOpt = None,
     campaign: CampaignOpt = None,
     params: ParamsOpt = None,
 ) -> None:
     """List queued items (default: every round, every status)."""
+    if fmt not in ("table", "json", "csv"):
+        raise typer.BadParameter(f"unknown format {fmt!r}; expected one of ['table', 'json', 'csv']")
+    _, store, name = _open_campaign(params, workspace, campaign)
+    entries = store.queued(name, round_=round_, status=status)
+    if fmt != "table":
+        from flows.queue_io import QUEUE_COLUMNS, queue_rows, rows_csv
+
+        rows = queue_rows(entries, store.classes(name))
+        typer.echo(json.dumps(rows, indent=1) if fmt == "json" else rows_csv(rows, QUEUE_COLUMNS), nl=fmt == "json")
+        return
     from rich.table import Table
 
     from flows.console import console
 
-    _, store, name = _open_campaign(params, workspace, campaign)
     classes = store.classes(name)
     table = Table("round", "rank", "item", "score", "acquisition", "predicted", "status", title=f"queue of {name}")
-    for q in store.queued(name, round_=round_, status=status):
+    for q in entries:
         predicted = classes[q.predicted] if q.predicted is not None and q.predicted >= 0 else "-"
         score = f"{q.score:.4f}" if q.score is not None else "-"
         table.add_row(str(q.round), str(q.rank), q.item_id, score, q.acquisition, predicted, q.status)
     console.print(table)
+
+
+@queue_app.command("export")
+def queue_export(
+    fmt: Annotated[str, typer.Option("--format", help="csv | jsonl | label-studio")] = "csv",
+    out: Annotated[Path | None, typer.Option("--out", help="File to write [standard output].")] = None,
+    status: Annotated[str, typer.Option(help="pending | labeled | skipped")] = "pending",
+    workspace: WorkspaceOpt = None,
+    campaign: CampaignOpt = None,
+    params: ParamsOpt = None,
+) -> None:
+    """Write the queue (default: pending items) for annotators' tools, with the model's prediction and score."""
+    from data import open_feature_store
+    from flows.campaign_setup import feature_store_dir
+    from flows.queue_io import EXPORT_FORMATS, export_queue
+
+    if fmt not in EXPORT_FORMATS:
+        raise typer.BadParameter(f"unknown format {fmt!r}; expected one of {list(EXPORT_FORMATS)}")
+    settings, store, name = _open_campaign(params, workspace, campaign)
+    features = open_feature_store(feature_store_dir(settings, store.dataset_of(name)))
+    entries = store.queued(name, status=status)
+    text = export_queue(entries, store.classes(name), features, fmt)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        typer.echo(f"{len(entries)} {status} items of campaign {name} written to {out}", err=True)
+
+
+@queue_app.command("import")
+def queue_import(
+    path: Annotated[Path, typer.Argument(help="CSV of item_id,label[,annotator] or a Label Studio JSON export.")],
+    annotator: Annotated[str | None, typer.Option(help="Who answered [the file's, else current user].")] = None,
+    workspace: WorkspaceOpt = None,
+    campaign: CampaignOpt = None,
+    params: ParamsOpt = None,
+) -> None:
+    """Record a file of answers, matched by item id; report each row as accepted or rejected (with why)."""
+    from flows.queue_io import ImportFileError, import_answers, read_answers
+
+    _, store, name = _open_campaign(params, workspace, campaign)
+    try:
+        rows = read_answers(path, store.classes(name), annotator, getpass.getuser())
+    except ImportFileError as error:
+        raise CommandError(str(error)) from None
+    outcomes = import_answers(store, name, rows)
+    for o in outcomes:
+        typer.echo(f"{o.where} {o.item_id}: {'accepted' if o.accepted else 'rejected'}: {o.detail}", err=not o.accepted)
+    n_accepted = sum(o.accepted for o in outcomes)
+    typer.echo(f"{n_accepted} accepted, {len(outcomes) - n_accepted} rejected, campaign {name}")
+    if n_accepted < len(outcomes):
+        raise typer.Exit(1)
 
 
 def _parse_candidate(text: str) -> dict[str, Any]:

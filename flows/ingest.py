@@ -29,6 +29,7 @@ from data import DatasetError, FeatureStore, load_dataset, open_feature_store
 from data.datasets import FILE_SUFFIXES
 from data.feature_store import append_rows, extend_classes
 from data.store import LabelAnswer, LabelStore, StoreError
+from flows.campaign_setup import feature_store_dir
 from flows.settings import Settings
 
 ANNOTATOR = "ingest"
@@ -132,7 +133,7 @@ def _ingest(
             "`beliefloop round` resumes it); ingest between rounds"
         )
     dataset_name = store.dataset_of(campaign)
-    directory = settings.datasets_dir / Path(dataset_name).stem
+    directory = feature_store_dir(settings, dataset_name)
     features = open_feature_store(directory)
     if list(features.classes[: len(classes)]) != classes:
         raise StoreError(

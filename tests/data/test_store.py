@@ -113,3 +113,43 @@ def test_rounds_resume_unfinished(store):
     store.finish_round("c", 1, {"round": 1, "n_labeled": 3})
     assert store.next_round("c") == 2
     assert store.round_metrics("c") == [{"round": 1, "n_labeled": 3}]
+
+
+def test_retracting_an_answer_keeps_it_in_history_and_requeues_the_item(store):
+    store.enqueue("c", 1, _entries(["a", "b"]))
+    store.record_labels("c", [LabelAnswer("a", 1), LabelAnswer("b", 2)], annotator="ann")
+    assert store.retract_label("c", "a", annotator="ann") == 1
+    assert store.current_labels("c") == {"b": 2}
+    assert store.label_history("c", "a") == [(1, "ann", 1)]  # the withdrawn answer stays on record
+    assert [q.status for q in store.queued("c", round_=1)] == ["pending", "labeled"]
+    with pytest.raises(StoreError, match="no answer by 'ann' to withdraw"):
+        store.retract_label("c", "a", annotator="ann")
+    store.record_labels("c", [LabelAnswer("a", 0)], annotator="ann")
+    assert store.current_labels("c") == {"a": 0, "b": 2}
+
+
+def test_retracting_one_of_two_answers_leaves_the_other_standing(store):
+    store.enqueue("c", 1, _entries(["a"]))
+    store.record_labels("c", [LabelAnswer("a", 0)], annotator="ann1")
+    store.record_labels("c", [LabelAnswer("a", 2)], annotator="ann2")
+    store.retract_label("c", "a", annotator="ann2")
+    assert store.current_labels("c") == {"a": 0}
+    assert store.queued("c", round_=1)[0].status == "labeled"
+    with pytest.raises(StoreError, match="'ann3'"):
+        store.retract_label("c", "a", annotator="ann3")
+
+
+def test_unskip_returns_a_skipped_item_to_the_queue(store):
+    store.enqueue("c", 1, _entries(["a"]))
+    store.skip("c", "a")
+    store.unskip("c", "a")
+    assert store.queued("c", round_=1)[0].status == "pending"
+    with pytest.raises(StoreError, match="no skipped queue entry"):
+        store.unskip("c", "a")
+
+
+def test_a_withdrawn_label_does_not_hide_an_item_from_the_pool(store):
+    store.record_labels("c", [LabelAnswer("a", 1)], annotator="import", require_queued=False)
+    assert "a" not in store.unlabeled_pool("c")
+    store.retract_label("c", "a", annotator="import")
+    assert "a" in store.unlabeled_pool("c")

@@ -1,0 +1,198 @@
+"""The queue in the files annotators' tools read and write: CSV, JSON lines and Label Studio tasks.
+
+An export lists queue entries with the model's predicted class and the acquisition score; Label Studio tasks carry
+the item in ``data`` (its id, and the image as a PNG data URL or the vector as text) and the prediction in
+``predictions``, so Label Studio shows it as a pre-annotation. An import reads answers back (a CSV of
+``item_id,label[,annotator]`` or a Label Studio JSON export), matched by item id, never by position.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from data import FeatureStore
+from data.store import LabelAnswer, LabelStore, QueuedItem
+from flows.item_views import feature_table, image_png
+
+EXPORT_FORMATS = ("csv", "jsonl", "label-studio")
+QUEUE_COLUMNS = ("item_id", "predicted", "score", "acquisition", "round", "rank", "status")
+EXPORT_COLUMNS = ("item_id", "label", "annotator", *QUEUE_COLUMNS[1:])
+"""A CSV export leaves ``label`` and ``annotator`` blank for people to fill in."""
+
+
+class ImportFileError(ValueError):
+    """A file that cannot be read as answers at all (not a row of it); the message names the file."""
+
+
+@dataclass(frozen=True)
+class ImportRow:
+    """One answer of a file, or why it was not taken: ``where`` is the CSV line or Label Studio task."""
+
+    where: str
+    item_id: str
+    label: int | None
+    annotator: str
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class RowOutcome:
+    where: str
+    item_id: str
+    accepted: bool
+    detail: str
+
+
+def queue_rows(entries: list[QueuedItem], classes: list[str]) -> list[dict]:
+    """Queue entries as plain rows, the predicted class by name."""
+    return [
+        {
+            "item_id": q.item_id,
+            "predicted": classes[q.predicted] if q.predicted is not None else None,
+            "score": q.score,
+            "acquisition": q.acquisition,
+            "round": q.round,
+            "rank": q.rank,
+            "status": q.status,
+        }
+        for q in entries
+    ]
+
+
+def rows_csv(rows: list[dict], columns: tuple[str, ...]) -> str:
+    """Rows as CSV with a header of ``columns``; columns a row lacks are left blank."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def export_queue(entries: list[QueuedItem], classes: list[str], features: FeatureStore, fmt: str) -> str:
+    """The entries as text in ``fmt``, one of ``EXPORT_FORMATS`` (``features`` shows items to Label Studio)."""
+    rows = queue_rows(entries, classes)
+    if fmt == "csv":
+        return rows_csv(rows, EXPORT_COLUMNS)
+    if fmt == "jsonl":
+        return "".join(json.dumps(row) + "\n" for row in rows)
+    if fmt == "label-studio":
+        return json.dumps([_label_studio_task(row, features) for row in rows], indent=1) + "\n"
+    raise ValueError(f"unknown export format {fmt!r}; expected one of {list(EXPORT_FORMATS)}")
+
+
+def _label_studio_task(row: dict, features: FeatureStore) -> dict:
+    """A task: the item in ``data`` (``$image`` or ``$features`` for the labeling config), the model's choice."""
+    index = int(features.row_of(row["item_id"]))
+    data = {"item_id": row["item_id"], "round": row["round"], "rank": row["rank"]}
+    if features.meta["is_image"]:
+        data["image"] = "data:image/png;base64," + base64.b64encode(image_png(features.features[index])).decode()
+    else:
+        data["features"] = ", ".join(f"{name}={value}" for name, value in feature_table(features, index))
+    task = {"data": data}
+    if row["predicted"] is not None:
+        choice = {"from_name": "label", "to_name": "item", "type": "choices", "value": {"choices": [row["predicted"]]}}
+        task["predictions"] = [
+            {"model_version": f"round {row['round']} {row['acquisition']}", "score": row["score"], "result": [choice]}
+        ]
+    return task
+
+
+def read_answers(path: Path, classes: list[str], annotator: str | None, default_annotator: str) -> list[ImportRow]:
+    """Answers of a CSV (``item_id,label[,annotator]``, other columns ignored) or a Label Studio JSON export.
+
+    Labels are class names or indices. ``annotator`` overrides the file's; without either a CSV row is
+    ``default_annotator``'s and a Label Studio annotation ``label-studio/<completed_by>``'s. Empty labels and
+    cancelled or empty annotations come back with a ``problem``.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ImportFileError(f"cannot read {path}: {error}") from error
+    if path.suffix.lower() == ".json":
+        return _label_studio_answers(path, text, classes, annotator)
+    return _csv_answers(path, text, classes, annotator or default_annotator)
+
+
+def _class_index(value: str, classes: list[str]) -> int | None:
+    if value in classes:
+        return classes.index(value)
+    return int(value) if value.isdigit() and int(value) < len(classes) else None
+
+
+def _answer(where: str, item_id: str, value: str, classes: list[str], annotator: str) -> ImportRow:
+    if not item_id:
+        return ImportRow(where, item_id, None, annotator, "no item id")
+    if not value:
+        return ImportRow(where, item_id, None, annotator, "no label (not answered)")
+    index = _class_index(value, classes)
+    problem = None if index is not None else f"unknown class {value!r}; expected one of {classes} or an index"
+    return ImportRow(where, item_id, index, annotator, problem)
+
+
+def _csv_answers(path: Path, text: str, classes: list[str], annotator: str) -> list[ImportRow]:
+    reader = csv.DictReader(io.StringIO(text))
+    missing = {"item_id", "label"} - set(reader.fieldnames or ())
+    if missing:
+        raise ImportFileError(f"{path}: needs columns item_id and label, found {reader.fieldnames}")
+    rows = []
+    for record in reader:
+        where = f"line {reader.line_num}"
+        if None in record or None in record.values():  # more or fewer cells than the header: e.g. a cut-off file
+            rows.append(ImportRow(where, record.get("item_id") or "", None, annotator, "wrong number of cells"))
+            continue
+        who = (record.get("annotator") or "").strip() or annotator
+        rows.append(_answer(where, record["item_id"].strip(), record["label"].strip(), classes, who))
+    return rows
+
+
+def _label_studio_answers(path: Path, text: str, classes: list[str], annotator: str | None) -> list[ImportRow]:
+    try:
+        tasks = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ImportFileError(f"{path}: not valid JSON ({error}); expected a Label Studio JSON export") from error
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+        raise ImportFileError(f"{path}: expected a Label Studio JSON export (a list of tasks)")
+    rows = []
+    for number, task in enumerate(tasks, start=1):
+        item_id = str((task.get("data") or {}).get("item_id") or "")
+        where = f"task {task.get('id', number)}"
+        for annotation in task.get("annotations") or []:
+            who = annotator or f"label-studio/{_completed_by(annotation.get('completed_by'))}"
+            choices = [
+                choice
+                for result in annotation.get("result") or []
+                if result.get("type") == "choices"
+                for choice in (result.get("value") or {}).get("choices") or []
+            ]
+            if annotation.get("was_cancelled"):
+                rows.append(ImportRow(where, item_id, None, who, "annotation was cancelled"))
+            elif len(choices) > 1:
+                rows.append(ImportRow(where, item_id, None, who, f"several choices {choices}; expected one"))
+            else:
+                rows.append(_answer(where, item_id, str(choices[0]) if choices else "", classes, who))
+    return rows
+
+
+def _completed_by(value) -> str:
+    """Label Studio names the annotator by user id, or by an object with an email."""
+    return str(value.get("email") or value.get("id")) if isinstance(value, dict) else str(value)
+
+
+def import_answers(store: LabelStore, campaign: str, rows: list[ImportRow]) -> list[RowOutcome]:
+    """Record the rows without a problem (one transaction per annotator) and say, row by row, what happened."""
+    refused: dict[str, str] = {}
+    for who in dict.fromkeys(r.annotator for r in rows if r.problem is None):
+        answers = [LabelAnswer(r.item_id, r.label) for r in rows if r.problem is None and r.annotator == who]
+        refused |= dict(store.record_labels(campaign, answers, annotator=who).rejected)
+    classes = store.classes(campaign)
+    outcomes = []
+    for r in rows:
+        problem = r.problem or refused.get(r.item_id)
+        detail = problem or f"{classes[r.label]} by {r.annotator}"
+        outcomes.append(RowOutcome(r.where, r.item_id, problem is None, detail))
+    return outcomes

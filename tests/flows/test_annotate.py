@@ -1,0 +1,128 @@
+"""The labeling page over HTTP against a real campaign: rendering, answers stored at once, undo, tokens, escaping."""
+
+import base64
+import html
+import re
+import struct
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from data import open_feature_store
+from data.store import LabelStore
+from flows.annotate import create_app
+
+CAMPAIGN = "digits8"
+
+
+def _app(workspace, **kwargs):
+    store = LabelStore.for_workspace(workspace)
+    return create_app(store, CAMPAIGN, open_feature_store(workspace / "datasets" / "digits8"), **kwargs)
+
+
+@pytest.fixture()
+def client(queued_workspace):
+    with TestClient(_app(queued_workspace), base_url="http://127.0.0.1") as c:
+        yield c
+
+
+def _pending(workspace):
+    return [q for q in LabelStore.for_workspace(workspace).queued(CAMPAIGN) if q.status == "pending"]
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_page_shows_the_first_pending_item_with_prediction_score_image_and_progress(client, queued_workspace):
+    first = _pending(queued_workspace)[0]
+    assert first.acquisition == "bald" and first.predicted is not None
+    page = client.get("/")
+    assert page.status_code == 200
+    assert f'data-item-id="{html.escape(first.item_id)}"' in page.text
+    assert f"{first.score:.4f}" in page.text and "0 of 8</strong> this round (round 1)" in page.text
+    predicted = re.search(r'class="predicted">([^<]+)<', page.text).group(1)
+    assert predicted == LabelStore.for_workspace(queued_workspace).classes(CAMPAIGN)[first.predicted]
+    assert page.text.count("data-label=") == 10 and 'data-action="skip"' in page.text
+    png = re.search(r'src="data:image/png;base64,([^"]+)"', page.text).group(1)
+    assert _png_size(base64.b64decode(png)) == (224, 224)  # 8×8 pixels, each a 28×28 square
+
+
+def test_answers_skips_and_undos_are_stored_at_once(client, queued_workspace):
+    first, second = _pending(queued_workspace)[:2]
+    store = LabelStore.for_workspace(queued_workspace)  # another connection sees each write at once
+    n_imported = len(store.current_labels(CAMPAIGN))
+    answer = client.post("/api/labels", json={"item_id": first.item_id, "label": 3, "annotator": "ada"})
+    assert answer.status_code == 200 and answer.json()["label"] == "3"
+    assert store.current_labels(CAMPAIGN)[first.item_id] == 3
+    assert client.post("/api/skip", json={"item_id": second.item_id}).status_code == 200
+    assert second.item_id not in {q.item_id for q in _pending(queued_workspace)}
+    assert "2 of 8</strong> this round" in client.get("/item").text
+
+    undo = client.post("/api/undo", json={"item_id": first.item_id, "action": "label", "annotator": "ada"})
+    assert undo.status_code == 200 and undo.json()["withdrawn"] == "3"
+    assert first.item_id not in store.current_labels(CAMPAIGN) and len(store.current_labels(CAMPAIGN)) == n_imported
+    assert store.label_history(CAMPAIGN, first.item_id) == [(3, "ada", 1)]  # withdrawn, not erased
+    assert client.post("/api/undo", json={"item_id": second.item_id, "action": "skip", "annotator": "ada"}).is_success
+    assert [q.item_id for q in _pending(queued_workspace)][:2] == [first.item_id, second.item_id]
+
+
+def test_bad_answers_are_refused_with_the_item_and_the_reason(client, queued_workspace):
+    first = _pending(queued_workspace)[0]
+    bad_class = client.post("/api/labels", json={"item_id": first.item_id, "label": 10, "annotator": "ada"})
+    assert bad_class.status_code == 422 and first.item_id in bad_class.json()["detail"]
+    assert "unknown class 10" in bad_class.json()["detail"]
+    unknown = client.post("/api/labels", json={"item_id": "nope", "label": 1, "annotator": "ada"})
+    assert unknown.status_code == 422 and "'nope'" in unknown.json()["detail"]
+    no_name = client.post("/api/labels", json={"item_id": first.item_id, "label": 1, "annotator": ""})
+    assert no_name.status_code == 422
+    assert client.post("/api/skip", json={"item_id": "img-000"}).status_code == 409  # a seed item, never queued
+    nothing = client.post("/api/undo", json={"item_id": first.item_id, "action": "label", "annotator": "bob"})
+    assert nothing.status_code == 409 and "no answer by 'bob'" in nothing.json()["detail"]
+    assert len(_pending(queued_workspace)) == 8
+
+
+def test_item_ids_are_escaped(client, queued_workspace, script_id):
+    for q in _pending(queued_workspace):
+        if q.item_id == script_id:
+            break
+        client.post("/api/skip", json={"item_id": q.item_id})
+    for text in (client.get("/").text, client.get("/item").text):
+        assert script_id not in text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
+def test_every_request_without_the_token_is_refused(queued_workspace):
+    first = _pending(queued_workspace)[0]
+    with TestClient(_app(queued_workspace, token="s3cret", host="0.0.0.0"), base_url="http://10.1.2.3") as c:
+        answer = {"item_id": first.item_id, "label": 1, "annotator": "ada"}
+        for response in (
+            c.get("/"),
+            c.get("/item"),
+            c.get("/api/queue"),
+            c.get("/?token=wrong"),
+            c.post("/api/labels", json=answer),
+            c.post("/api/skip", json={"item_id": first.item_id}, headers={"Authorization": "Bearer wrong"}),
+        ):
+            assert response.status_code == 401, response.request.url
+        assert len(_pending(queued_workspace)) == 8
+        assert c.get("/?token=s3cret").status_code == 200
+        assert 'data-token="s3cret"' in c.get("/?token=s3cret").text  # the page's own requests carry it
+        assert c.post("/api/labels", json=answer, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_without_a_token_only_loopback_names_are_served(queued_workspace):
+    with TestClient(_app(queued_workspace), base_url="http://attacker.example") as c:
+        assert c.get("/").status_code == 400  # a rebound DNS name reaches 127.0.0.1 but is not served
+    with TestClient(_app(queued_workspace), base_url="http://localhost") as c:
+        assert c.get("/api/queue").json()["progress"] == {"round": 1, "done": 0, "total": 8}
+
+
+def test_the_command_beyond_loopback_prints_a_token_and_refuses_requests_without_it(queued_workspace, serve_annotate):
+    url, port = serve_annotate(queued_workspace, "--host", "0.0.0.0")
+    token = re.search(r"\?token=(\S+)", url).group(1)
+    assert len(token) >= 24
+    assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 401
+    assert httpx.get(f"http://127.0.0.1:{port}/", params={"token": token}).status_code == 200

@@ -1,0 +1,26 @@
+"""Items as people see them: PNG images at a readable size, vectors in the units of the imported file."""
+
+import io
+
+import matplotlib.image
+import numpy as np
+
+from data import load_dataset, open_feature_store, write_feature_store
+from flows.item_views import feature_table, image_png
+
+
+def test_vectors_are_shown_in_the_units_of_the_file(tmp_path):
+    x_train = np.array([[1.5, 200.0], [2.5, 100.0], [3.0, 150.0]], dtype=np.float32)
+    np.savez(tmp_path / "v.npz", x_train=x_train, x_test=x_train[:1], y_test=np.array([0]))
+    features = open_feature_store(write_feature_store(load_dataset(str(tmp_path / "v.npz")), tmp_path / "store"))
+    assert not np.allclose(features.features[1], x_train[1])  # stored standardised
+    assert feature_table(features, 1) == [("x0", "2.5"), ("x1", "100")]
+
+
+def test_images_are_enlarged_by_whole_pixels_and_keep_their_colours():
+    image_C_H_W = np.zeros((3, 2, 4), dtype=np.float32)
+    image_C_H_W[0, 0, 0] = 1.0  # one red pixel
+    png = matplotlib.image.imread(io.BytesIO(image_png(image_C_H_W, min_side=100)))
+    assert png.shape[:2] == (50, 100)  # scale 25: 4 pixels → 100
+    assert png[:25, :25, :3].tolist() == [[[1.0, 0.0, 0.0]] * 25] * 25
+    assert png[25:, 25:, :3].max() == 0.0
