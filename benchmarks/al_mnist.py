@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=17, help="17 rounds: 20 → 180 labels")
     parser.add_argument("--representation", default="auto", help="auto (spectral for images) or none")
     parser.add_argument("--pool-subsample", type=int, default=None)
+    parser.add_argument("--family", default=None, help="model.family for every candidate (default: the settings')")
     args = finish_parser(parser, "al_mnist", {"seeds": [0], "methods": ["powerbald", "random"], "rounds": 5}, argv)
     mnist = mnist_path(args.mnist)
     if mnist is None:
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
                     "campaign": {"rounds": args.rounds, "k": 10, "initial": 20, "seed": seed},
                     "acquisition": {"name": method, "pool_subsample": args.pool_subsample},
                     "representation": {"name": args.representation},
-                    "model": {"device": args.device},
+                    "model": {"device": args.device, "family": args.family},
                 },
             )
 
@@ -160,7 +161,10 @@ def main(argv: list[str] | None = None) -> None:
                 curves[method].append(run_campaign(settings(method, seed), console))
 
     results = {method: summarise(runs) for method, runs in curves.items()}
-    table = Table(title=f"MNIST, 20 initial + 10 per round, seeds {args.seeds}, representation {args.representation}")
+    table = Table(
+        title=f"MNIST, 20 initial + 10 per round, seeds {args.seeds}, representation {args.representation}, "
+        f"family {args.family or 'default'}"
+    )
     for column in (
         "method",
         "labels to 90%",

@@ -74,7 +74,11 @@ def test_failure_inside_a_flow_is_one_line(tmp_path):
 
 
 def test_prefect_server_missing_its_startup_timeout_is_one_line(tmp_path):
-    env = {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "1"}
+    env = {
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "1",
+        "PREFECT_API_URL": "",  # not the session's server: this command must start a temporary one
+    }
     result = _subprocess("select", "--dataset", "wine", "--workspace", str(tmp_path / "w"), env=env)
     assert result.returncode == 2 and result.stderr.splitlines() == [
         "error: Prefect's temporary server did not start within 1 s; raise "

@@ -84,3 +84,18 @@ def test_an_empty_workspace_is_refused(monkeypatch, value):
     monkeypatch.setenv("BELIEFLOOP_WORKSPACE", value)
     with pytest.raises(SettingsError, match="workspace must not be empty"):
         load_settings()
+
+
+def test_acquisition_names_are_the_packages_registry():
+    from acquisition import ACQUISITION_FUNCTIONS, BATCH_ACQUISITIONS
+    from flows.settings import ACQUISITION_NAMES
+
+    assert sorted(ACQUISITION_NAMES) == sorted([*ACQUISITION_FUNCTIONS, *BATCH_ACQUISITIONS])
+
+
+def test_reading_settings_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, flows.settings; flows.settings.load_settings(None, {}); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
