@@ -437,25 +437,21 @@ class LabelStore:
 
     def skip(self, campaign: str, item_id: str) -> None:
         """Mark a pending item as skipped: it leaves the pool and is never queued again."""
-        with self.engine.begin() as conn:
-            updated = conn.execute(
-                queue.update()
-                .where(queue.c.campaign == campaign, queue.c.item_id == item_id, queue.c.status == "pending")
-                .values(status="skipped")
-            ).rowcount
-        if not updated:
-            raise StoreError(f"item {item_id!r} has no pending queue entry in campaign {campaign!r}")
+        self._move_queue_status(campaign, item_id, "pending", "skipped")
 
     def unskip(self, campaign: str, item_id: str) -> None:
         """Undo a skip: the item's skipped queue entries return to ``pending``."""
+        self._move_queue_status(campaign, item_id, "skipped", "pending")
+
+    def _move_queue_status(self, campaign: str, item_id: str, old: str, new: str) -> None:
         with self.engine.begin() as conn:
             updated = conn.execute(
                 queue.update()
-                .where(queue.c.campaign == campaign, queue.c.item_id == item_id, queue.c.status == "skipped")
-                .values(status="pending")
+                .where(queue.c.campaign == campaign, queue.c.item_id == item_id, queue.c.status == old)
+                .values(status=new)
             ).rowcount
         if not updated:
-            raise StoreError(f"item {item_id!r} has no skipped queue entry in campaign {campaign!r}")
+            raise StoreError(f"item {item_id!r} has no {old} queue entry in campaign {campaign!r}")
 
     def unlabeled_pool(self, campaign: str) -> dict[str, int]:
         """Pool items that have no standing label and were never queued (pending or skipped): candidates to score."""
