@@ -47,7 +47,8 @@ def model_feature_store(settings: Settings) -> FeatureStore:
 
     config = SpectralConfig(dim=r.dim, neighbors=r.neighbors, pca_dim=r.pca_dim)
     tag = f"spectral-d{config.dim}-k{config.neighbors}-p{config.pca_dim}"
-    directory = feature_store_dir(settings).with_name(f"{feature_store_dir(settings).name}.{tag}")
+    imported = feature_store_dir(settings)
+    directory = imported.with_name(f"{imported.name}.{tag}")
     state_file = directory.with_name(f"{directory.name}.npz")
     embedding = SpectralEmbedding(config)
     if not (directory / "meta.json").exists():

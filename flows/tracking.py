@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 ROLE, ROUND = "beliefloop.role", "beliefloop.round"
-BATCH = 900
+METRIC_BATCH, PARAM_BATCH = 900, 100
 """Entries per ``log_batch`` call (MLflow accepts at most 1,000 metrics and 100 params per call)."""
 
 
@@ -72,15 +72,15 @@ class CampaignTracker:
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         existing = self.client.get_run(run_id).data.params
         new = [Param(key, value) for key, value in _flatten(params).items() if key not in existing]
-        for start in range(0, len(new), 100):
-            self.client.log_batch(run_id, params=new[start : start + 100])
+        for start in range(0, len(new), PARAM_BATCH):
+            self.client.log_batch(run_id, params=new[start : start + PARAM_BATCH])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-        """All of a step's metrics in one transaction per :data:`BATCH` (not one per metric)."""
+        """All of a step's metrics in one transaction per :data:`METRIC_BATCH` (not one per metric)."""
         now = int(time.time() * 1000)
         entries = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-        for start in range(0, len(entries), BATCH):
-            self.client.log_batch(run_id, metrics=entries[start : start + BATCH])
+        for start in range(0, len(entries), METRIC_BATCH):
+            self.client.log_batch(run_id, metrics=entries[start : start + METRIC_BATCH])
 
     def log_artifacts(self, run_id: str, paths: list[Path]) -> None:
         for path in paths:

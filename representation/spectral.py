@@ -93,12 +93,9 @@ class SpectralEmbedding:
             )
         mean = flat.mean(0)
         q = min(c.pca_dim, n - 1, flat.shape[1])
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(c.seed)
-        try:
+        with torch.random.fork_rng(devices=[]):  # a seeded sketch that leaves the caller's RNG stream alone
+            torch.manual_seed(c.seed)
             _, _, basis = torch.pca_lowrank(flat - mean, q=q, center=False, niter=4)
-        finally:
-            torch.random.set_rng_state(generator_state)
         z = (flat - mean) @ basis
         graph = nearest_neighbors(z, z, c.neighbors, exclude_self=True)
         sigma = graph.sq_dist[:, -1].sqrt().clamp_min(1e-12)
