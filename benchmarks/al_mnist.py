@@ -115,6 +115,24 @@ def plot(results: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def write_results(args, curves: dict[str, list[list[dict]]], prepare_seconds: float, *, complete: bool) -> dict:
+    """Summarise the campaigns run so far and write the JSON and PNG; ``complete`` is false while seeds remain."""
+    results = {method: summarise(runs) for method, runs in curves.items() if runs}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    plot(results, args.out.with_suffix(".png"))
+    payload = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "mnist"},
+        "complete": complete,
+        "seeds_done": {method: args.seeds[: len(runs)] for method, runs in curves.items()},
+        "environment": environment(args.device),
+        "prepare_seconds": prepare_seconds,
+        "published": PUBLISHED,
+        "methods": results,
+    }
+    args.out.write_text(json.dumps(payload, indent=2))
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mnist", type=Path, default=None)
@@ -159,8 +177,9 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             for method in args.methods:
                 curves[method].append(run_campaign(settings(method, seed), console))
+                write_results(args, curves, prepare_seconds, complete=False)  # a stopped run keeps what it did
 
-    results = {method: summarise(runs) for method, runs in curves.items()}
+    results = write_results(args, curves, prepare_seconds, complete=True)
     table = Table(
         title=f"MNIST, 20 initial + 10 per round, seeds {args.seeds}, representation {args.representation}, "
         f"family {args.family or 'default'}"
@@ -187,18 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, (n90, n95) in PUBLISHED.items():
         table.add_row(name, str(n90), str(n95), "", "", "")
     console.print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    png = args.out.with_suffix(".png")
-    plot(results, png)
-    payload = {
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "mnist"},
-        "environment": environment(args.device),
-        "prepare_seconds": prepare_seconds,
-        "published": PUBLISHED,
-        "methods": results,
-    }
-    args.out.write_text(json.dumps(payload, indent=2))
-    console.print(f"wrote {args.out} and {png}")
+    console.print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

@@ -171,7 +171,13 @@ def test_interface_errors_and_state_round_trip():
     assert torch.equal(loaded.predictive_samples(x, 4, seed=1), model.predictive_samples(x, 4, seed=1))
 
 
-def test_config_depth_builds_that_many_hidden_layers():
+def test_config_depth_builds_that_many_hidden_layers_with_dropout_before_all_but_the_first():
     for depth in (1, 3):
-        model = MCDropout(MCDropoutConfig((5,), 3, hidden=8, depth=depth), device="cpu")
-        assert sum(isinstance(m, nn.Linear) for m in model.network.features) == depth
+        model = MCDropout(MCDropoutConfig((5,), 3, hidden=8, depth=depth, dropout=0.3), device="cpu")
+        layers = [*model.network.features, *model.network.head]
+        linears = [i for i, m in enumerate(layers) if isinstance(m, nn.Linear)]
+        assert len(linears) == depth + 1
+        assert not isinstance(layers[linears[0] - 1] if linears[0] else None, nn.Dropout)
+        for i in linears[1:]:
+            assert isinstance(layers[i - 1], nn.Dropout) and layers[i - 1].p == 0.3
+        assert not any(isinstance(m, nn.Dropout) for m in model.network.features)  # the fast path's backbone

@@ -308,14 +308,15 @@ def test_predictive_samples_are_seeded_and_share_weights_across_items(bayesian):
 def test_vectorised_head_equals_per_sample_passes():
     model = MeanFieldVI(VIConfig((2,), 3, hidden=8, init_std=0.3), device="cpu")
     x, _ = blobs(5, seed=6)
-    (layer,) = model.layers.values()
+    layers = list(model.layers.values())
+    assert len(layers) == 2  # depth 2: the hidden-to-hidden layer and the output layer are in the head
     with torch.no_grad():
-        w, b = layer.sample_weights(6)
+        samples = {layer: layer.sample_weights(6) for layer in layers}
         hidden = model.network.features(x)
-        with _fixed_weights({layer: (w, b)}):
+        with _fixed_weights(samples):
             batched = model.network.head(hidden.expand(6, *hidden.shape))
         for s in range(6):
-            with _fixed_weights({layer: (w[s], b[s])}):
+            with _fixed_weights({layer: (w[s], b[s]) for layer, (w, b) in samples.items()}):
                 torch.testing.assert_close(batched[s], model.network.head(hidden), rtol=1e-6, atol=1e-6)
 
 
