@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import getpass
 import json
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -110,35 +113,71 @@ def _prefect_defaults() -> None:
 
 
 @contextmanager
-def _flow_context():
-    """Start Prefect's temporary server when no server is set (its failure is one line), and disable flow
-    heartbeats then (they only serve crash detection by a server)."""
+def _flow_context(meanwhile: Callable[[], object] | None = None):
+    """Start Prefect's temporary server when no server is set (its failure is one line), disable flow heartbeats
+    then (they only serve crash detection by a server), and keep one Prefect client for every flow run inside.
+
+    ``meanwhile`` (imports, opening stores) runs while the server process starts, so the two overlap instead of
+    adding up: the server takes seconds to start, and the caller's imports as long again.
+    """
     _prefect_defaults()
+    from prefect.context import SyncClientContext
     from prefect.settings import (
         PREFECT_API_URL,
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
         PREFECT_SERVER_EPHEMERAL_ENABLED,
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
         temporary_settings,
     )
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        yield
+        if meanwhile is not None:
+            meanwhile()
+        with SyncClientContext.get_or_create():
+            yield
         return
     from prefect.server.api.server import SubprocessASGIServer
 
     # The environment's value, applied even when Prefect's settings were loaded before _prefect_defaults ran.
     timeout = int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
-    try:
-        with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: timeout}):
-            SubprocessASGIServer().start()  # the one flow runs use
-    except RuntimeError as error:
+    failures: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            SubprocessASGIServer().start(timeout=timeout)  # the one flow runs use
+        except BaseException as error:  # handed to the caller's thread
+            failures.append(error)
+
+    # A daemon thread, with the caller's Prefect settings: a failure of ``meanwhile`` exits without waiting for it.
+    starting = threading.Thread(target=contextvars.copy_context().run, args=(start,), daemon=True)
+    starting.start()
+    if meanwhile is not None:
+        meanwhile()
+    starting.join()
+    if failures and isinstance(failures[0], RuntimeError):
         raise CommandError(
             f"Prefect's temporary server did not start within {timeout} s; raise "
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS or point PREFECT_API_URL at a running server"
-        ) from error
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        ) from failures[0]
+    if failures:
+        raise failures[0]
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), SyncClientContext.get_or_create():
         yield
+
+
+def _warm_up(settings, *, campaign: bool = True) -> None:
+    """What a first flow run needs besides Prefect, done while Prefect's server starts: the round's imports, the
+    model's features and, for a ``campaign``, the label store and the MLflow store (both created on first use)."""
+    import torch._dynamo  # noqa: F401  (torch.optim imports it on the first optimiser step: seconds)
+
+    from data.store import LabelStore
+    from flows.campaign_setup import model_feature_store
+    from flows.rounds import labeling_round  # noqa: F401  (torch, MLflow, the models)
+    from flows.tracking import tracking_client
+
+    if campaign:
+        LabelStore(settings.store_url).close()  # creates the workspace
+        tracking_client(settings.tracking_uri)
+    model_feature_store(settings)
 
 
 def _settings(params: Path | None, overrides: dict[str, Any]):
@@ -222,7 +261,7 @@ def simulate(
         f"k={settings.campaign.k}, {settings.acquisition.name}, S={settings.acquisition.samples}"
     )
     print_header()
-    with _flow_context():
+    with _flow_context(meanwhile=functools.partial(_warm_up, settings)):
         from flows.rounds import simulate_campaign
 
         results = simulate_campaign(settings)
@@ -267,10 +306,13 @@ def run_round(
     from flows.campaign_setup import prepare_campaign
     from flows.console import pool_exhausted, print_header, print_round
 
-    with _flow_context():
+    def warm_up() -> None:
+        _warm_up(settings)
+        prepare_campaign(settings, LabelStore(settings.store_url), simulate=False)
+
+    with _flow_context(meanwhile=warm_up):
         from flows.rounds import run_round
 
-        prepare_campaign(settings, LabelStore(settings.store_url), simulate=False)
         result = run_round(settings)
     print_header()
     print_round(result)
@@ -502,7 +544,7 @@ def select(
 
     from flows.console import console
 
-    with _flow_context():
+    with _flow_context(meanwhile=functools.partial(_warm_up, settings, campaign=False)):
         from flows.rounds import select_models
 
         rows = select_models(settings, labels)

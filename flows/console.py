@@ -15,6 +15,7 @@ _COLUMNS = (
     ("ECE", "test_ece", "{:.3f}"),
     ("acq s", "acquisition_seconds", "{:.2f}"),
     ("train s", "train_seconds", "{:.2f}"),
+    ("other s", "overhead_seconds", "{:.2f}"),
 )
 
 

@@ -121,20 +121,25 @@ def _candidates_dir(settings: Settings) -> Path:
 
 @task(cache_policy=NO_CACHE)
 def evaluate(
-    model, features: FeatureStore, test_rows: np.ndarray, samples: int, round_: int
-) -> tuple[dict[str, float], object]:
-    """Test metrics on ``test_rows``: the campaign's test items (the label store's), ingested ones included."""
+    models: list, features: FeatureStore, test_rows: np.ndarray, samples: int, round_: int
+) -> list[tuple[dict[str, float], object]]:
+    """Test metrics and reliability-diagram data of each model on ``test_rows``: the campaign's test items (the
+    label store's), ingested ones included. One task for all candidates: the test inputs are read once, and a
+    round pays for one task run instead of one per candidate."""
     rows = np.asarray(test_rows, dtype=np.int64)
     x = _rows_tensor(features, rows)
     targets = torch.from_numpy(np.asarray(features.targets[rows], dtype=np.int64))
-    probs = model.predictive_samples(x, samples, seed=round_).mean(0).cpu()
-    metrics = {
-        "test_accuracy": accuracy(probs, targets),
-        "test_nll": nll(probs, targets),
-        "test_ece": ece(probs, targets),
-        "test_brier": brier(probs, targets),
-    }
-    return metrics, reliability(probs, targets)
+    results = []
+    for model in models:
+        probs = model.predictive_samples(x, samples, seed=round_).mean(0).cpu()
+        metrics = {
+            "test_accuracy": accuracy(probs, targets),
+            "test_nll": nll(probs, targets),
+            "test_ece": ece(probs, targets),
+            "test_brier": brier(probs, targets),
+        }
+        results.append((metrics, reliability(probs, targets)))
+    return results
 
 
 def pool_predict(model, x: torch.Tensor, samples: int, *, seed: int) -> torch.Tensor:
@@ -242,12 +247,11 @@ def log_round(
     diagram: object | None,
     selection: list[tuple[BayesFactorRow, FittedCandidate, dict[str, float]]],
     models_dir: Path,
-) -> None:
-    tracker.log_metrics(run_id, metrics, step=round_)
-    if selection:
-        chosen = selection[0][1]
-        tracker.client.set_tag(run_id, "beliefloop.selected", chosen.name)
-        tracker.log_params(run_id, {"selected_candidate": chosen.name, "evidence_kind": chosen.evidence_kind})
+    started_at: float,
+) -> dict[str, float]:
+    """Artifacts (queued batch, Bayes factors, plots, checkpoint), then the round's metrics, params and tags in one
+    MLflow batch, with the round's timings up to that point (``started_at``: the round's start, Unix time).
+    Returns the timings: ``round_seconds`` and ``overhead_seconds``, everything but training and scoring."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         batch = tmp_path / "queued_batch.csv"
@@ -271,7 +275,11 @@ def log_round(
                     diagram.confidence, diagram.accuracy, diagram.count, tmp_path / "reliability.png"
                 )
             )
+        params, tags = {}, {}
         if selection:
+            chosen = selection[0][1]
+            params = {"selected_candidate": chosen.name, "evidence_kind": chosen.evidence_kind}
+            tags = {"beliefloop.selected": chosen.name}
             models_dir.mkdir(parents=True, exist_ok=True)
             checkpoint = models_dir / f"round-{round_:03d}.pt"
             torch.save(
@@ -279,6 +287,13 @@ def log_round(
             )
             paths.append(checkpoint)
         tracker.log_artifacts(run_id, paths)
+    elapsed = time.time() - started_at
+    timings = {
+        "round_seconds": elapsed,
+        "overhead_seconds": elapsed - metrics.get("train_seconds", 0.0) - metrics["acquisition_seconds"],
+    }
+    tracker.log_batch(run_id, {**metrics, **timings}, step=round_, params=params, tags=tags)
+    return timings
 
 
 def _bayes_factor_csv(selection, path: Path) -> Path:
@@ -334,20 +349,18 @@ def select_model(
     fitted = {f.name: f for f in results}
     check_comparable(list(fitted.values()))
     table = bayes_factor_table({name: f.log_evidence for name, f in fitted.items()})
-    selection, diagram = [], None
     test_rows = campaign_test_rows(settings, features)
-    for row in table:
-        test_metrics, row_diagram = evaluate(
-            fitted[row.candidate].model, features, test_rows, settings.acquisition.samples, round_
-        )
-        diagram = row_diagram if row.selected else diagram
-        selection.append((row, fitted[row.candidate], test_metrics))
-    return selection, diagram
+    tests = evaluate(
+        [fitted[row.candidate].model for row in table], features, test_rows, settings.acquisition.samples, round_
+    )
+    selection = [(row, fitted[row.candidate], metrics) for row, (metrics, _) in zip(table, tests, strict=True)]
+    return selection, tests[0][1]  # the table lists the selected candidate first
 
 
 @flow(name="labeling_round")
 def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]:
     """One round: ingest labels → train → evaluate → score the pool → enqueue top-k → log to MLflow."""
+    started_at = time.time()
     logger = get_run_logger()
     campaign = settings.campaign_name
     store = LabelStore(settings.store_url)
@@ -399,7 +412,9 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
     queued = store.enqueue(campaign, round_, scores.entries)
     metrics["n_queued"] = len(queued)
 
-    log_round(tracker, run_id, round_, metrics, queued, scores, diagram, selection, settings.models_dir / campaign)
+    metrics |= log_round(
+        tracker, run_id, round_, metrics, queued, scores, diagram, selection, settings.models_dir / campaign, started_at
+    )
     tracker.finish(run_id)
     summary = {"round": round_, **metrics, "selected": selection[0][1].name if selection else None}
     store.finish_round(campaign, round_, summary)

@@ -13,13 +13,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 ROLE, ROUND = "beliefloop.role", "beliefloop.round"
-METRIC_BATCH, PARAM_BATCH = 900, 100
-"""Entries per ``log_batch`` call (MLflow accepts at most 1,000 metrics and 100 params per call)."""
+ENTRY_BATCH, PARAM_BATCH = 1000, 100
+"""Entries per ``log_batch`` call: MLflow accepts at most 1,000 entries in all, 100 of them params and 100 tags."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -70,17 +70,31 @@ class CampaignTracker:
         return run_id
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        existing = self.client.get_run(run_id).data.params
-        new = [Param(key, value) for key, value in _flatten(params).items() if key not in existing]
-        for start in range(0, len(new), PARAM_BATCH):
-            self.client.log_batch(run_id, params=new[start : start + PARAM_BATCH])
+        self.log_batch(run_id, {}, step=0, params=params)
 
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-        """All of a step's metrics in one transaction per :data:`METRIC_BATCH` (not one per metric)."""
+    def log_batch(
+        self,
+        run_id: str,
+        metrics: Mapping[str, float],
+        step: int,
+        *,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """Metrics (at ``step``), params and tags in as few transactions as MLflow's batch limits allow (one per
+        round), not one per entry. Params the run already holds are left as they are, so a re-run round logs
+        nothing twice."""
+        existing = self.client.get_run(run_id).data.params if params else {}
+        new_params = [Param(key, value) for key, value in _flatten(params or {}).items() if key not in existing]
         now = int(time.time() * 1000)
-        entries = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-        for start in range(0, len(entries), METRIC_BATCH):
-            self.client.log_batch(run_id, metrics=entries[start : start + METRIC_BATCH])
+        new_metrics = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        new_tags = [RunTag(key, value) for key, value in (tags or {}).items()]
+        while new_metrics or new_params or new_tags:
+            batch_params, batch_tags = new_params[:PARAM_BATCH], new_tags[:PARAM_BATCH]
+            batch_metrics = new_metrics[: ENTRY_BATCH - len(batch_params) - len(batch_tags)]
+            self.client.log_batch(run_id, metrics=batch_metrics, params=batch_params, tags=batch_tags)
+            new_params, new_tags = new_params[len(batch_params) :], new_tags[len(batch_tags) :]
+            new_metrics = new_metrics[len(batch_metrics) :]
 
     def log_artifacts(self, run_id: str, paths: list[Path]) -> None:
         for path in paths:

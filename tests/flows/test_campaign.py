@@ -74,6 +74,13 @@ def test_two_round_campaign_writes_mlflow_and_queue(tmp_path, prefect_no_heartbe
         assert history[0].value == pytest.approx(results[step - 1]["test_accuracy"])
         for key in ("n_labeled", "test_nll", "test_ece", "test_brier"):
             assert key in run.data.metrics
+        # The round's wall time splits into training, scoring and the rest (evaluation, evidence, plots, logging).
+        m = run.data.metrics
+        assert m["overhead_seconds"] > 0 and m["train_seconds"] > 0
+        parts = m["train_seconds"] + m["acquisition_seconds"] + m["overhead_seconds"]
+        assert m["round_seconds"] == pytest.approx(parts)
+        assert results[step - 1]["overhead_seconds"] == pytest.approx(m["overhead_seconds"])
+        assert run.data.tags["beliefloop.selected"] == run.data.params["selected_candidate"]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"queued_batch.csv", "reliability.png", "uncertainty.png"} <= artifacts
         csv_path = client.download_artifacts(run.info.run_id, "queued_batch.csv", str(tmp_path))
