@@ -87,6 +87,7 @@ def summarise(curves: list[list[dict]]) -> dict:
                     "train_seconds": r.get("train_seconds", 0.0),
                     "score_seconds": r.get("acquisition_seconds", 0.0),
                     "overhead_seconds": r["overhead_seconds"],
+                    "selected": r.get("selected"),
                 }
                 for r in c
             ]
