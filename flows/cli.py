@@ -7,6 +7,8 @@ import functools
 import getpass
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -578,15 +580,47 @@ def prepare(dataset: DatasetOpt = None, workspace: WorkspaceOpt = None, params: 
 def ui(
     workspace: WorkspaceOpt = None,
     port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    host: Annotated[str, typer.Option(help="Address to bind (another than 127.0.0.1 exposes the UI).")] = "127.0.0.1",
     params: ParamsOpt = None,
 ) -> None:
-    """Open the MLflow UI on the workspace's tracking store."""
+    """Open the MLflow UI on the workspace's tracking store; SIGTERM or Ctrl-C stops the server with it."""
     settings = _settings(params, {"workspace": workspace})
     if not settings.tracking.uri:  # the workspace's own tracking store
         _check_workspace(settings.workspace)
-    typer.echo(f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C stops it)")
+    with socket.socket() as probe:  # MLflow's server reports a taken port but still exits 0
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise CommandError(f"cannot serve the MLflow UI on {host}:{port}: {error.strerror}") from None
+    typer.echo(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri]
-    raise typer.Exit(subprocess.call([*command, "--host", "127.0.0.1", "--port", str(port)]))
+    server = subprocess.Popen([*command, "--host", host, "--port", str(port)], start_new_session=True)
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        code = server.wait()
+    except (KeyboardInterrupt, _Terminated):  # stopped here, not in the handler: wait() holds a lock meanwhile
+        code = _stop(server)
+    raise typer.Exit(code)
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived."""
+
+
+def _raise_terminated(*_) -> None:
+    raise _Terminated
+
+
+def _stop(server: subprocess.Popen) -> int:
+    """Stop the MLflow server and the workers it started (its own process group); returns its exit status."""
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        return server.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        return server.wait()
+    except ProcessLookupError:  # already gone
+        return server.wait()
 
 
 def campaign_summary(results: list[dict[str, float]]) -> dict[str, float]:
