@@ -497,6 +497,27 @@ class LabelStore:
             ).scalars()
             return [json.loads(m) for m in rows]
 
+    def answers_since_last_round(self, campaign: str) -> int | None:
+        """Answers and withdrawals recorded since the last finished round started (``None`` before any round):
+        what tells a scheduled round whether there is anything new to learn from."""
+        with self.engine.connect() as conn:
+            since = conn.execute(
+                sa.select(sa.func.max(rounds.c.started_at)).where(
+                    rounds.c.campaign == campaign, rounds.c.status == "done"
+                )
+            ).scalar()
+            if since is None:
+                return None
+            answered = conn.execute(
+                sa.select(sa.func.count()).where(labels.c.campaign == campaign, labels.c.created_at >= since)
+            ).scalar()
+            withdrawn = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(retractions.join(labels, retractions.c.label_id == labels.c.id))
+                .where(labels.c.campaign == campaign, retractions.c.created_at >= since)
+            ).scalar()
+            return int(answered) + int(withdrawn)
+
     def unfinished_rounds(self, campaign: str) -> list[int]:
         """Rounds started and not finished: running now, or crashed (the next round call resumes them)."""
         query = sa.select(rounds.c.round).where(rounds.c.campaign == campaign, rounds.c.status == "running")

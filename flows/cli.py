@@ -274,6 +274,17 @@ def simulate(
     _print_ui_hint(settings.workspace)
 
 
+def _live_settings(params: Path | None, overrides: dict[str, Any]):
+    """Settings of a live campaign, which is named after its dataset unless named (``overrides`` gets the name)."""
+    settings = _settings(params, overrides)
+    if not settings.campaign.name:
+        from flows.settings import dataset_slug
+
+        overrides["campaign"]["name"] = dataset_slug(settings.dataset.name)
+        settings = _settings(params, overrides)
+    return settings
+
+
 @app.command("round")
 def run_round(
     dataset: DatasetOpt = None,
@@ -298,12 +309,7 @@ def run_round(
             "dask_address": dask_address,
         },
     }
-    settings = _settings(params, overrides)
-    if not settings.campaign.name:  # a live campaign is named after its dataset
-        from flows.settings import dataset_slug
-
-        overrides["campaign"]["name"] = dataset_slug(settings.dataset.name)
-        settings = _settings(params, overrides)
+    settings = _live_settings(params, overrides)
     from data.store import LabelStore
     from flows.campaign_setup import prepare_campaign
     from flows.console import pool_exhausted, print_header, print_round
@@ -322,6 +328,44 @@ def run_round(
         typer.echo(
             f"{int(result['n_queued'])} items wait in the queue: beliefloop queue list --workspace {settings.workspace}"
         )
+
+
+@app.command()
+def serve(
+    dataset: DatasetOpt = None,
+    interval: Annotated[float | None, typer.Option(help="Run a round every this many seconds.")] = None,
+    cron: Annotated[str | None, typer.Option(help='Run rounds on a cron schedule, e.g. "0 9 * * 1-5".')] = None,
+    force: Annotated[bool, typer.Option(help="Run every scheduled round, even without new answers.")] = False,
+    k: Annotated[int | None, typer.Option("--k", help="Items queued per round.")] = None,
+    acquisition: Annotated[str | None, typer.Option(help="bald, predictive_entropy, random, ...")] = None,
+    workspace: WorkspaceOpt = None,
+    campaign: CampaignOpt = None,
+    params: ParamsOpt = None,
+) -> None:
+    """Serve the live round as a Prefect deployment on a schedule (needs a Prefect server: PREFECT_API_URL)."""
+    if (interval is None) == (cron is None):
+        raise CommandError("give one schedule: --interval SECONDS or --cron EXPRESSION")
+    overrides = {
+        "workspace": workspace,
+        "dataset": {"name": dataset},
+        "campaign": {"k": k, "name": campaign},
+        "acquisition": {"name": acquisition},
+    }
+    settings = _live_settings(params, overrides)
+    overrides["workspace"] = str(settings.workspace.resolve())  # the runs' processes may start elsewhere
+    _prefect_defaults()
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise CommandError(
+            "a schedule needs a Prefect server: start one (prefect server start) and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
+    from flows.schedule import serve_rounds
+
+    schedule = f"every {interval:g} s" if interval is not None else f"cron {cron!r}"
+    typer.echo(f"serving {settings.campaign_name}-rounds ({schedule}) on {PREFECT_API_URL.value()}; Ctrl-C stops")
+    serve_rounds(settings.campaign_name, overrides, params=params, interval=interval, cron=cron, force=force)
 
 
 @app.command()
