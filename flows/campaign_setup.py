@@ -115,18 +115,18 @@ def prepare_campaign(settings: Settings, store: LabelStore, *, simulate: bool) -
     """
     features = ensure_feature_store(settings)
     campaign = settings.campaign_name
-    _follow_extended_classes(store, campaign, features.classes)
-    store.create_campaign(campaign, settings.dataset.name, features.classes)
     train_rows = np.asarray(features.rows_train)
     test_rows = np.asarray(features.rows_test)
     train_targets = np.asarray(features.targets[train_rows])
+    if simulate and (train_targets < 0).any():  # refused before the campaign is registered
+        raise DatasetError(
+            f"dataset {settings.dataset.name!r} has unlabeled training rows; a simulated campaign needs "
+            "every training label for its oracle"
+        )
+    _follow_extended_classes(store, campaign, features.classes)
+    store.create_campaign(campaign, settings.dataset.name, features.classes)
     splits = np.full(len(train_rows), "pool", dtype=object)
     if simulate:
-        if (train_targets < 0).any():
-            raise DatasetError(
-                f"dataset {settings.dataset.name!r} has unlabeled training rows; a simulated campaign needs "
-                "every training label for its oracle"
-            )
         seed_rows = balanced_seed_rows(
             train_targets, settings.campaign.initial, len(features.classes), settings.campaign.seed
         )
