@@ -30,6 +30,7 @@ from data.store import LabelAnswer, LabelStore, QueueEntry
 from flows import plots
 from flows.campaign_setup import balanced_seed_rows, campaign_test_rows, model_feature_store, prepare_campaign
 from flows.console import pool_exhausted, print_round
+from flows.faults import kill_point
 from flows.models import (
     CandidateSpec,
     FittedCandidate,
@@ -170,7 +171,7 @@ def score_shard(
     """
     features = open_feature_store(store_dir)
     chunks = iter_pool_chunks(features.features, rows, ids, SCORE_CHUNK)
-    return score_pool_streaming(
+    result = score_pool_streaming(
         functools.partial(pool_predict, model, seed=seed),
         chunks,
         k=k,
@@ -178,6 +179,8 @@ def score_shard(
         samples=samples,
         generator=torch.Generator().manual_seed(seed * 1009 + shard),
     )
+    kill_point("scoring")
+    return result
 
 
 def score_pool(model, features: FeatureStore, pool: dict[str, int], settings: Settings, round_: int) -> PoolScores:
@@ -397,6 +400,7 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
                 )
             save_candidate(_candidates_dir(settings), fitted, round_)
         logger.info("selected %s (%s)", chosen.name, chosen.evidence_kind)
+        kill_point("after_training")
     else:
         logger.info("%d labels < min_labels=%d: queueing a random batch", len(labeled), settings.campaign.min_labels)
 
@@ -411,10 +415,12 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
         metrics["pool_mean_epistemic"] = scores.mean(scores.epistemic_hist)
     queued = store.enqueue(campaign, round_, scores.entries)
     metrics["n_queued"] = len(queued)
+    kill_point("before_logging")
 
     metrics |= log_round(
         tracker, run_id, round_, metrics, queued, scores, diagram, selection, settings.models_dir / campaign, started_at
     )
+    kill_point("after_logging")
     tracker.finish(run_id)
     summary = {"round": round_, **metrics, "selected": selection[0][1].name if selection else None}
     store.finish_round(campaign, round_, summary)
