@@ -29,7 +29,7 @@ from data.pool import iter_pool_chunks
 from data.store import LabelAnswer, LabelStore, QueueEntry
 from flows import plots
 from flows.campaign_setup import balanced_seed_rows, campaign_test_rows, model_feature_store, prepare_campaign
-from flows.console import pool_exhausted, print_round
+from flows.console import console, pool_exhausted, print_round
 from flows.faults import kill_point
 from flows.models import (
     CandidateSpec,
@@ -475,13 +475,29 @@ def run_round(settings: Settings, *, oracle: bool = False) -> dict[str, float]:
 @flow(name="simulate_campaign")
 def simulate_campaign(settings: Settings) -> list[dict[str, float]]:
     """Rounds 1..``campaign.rounds`` with a simulated oracle; resumes where an earlier run stopped, and stops
-    after a round that found the pool exhausted."""
+    after a round that found the pool exhausted (or runs none when an earlier run ended so)."""
     store = LabelStore(settings.store_url)
     prepare_campaign(settings, store, simulate=True)
     campaign = settings.campaign_name
+    if _still_exhausted(store, campaign):
+        console.print(
+            f"the pool is exhausted since round {store.next_round(campaign) - 1} (every item is labeled, queued or "
+            "skipped); no round was run",
+            soft_wrap=True,
+        )
+        return store.round_metrics(campaign)[: settings.campaign.rounds]
     while store.next_round(campaign) <= settings.campaign.rounds:
         result = run_round(settings, oracle=True)
         print_round(result)
         if pool_exhausted(result):  # later rounds would only refit the same labels
             break
     return store.round_metrics(campaign)[: settings.campaign.rounds]
+
+
+def _still_exhausted(store: LabelStore, campaign: str) -> bool:
+    """Whether the last round found the pool exhausted and nothing came since (no new pool item, nothing
+    pending, no round left unfinished): another simulated round would only refit the same labels."""
+    if store.unfinished_rounds(campaign) or store.unlabeled_pool(campaign) or store.queued(campaign, status="pending"):
+        return False
+    done = store.round_metrics(campaign)
+    return bool(done) and pool_exhausted(done[-1])

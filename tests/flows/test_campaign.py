@@ -204,6 +204,10 @@ def test_exhausted_pool_ends_the_campaign_cleanly(tmp_path, prefect_no_heartbeat
     }
     assert statuses == {"1": "FINISHED", "2": "FINISHED"}
 
+    more = simulate_campaign(_small(tmp_path / "w", rounds=4, k=99999))  # run again, asking for more rounds
+    assert [r["round"] for r in more] == [1, 2] and store.next_round(settings.campaign_name) == 3  # no refit round
+    assert "the pool is exhausted since round 2" in capsys.readouterr().out
+
 
 def _simulate(workspace: Path, rounds: int, kill_at: str | None = None) -> subprocess.CompletedProcess:
     """``beliefloop simulate`` on iris (one candidate, short training), killed at ``kill_at`` when given."""
