@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from data import Dataset, DatasetError, FeatureStore, load_dataset, open_feature_store, write_feature_store
-from data.feature_store import append_rows, extend_classes
+from data.feature_store import append_rows, extend_classes, recover_store
 from data.store import LabelAnswer, LabelStore, StoreError, sqlite_file
 from flows.settings import Settings
 
@@ -21,6 +21,7 @@ def feature_store_dir(settings: Settings, dataset: str | None = None) -> Path:
 def ensure_feature_store(settings: Settings) -> FeatureStore:
     """Import the dataset into ``workspace/datasets/<name>/`` once; later calls open the stored copy."""
     directory = feature_store_dir(settings)
+    recover_store(directory)  # a store whose rewrite was killed is rolled back, not imported afresh
     if not (directory / "meta.json").exists():
         dataset = load_dataset(
             settings.dataset.name,

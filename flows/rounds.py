@@ -25,12 +25,12 @@ from bayes_models import MCDropout, bayes_factor_table
 from bayes_models.metrics import accuracy, brier, ece, nll, reliability
 from bayes_models.selection import BayesFactorRow
 from data import DatasetError, FeatureStore, open_feature_store
+from data.faults import kill_point
 from data.pool import iter_pool_chunks
 from data.store import LabelAnswer, LabelStore, QueueEntry
 from flows import plots
 from flows.campaign_setup import balanced_seed_rows, campaign_test_rows, model_feature_store, prepare_campaign
 from flows.console import console, pool_exhausted, print_round
-from flows.faults import kill_point
 from flows.models import (
     CandidateSpec,
     FittedCandidate,

@@ -223,13 +223,13 @@ def _simulate(workspace: Path, rounds: int, kill_at: str | None = None) -> subpr
 
 
 def test_a_round_killed_at_each_step_resumes_to_the_uninterrupted_result(tmp_path):
-    """Round 2 is SIGKILLed at every step of ``KILL_STEPS`` in turn (each re-run resumes it and dies at the next),
+    """Round 2 is SIGKILLed at every step of ``ROUND_STEPS`` in turn (each re-run resumes it and dies at the next),
     then finishes: the store and MLflow hold what an uninterrupted campaign with the same seed holds, once."""
-    from flows.faults import KILL_STEPS
+    from data.faults import ROUND_STEPS
 
     campaign, killed, clean = "iris-bald-seed0", tmp_path / "killed", tmp_path / "clean"
     assert _simulate(killed, 1).returncode == 0
-    for step in KILL_STEPS:
+    for step in ROUND_STEPS:
         result = _simulate(killed, 2, kill_at=step)
         assert result.returncode == -signal.SIGKILL, (step, result.stdout[-2000:] + result.stderr[-2000:])
         assert LabelStore.for_workspace(killed).unfinished_rounds(campaign) == [2], step
