@@ -14,8 +14,10 @@ Layout of a store folder (the campaign keeps it at ``workspace/datasets/<name>/`
 ``rows_train`` / ``rows_test`` describe the original import only; which rows a campaign uses, and in which
 split, is the label store's ``items`` table. A store is written into a temporary sibling folder and renamed
 into place, so a crash never leaves a half-written store; :func:`append_rows` and :func:`extend_classes`
-rewrite it the same way. ``content_hash`` (SHA-256 over the arrays and every metadata field except ``source``)
-makes re-writing the same dataset a no-op, which keeps retried import tasks idempotent.
+rewrite it the same way. A rewrite killed between moving the old store aside and renaming the new one in is
+rolled back by the next open or write (:func:`recover_store`). ``content_hash`` (SHA-256 over the arrays and
+every metadata field except ``source``) makes re-writing the same dataset a no-op, which keeps retried import
+tasks idempotent.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from data.datasets import Dataset, DatasetError
+from data.faults import kill_point
 
 try:
     import fcntl
@@ -212,6 +215,7 @@ def write_feature_store(
         "standardization": _stats_json(dataset.standardization),
     }
     meta["content_hash"] = _content_hash(meta, features, targets, ids)
+    recover_store(directory)  # a store that a killed rewrite left aside is the one in place, not this import
     if _same_or_refuse(directory, meta["content_hash"], overwrite):
         return directory
     _write_and_swap(directory, meta, features, targets, ids)
@@ -248,7 +252,8 @@ def append_rows(
     ids = np.asarray(ids, dtype=str).reshape(-1)
     targets = np.asarray(targets)
     with _locked(directory):
-        store = open_feature_store(directory)
+        _restore_aside(directory)
+        store = _open_store(directory)
         shape = (len(ids), *store.feature_shape)
         x = np.asarray(x)
         if x.shape != shape:
@@ -291,7 +296,8 @@ def extend_classes(directory: str | Path, new_classes: Sequence[str]) -> tuple[s
     """
     directory = Path(directory)
     with _locked(directory):
-        store = open_feature_store(directory)
+        _restore_aside(directory)
+        store = _open_store(directory)
         classes = list(store.classes)
         for name in (str(c) for c in new_classes):
             if not name:
@@ -309,14 +315,19 @@ def extend_classes(directory: str | Path, new_classes: Sequence[str]) -> tuple[s
 
 
 def open_feature_store(directory: str | Path) -> FeatureStore:
-    """Open a store written by :func:`write_feature_store`, memory-mapping its arrays read-only.
+    """Open a store written by :func:`write_feature_store`, memory-mapping its arrays read-only; a store whose
+    rewrite was killed half-way is first rolled back (:func:`recover_store`).
 
     Raises
     ------
     FeatureStoreError
         A file is missing, unreadable or inconsistent with ``meta.json`` (the message names the file).
     """
-    directory = Path(directory)
+    recover_store(directory)
+    return _open_store(Path(directory))
+
+
+def _open_store(directory: Path) -> FeatureStore:
     meta = _read_meta(directory)
     n = meta["n_train"] + meta["n_test"] + meta["n_appended"]
     arrays = {}
@@ -439,6 +450,36 @@ def _locked(directory: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def recover_store(directory: str | Path) -> None:
+    """Undo a rewrite killed between its two renames (the old store moved aside, the new one not yet in place).
+
+    With no store at ``directory`` (no ``meta.json``), the store moved aside goes back (the killed rewrite is
+    lost, as if it had never started), and the killed writer's temporary folders go. Runs under the writers'
+    lock, so it never touches the folders of a live writer; costs one ``stat`` when the store is in place, and
+    changes nothing when no store was moved aside.
+    """
+    directory = Path(directory)
+    if (directory / "meta.json").exists() or not any(directory.parent.glob(f".{directory.name}.old-*")):
+        return
+    with _locked(directory):
+        _restore_aside(directory)
+
+
+def _restore_aside(directory: Path) -> None:
+    """:func:`recover_store`'s work, for a caller holding the writers' lock."""
+    if (directory / "meta.json").exists() or (directory.exists() and any(directory.iterdir())):
+        return  # a store is in place, or a folder that is something else: left as it is
+    aside = sorted(directory.parent.glob(f".{directory.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    saved = [holder / "store" for holder in aside if (holder / "store" / "meta.json").is_file()]
+    if not saved:
+        return
+    if directory.exists():
+        directory.rmdir()  # empty
+    os.replace(saved[-1], directory)
+    for leftover in [*aside, *directory.parent.glob(f".{directory.name}.tmp-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _write_and_swap(
     directory: Path, meta: dict[str, Any], features: np.ndarray, targets: np.ndarray, ids: np.ndarray
 ) -> None:
@@ -485,6 +526,7 @@ def _swap_in(tmp: Path, directory: Path, digest: str) -> None:
     if directory.exists() and any(directory.iterdir()):
         old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
         os.replace(directory, old / "store")
+        kill_point("feature_store_swap")
         try:
             os.replace(tmp, directory)
         except OSError:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from data import Dataset, DatasetError, FeatureStore, load_dataset, open_feature_store, write_feature_store
-from data.feature_store import append_rows, extend_classes
+from data.feature_store import append_rows, extend_classes, recover_store
 from data.store import LabelAnswer, LabelStore, StoreError, sqlite_file
 from flows.settings import Settings
 
@@ -21,6 +21,7 @@ def feature_store_dir(settings: Settings, dataset: str | None = None) -> Path:
 def ensure_feature_store(settings: Settings) -> FeatureStore:
     """Import the dataset into ``workspace/datasets/<name>/`` once; later calls open the stored copy."""
     directory = feature_store_dir(settings)
+    recover_store(directory)  # a store whose rewrite was killed is rolled back, not imported afresh
     if not (directory / "meta.json").exists():
         dataset = load_dataset(
             settings.dataset.name,
@@ -115,18 +116,18 @@ def prepare_campaign(settings: Settings, store: LabelStore, *, simulate: bool) -
     """
     features = ensure_feature_store(settings)
     campaign = settings.campaign_name
-    _follow_extended_classes(store, campaign, features.classes)
-    store.create_campaign(campaign, settings.dataset.name, features.classes)
     train_rows = np.asarray(features.rows_train)
     test_rows = np.asarray(features.rows_test)
     train_targets = np.asarray(features.targets[train_rows])
+    if simulate and (train_targets < 0).any():  # refused before the campaign is registered
+        raise DatasetError(
+            f"dataset {settings.dataset.name!r} has unlabeled training rows; a simulated campaign needs "
+            "every training label for its oracle"
+        )
+    _follow_extended_classes(store, campaign, features.classes)
+    store.create_campaign(campaign, settings.dataset.name, features.classes)
     splits = np.full(len(train_rows), "pool", dtype=object)
     if simulate:
-        if (train_targets < 0).any():
-            raise DatasetError(
-                f"dataset {settings.dataset.name!r} has unlabeled training rows; a simulated campaign needs "
-                "every training label for its oracle"
-            )
         seed_rows = balanced_seed_rows(
             train_targets, settings.campaign.initial, len(features.classes), settings.campaign.seed
         )

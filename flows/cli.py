@@ -168,7 +168,10 @@ def _flow_context(meanwhile: Callable[[], object] | None = None):
 
 def _warm_up(settings, *, campaign: bool = True) -> None:
     """What a first flow run needs besides Prefect, done while Prefect's server starts: the round's imports, the
-    model's features and, for a ``campaign``, the label store and the MLflow store (both created on first use)."""
+    model's features and, for a ``campaign``, the label store and the MLflow store (both created on first use).
+
+    The dataset is imported first: a file that cannot be used fails the command before it creates a workspace.
+    """
     import torch._dynamo  # noqa: F401  (torch.optim imports it on the first optimiser step: seconds)
 
     from data.store import LabelStore
@@ -176,10 +179,10 @@ def _warm_up(settings, *, campaign: bool = True) -> None:
     from flows.rounds import labeling_round  # noqa: F401  (torch, MLflow, the models)
     from flows.tracking import tracking_client
 
-    if campaign:
-        LabelStore(settings.store_url).close()  # creates the workspace
-        tracking_client(settings.tracking_uri)
     model_feature_store(settings)
+    if campaign:
+        LabelStore(settings.store_url).close()  # creates the label store
+        tracking_client(settings.tracking_uri)
 
 
 def _settings(params: Path | None, overrides: dict[str, Any]):

@@ -25,11 +25,12 @@ from bayes_models import MCDropout, bayes_factor_table
 from bayes_models.metrics import accuracy, brier, ece, nll, reliability
 from bayes_models.selection import BayesFactorRow
 from data import DatasetError, FeatureStore, open_feature_store
+from data.faults import kill_point
 from data.pool import iter_pool_chunks
 from data.store import LabelAnswer, LabelStore, QueueEntry
 from flows import plots
 from flows.campaign_setup import balanced_seed_rows, campaign_test_rows, model_feature_store, prepare_campaign
-from flows.console import pool_exhausted, print_round
+from flows.console import console, pool_exhausted, print_round
 from flows.models import (
     CandidateSpec,
     FittedCandidate,
@@ -173,7 +174,7 @@ def score_shard(
     """
     features = open_feature_store(store_dir)
     chunks = iter_pool_chunks(features.features, rows, ids, SCORE_CHUNK)
-    return score_pool_streaming(
+    result = score_pool_streaming(
         functools.partial(pool_predict, model, seed=seed),
         chunks,
         k=k,
@@ -181,6 +182,8 @@ def score_shard(
         samples=samples,
         generator=torch.Generator().manual_seed(seed * 1009 + shard),
     )
+    kill_point("scoring")
+    return result
 
 
 def score_pool(model, features: FeatureStore, pool: dict[str, int], settings: Settings, round_: int) -> PoolScores:
@@ -400,6 +403,7 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
                 )
             save_candidate(_candidates_dir(settings), fitted, round_)
         logger.info("selected %s (%s)", chosen.name, chosen.evidence_kind)
+        kill_point("after_training")
     else:
         logger.info("%d labels < min_labels=%d: queueing a random batch", len(labeled), settings.campaign.min_labels)
 
@@ -414,10 +418,12 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
         metrics["pool_mean_epistemic"] = scores.mean(scores.epistemic_hist)
     queued = store.enqueue(campaign, round_, scores.entries)
     metrics["n_queued"] = len(queued)
+    kill_point("before_logging")
 
     metrics |= log_round(
         tracker, run_id, round_, metrics, queued, scores, diagram, selection, settings.models_dir / campaign, started_at
     )
+    kill_point("after_logging")
     tracker.finish(run_id)
     summary = {"round": round_, **metrics, "selected": selection[0][1].name if selection else None}
     store.finish_round(campaign, round_, summary)
@@ -478,13 +484,29 @@ def run_round(settings: Settings, *, oracle: bool = False) -> dict[str, float]:
 @flow(name="simulate_campaign")
 def simulate_campaign(settings: Settings) -> list[dict[str, float]]:
     """Rounds 1..``campaign.rounds`` with a simulated oracle; resumes where an earlier run stopped, and stops
-    after a round that found the pool exhausted."""
+    after a round that found the pool exhausted (or runs none when an earlier run ended so)."""
     store = LabelStore(settings.store_url)
     prepare_campaign(settings, store, simulate=True)
     campaign = settings.campaign_name
+    if _still_exhausted(store, campaign):
+        console.print(
+            f"the pool is exhausted since round {store.next_round(campaign) - 1} (every item is labeled, queued or "
+            "skipped); no round was run",
+            soft_wrap=True,
+        )
+        return store.round_metrics(campaign)[: settings.campaign.rounds]
     while store.next_round(campaign) <= settings.campaign.rounds:
         result = run_round(settings, oracle=True)
         print_round(result)
         if pool_exhausted(result):  # later rounds would only refit the same labels
             break
     return store.round_metrics(campaign)[: settings.campaign.rounds]
+
+
+def _still_exhausted(store: LabelStore, campaign: str) -> bool:
+    """Whether the last round found the pool exhausted and nothing came since (no new pool item, nothing
+    pending, no round left unfinished): another simulated round would only refit the same labels."""
+    if store.unfinished_rounds(campaign) or store.unlabeled_pool(campaign) or store.queued(campaign, status="pending"):
+        return False
+    done = store.round_metrics(campaign)
+    return bool(done) and pool_exhausted(done[-1])

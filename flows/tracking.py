@@ -82,12 +82,17 @@ class CampaignTracker:
         tags: Mapping[str, str] | None = None,
     ) -> None:
         """Metrics (at ``step``), params and tags in as few transactions as MLflow's batch limits allow (one per
-        round), not one per entry. Params the run already holds are left as they are, so a re-run round logs
-        nothing twice."""
-        existing = self.client.get_run(run_id).data.params if params else {}
-        new_params = [Param(key, value) for key, value in _flatten(params or {}).items() if key not in existing]
+        round), not one per entry. Idempotent per (run, key, step): a re-run round finds its run again by tag, and
+        params the run holds and metrics it holds at ``step`` are left as they are (the first value stands), so
+        nothing is logged twice."""
+        existing = self.client.get_run(run_id).data if params or metrics else None
+        new_params = [Param(key, value) for key, value in _flatten(params or {}).items() if key not in existing.params]
         now = int(time.time() * 1000)
-        new_metrics = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        new_metrics = [
+            Metric(key, float(value), now, step)
+            for key, value in metrics.items()
+            if key not in existing.metrics or not self._logged_at(run_id, key, step)
+        ]
         new_tags = [RunTag(key, value) for key, value in (tags or {}).items()]
         while new_metrics or new_params or new_tags:
             batch_params, batch_tags = new_params[:PARAM_BATCH], new_tags[:PARAM_BATCH]
@@ -95,6 +100,9 @@ class CampaignTracker:
             self.client.log_batch(run_id, metrics=batch_metrics, params=batch_params, tags=batch_tags)
             new_params, new_tags = new_params[len(batch_params) :], new_tags[len(batch_tags) :]
             new_metrics = new_metrics[len(batch_metrics) :]
+
+    def _logged_at(self, run_id: str, key: str, step: int) -> bool:
+        return any(m.step == step for m in self.client.get_metric_history(run_id, key))
 
     def log_artifacts(self, run_id: str, paths: list[Path]) -> None:
         for path in paths:

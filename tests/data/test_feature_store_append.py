@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +160,24 @@ def _image_npz(directory: Path) -> Path:
     x = np.zeros((4, 3, 3), np.uint8)
     np.savez(path, x_train=x, x_test=x[:1], y_test=np.array([0]))
     return path
+
+
+def test_an_append_killed_between_its_renames_is_rolled_back_on_open(iris_store):
+    """SIGKILL after the old store went aside and before the new one took its place: no store is in place then;
+    opening (or writing) it again restores the old one and removes what the killed writer left."""
+    before = open_feature_store(iris_store)
+    code = (
+        "import sys, numpy as np; from data.feature_store import append_rows; "
+        "append_rows(sys.argv[1], np.ones((2, 4)), np.array([0, 1]), ['a', 'b'])"
+    )
+    env = {**os.environ, "BELIEFLOOP_KILL_AT": "feature_store_swap"}
+    killed = subprocess.run([sys.executable, "-c", code, str(iris_store)], env=env, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not iris_store.exists() and _temporaries(iris_store.parent)  # the window the kill landed in
+
+    store = open_feature_store(iris_store)
+    assert store.meta["content_hash"] == before.meta["content_hash"] and store.n_appended == 0
+    store.verify()
+    assert _temporaries(iris_store.parent) == []
+    append_rows(iris_store, np.ones((2, 4)), np.array([0, 1]), ["a", "b"])  # the retry goes through
+    assert open_feature_store(iris_store).n_appended == 2

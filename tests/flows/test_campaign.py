@@ -203,3 +203,59 @@ def test_exhausted_pool_ends_the_campaign_cleanly(tmp_path, prefect_no_heartbeat
         if r.data.tags.get("beliefloop.role") == "round"
     }
     assert statuses == {"1": "FINISHED", "2": "FINISHED"}
+
+    more = simulate_campaign(_small(tmp_path / "w", rounds=4, k=99999))  # run again, asking for more rounds
+    assert [r["round"] for r in more] == [1, 2] and store.next_round(settings.campaign_name) == 3  # no refit round
+    assert "the pool is exhausted since round 2" in capsys.readouterr().out
+
+
+def _simulate(workspace: Path, rounds: int, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    """``beliefloop simulate`` on iris (one candidate, short training), killed at ``kill_at`` when given."""
+    env = {
+        **os.environ,
+        "BELIEFLOOP_MODEL__STEPS": "50",
+        "BELIEFLOOP_SELECTION__CANDIDATES": "[]",
+        **({"BELIEFLOOP_KILL_AT": kill_at} if kill_at else {}),
+    }
+    args = ["--dataset", "iris", "--rounds", str(rounds), "--k", "5", "--initial", "9", "--samples", "4"]
+    command = [*BELIEFLOOP, "simulate", *args, "--workspace", str(workspace)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_round_killed_at_each_step_resumes_to_the_uninterrupted_result(tmp_path):
+    """Round 2 is SIGKILLed at every step of ``ROUND_STEPS`` in turn (each re-run resumes it and dies at the next),
+    then finishes: the store and MLflow hold what an uninterrupted campaign with the same seed holds, once."""
+    from data.faults import ROUND_STEPS
+
+    campaign, killed, clean = "iris-bald-seed0", tmp_path / "killed", tmp_path / "clean"
+    assert _simulate(killed, 1).returncode == 0
+    for step in ROUND_STEPS:
+        result = _simulate(killed, 2, kill_at=step)
+        assert result.returncode == -signal.SIGKILL, (step, result.stdout[-2000:] + result.stderr[-2000:])
+        assert LabelStore.for_workspace(killed).unfinished_rounds(campaign) == [2], step
+    for workspace in (killed, clean):
+        result = _simulate(workspace, 2)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+    stores = {w: LabelStore.for_workspace(w) for w in (killed, clean)}
+    store = stores[killed]
+    assert store.unfinished_rounds(campaign) == [] and _queue_counts(store, campaign) == {1: 5, 2: 5}
+    with store.engine.connect() as conn:
+        n_labels, n_items = conn.exec_driver_sql("SELECT count(*), count(DISTINCT item_id) FROM labels").one()
+    assert n_labels == n_items == 14  # 9 seed labels and round 1's 5 answers, each once
+    queued = {w: [(q.round, q.rank, q.item_id, q.predicted) for q in s.queued(campaign)] for w, s in stores.items()}
+    assert queued[killed] == queued[clean]
+    assert store.current_labels(campaign) == stores[clean].current_labels(campaign)
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{killed / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(campaign)
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`beliefloop.role` = 'round'")
+    assert sorted((r.data.tags["beliefloop.round"], r.info.status) for r in runs) == [
+        ("1", "FINISHED"),
+        ("2", "FINISHED"),
+    ]
+    for run in runs:
+        step = int(run.data.tags["beliefloop.round"])
+        assert "test_accuracy" in run.data.metrics
+        for key in run.data.metrics:
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [step], key

@@ -139,3 +139,23 @@ def test_a_file_that_is_not_an_npz_archive_is_named(tmp_path):
     junk.write_text("hello")
     error = _fails("prepare", "--dataset", str(junk), "--workspace", str(tmp_path / "w"))
     assert f"{junk}: not a valid .npz file" in error and "pickle" not in error
+
+
+@pytest.mark.parametrize("command", ["simulate", "round"])
+def test_a_campaign_on_a_bad_dataset_creates_no_workspace(tmp_path, command):
+    junk = tmp_path / "junk.npz"
+    junk.write_text("hello")
+    workspace = tmp_path / "w"
+    assert "not a valid .npz file" in _fails(command, "--dataset", str(junk), "--workspace", str(workspace))
+    assert not workspace.exists()
+
+
+def test_a_simulation_on_unlabeled_data_registers_no_campaign(tmp_path):
+    from data.store import LabelStore
+
+    partly = tmp_path / "partly.npz"
+    x = np.arange(24, dtype=np.float64).reshape(12, 2)
+    np.savez(partly, x_train=x[:8], y_train=np.array([0, 1] * 3 + [-1, -1]), x_test=x[8:], y_test=np.array([0, 1] * 2))
+    error = _fails("simulate", "--dataset", str(partly), "--workspace", str(tmp_path / "w"))
+    assert "has unlabeled training rows" in error
+    assert LabelStore.for_workspace(tmp_path / "w").campaign_names() == []

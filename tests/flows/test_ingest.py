@@ -4,6 +4,10 @@ Prefect round trains on the new labels, scores the new pool items and evaluates 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -264,3 +268,27 @@ def test_a_store_written_before_the_standardisation_was_recorded_recovers_it(tmp
     np.testing.assert_allclose(
         features.features[features.row_of(["batch/b3"])], features.features[features.row_of(["iris-003"])], atol=1e-6
     )
+
+
+def test_an_ingest_killed_while_its_feature_store_is_swapped_is_rerun_safely(tmp_path):
+    """``beliefloop ingest`` SIGKILLed between moving the old feature store aside and renaming the new one in,
+    then run again: the campaign gets the file's items and labels once, its feature store the rows once."""
+    settings, store = _live(tmp_path)
+    n_labels, directory = len(store.current_labels("live")), feature_store_dir(settings)
+    n_rows = len(open_feature_store(directory).ids)
+    command = [sys.executable, "-m", "flows", "ingest", str(_standard_batch(tmp_path)), "--workspace"]
+    command += [str(settings.workspace), "--campaign", "live", "--label-column", "label", "--id-column", "id"]
+    killed = subprocess.run(
+        command, env={**os.environ, "BELIEFLOOP_KILL_AT": "feature_store_swap"}, capture_output=True, text=True
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "8 pool items (4 labels recorded), 2 test items" in again.stdout
+
+    features = open_feature_store(directory)
+    assert len(features.ids) == n_rows + 10 and features.n_appended == 10
+    features.verify()
+    assert len(store.current_labels("live")) == n_labels + 4
+    assert {"batch/b8", "batch/b9"} <= set(store.item_rows("live", "test"))
+    assert not [p.name for p in directory.parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
