@@ -13,17 +13,25 @@ paths take the settings a user gets by default and queue the same items (``tests
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # run as a script from anywhere: this checkout's packages
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads libgomp (see belief_update.py)
 
-RESULTS = Path(__file__).parent / "results"
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 def learner_campaign(settings) -> list[dict]:
@@ -61,7 +69,9 @@ def main() -> None:
     parser.add_argument("--initial", type=int, default=20)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--acquisitions", nargs="+", default=["bald", "random"])
+    parser.add_argument("--samples", type=int, default=None, help="posterior draws S (default: the settings' 20)")
     parser.add_argument("--learner", action="store_true", help="in-process learner campaigns instead of flow runs")
+    parser.add_argument("--out", type=Path, default=None, help="results JSON (default: see above)")
     args = parser.parse_args()
 
     from flows.cli import _flow_context
@@ -70,7 +80,7 @@ def main() -> None:
 
     curves: dict[str, list[list[dict]]] = {name: [] for name in args.acquisitions}
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as workspace, _flow_context():
+    with tempfile.TemporaryDirectory() as workspace, contextlib.nullcontext() if args.learner else _flow_context():
         for seed in args.seeds:
             for name in args.acquisitions:
                 settings = load_settings(
@@ -79,7 +89,7 @@ def main() -> None:
                         "workspace": workspace,
                         "dataset": {"name": args.dataset},
                         "campaign": {"rounds": args.rounds, "k": args.k, "initial": args.initial, "seed": seed},
-                        "acquisition": {"name": name},
+                        "acquisition": {"name": name, "samples": args.samples},
                     },
                 )
                 run = learner_campaign(settings) if args.learner else simulate_campaign(settings)
@@ -119,8 +129,8 @@ def main() -> None:
         )
     Console().print(table)
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("label_efficiency.json" if args.learner else f"label_efficiency_{args.dataset}.json")
-    payload = {"args": vars(args), "seconds": elapsed, "summary": summary, "curves": curves}
+    out = args.out or RESULTS / ("label_efficiency.json" if args.learner else f"label_efficiency_{args.dataset}.json")
+    payload = {"args": {**vars(args), "out": str(out)}, "seconds": elapsed, "summary": summary, "curves": curves}
     out.write_text(json.dumps(payload, indent=2))
     print(f"wrote {out} ({elapsed:.0f} s)")
 
