@@ -6,6 +6,7 @@ import pytest
 from data import balanced_seed_rows
 from data.store import LabelStore
 from flows.campaign_setup import model_feature_store
+from flows.models import learner_for
 from flows.settings import load_settings
 from learner import ActiveLearner
 
@@ -60,6 +61,8 @@ def test_learner_queues_what_the_flow_queues(tmp_path, acquisition, model, updat
         n_classes=len(features.classes),
         **options,
     )
+    adapted = learner_for(settings, n_classes=len(features.classes))  # what the label-efficiency benchmark runs
+    assert adapted.specs == learner.specs and adapted.state_dict()["options"] == learner.state_dict()["options"]
     learner.fit(x[seed], y[seed], ids=[ids[i] for i in seed])
     pool = np.setdiff1d(np.arange(len(rows)), seed)
     test_rows = np.asarray(features.rows_test)
