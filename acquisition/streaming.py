@@ -43,6 +43,9 @@ class StreamResult:
         (rounding) count in the last bin.
     n_read : int
         Items read from ``pool_chunks`` (the pool's size).
+    probs : torch.Tensor or None
+        ``probs[S, K, C]`` of the kept items, aligned with ``ids``, when asked for (``keep_probs``): what a batch
+        selector (BatchBALD) or a predicted class needs, without predicting the top-k again.
     """
 
     ids: list[str]
@@ -52,6 +55,7 @@ class StreamResult:
     epistemic_hist: np.ndarray
     bin_edges: np.ndarray
     n_read: int
+    probs: torch.Tensor | None = None
 
 
 def score_pool_streaming(
@@ -65,6 +69,7 @@ def score_pool_streaming(
     subsample: int | None = None,
     pool_size: int | None = None,
     bins: int = 50,
+    keep_probs: bool = False,
 ) -> StreamResult:
     """Score every pool chunk, keep the top k, accumulate uncertainty histograms.
 
@@ -92,6 +97,8 @@ def score_pool_streaming(
         ``subsample`` and checked at the end.
     bins : int
         Number of histogram bins.
+    keep_probs : bool
+        Keep the predictive samples of the top-k items (``StreamResult.probs``, on the CPU).
 
     Returns
     -------
@@ -122,6 +129,7 @@ def score_pool_streaming(
     epistemic = np.zeros(bins, dtype=np.int64)
     n_classes: int | None = None
     n_read = n_scored = 0
+    kept_probs_S_K_C: torch.Tensor | None = None
     for ids_chunk, x_chunk in pool_chunks:
         ids = np.asarray(ids_chunk, dtype=np.str_).reshape(-1)
         if len(ids) != x_chunk.shape[0]:
@@ -149,7 +157,11 @@ def score_pool_streaming(
         expected_B = expected_entropy(probs_S_B_C)
         bald_B = (predictive_entropy(probs_S_B_C) - expected_B).clamp_min(0.0)
         scores_B = bald_B if score_fn is bald else score_fn(probs_S_B_C, generator=generator)
-        running.update(scores_B, ids)
+        kept_positions = running.update(scores_B, ids)
+        if keep_probs:
+            chunk_S_B_C = probs_S_B_C.detach().cpu()
+            both = chunk_S_B_C if kept_probs_S_K_C is None else torch.cat([kept_probs_S_K_C, chunk_S_B_C], dim=1)
+            kept_probs_S_K_C = both[:, torch.from_numpy(kept_positions)]
         upper = math.log(n_classes) if n_classes > 1 else 1.0
         aleatoric += _histogram(expected_B, upper, bins)
         epistemic += _histogram(bald_B, upper, bins)
@@ -159,7 +171,7 @@ def score_pool_streaming(
     ids_top, scores_top = running.result()
     upper = math.log(n_classes) if n_classes is not None and n_classes > 1 else 1.0
     edges = np.linspace(0.0, upper, bins + 1)
-    return StreamResult(ids_top, scores_top, n_scored, aleatoric, epistemic, edges, n_read)
+    return StreamResult(ids_top, scores_top, n_scored, aleatoric, epistemic, edges, n_read, kept_probs_S_K_C)
 
 
 def _histogram(values_B: torch.Tensor, upper: float, bins: int) -> np.ndarray:

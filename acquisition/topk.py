@@ -110,14 +110,19 @@ class RunningTopK:
         self._ids = np.empty(0, dtype=np.str_)
         self._scores = np.empty(0, dtype=np.float64)
 
-    def update(self, scores_chunk: torch.Tensor | np.ndarray | Sequence[float], ids_chunk: Sequence[str]) -> None:
-        """Merge one chunk of scores and their item ids (raises ValueError on NaN, naming the id)."""
+    def update(self, scores_chunk: torch.Tensor | np.ndarray | Sequence[float], ids_chunk: Sequence[str]) -> np.ndarray:
+        """Merge one chunk of scores and their item ids (raises ValueError on NaN, naming the id).
+
+        Returns the kept items' positions in the kept-then-chunk concatenation, best first, so a caller can keep
+        something per item (e.g. its predictive samples) alongside.
+        """
         scores, ids = _scores_and_ids(scores_chunk, ids_chunk)
         self.n_seen += len(scores)
         all_scores = np.concatenate([self._scores, scores])
         all_ids = np.concatenate([self._ids, ids])
         keep = _order(all_scores, all_ids, self.k)
         self._scores, self._ids = all_scores[keep], all_ids[keep]
+        return keep
 
     def result(self) -> tuple[list[str], np.ndarray]:
         """Return ``(ids, scores)`` of the best ``min(k, n_seen)`` items, best first."""

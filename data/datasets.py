@@ -518,6 +518,21 @@ def _check_unique_ids(ids: np.ndarray, where: str) -> None:
         )
 
 
+def balanced_seed_rows(targets: np.ndarray, size: int, n_classes: int, seed: int) -> np.ndarray:
+    """``size`` train rows with (as nearly as possible) equal counts per class, chosen by ``seed``: the initial
+    labels of a simulated campaign (and of the benchmarks and examples that reproduce one)."""
+    rng = np.random.default_rng(seed)
+    by_class = [rng.permutation(np.flatnonzero(targets == c)) for c in range(n_classes)]
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < size and any(depth < len(rows) for rows in by_class):
+        for c in rng.permutation(n_classes):
+            if depth < len(by_class[c]) and len(chosen) < size:
+                chosen.append(int(by_class[c][depth]))
+        depth += 1
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
 def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (ascending) of train and test: each class sends ``round(n_c * test_fraction)`` of its rows
     (at most ``n_c - 1``) to test, chosen by a generator seeded with ``seed``; unknown labels stay in train.

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
-from data import Dataset, DatasetError, FeatureStore, load_dataset, open_feature_store, write_feature_store
+from data import (
+    Dataset,
+    DatasetError,
+    FeatureStore,
+    balanced_seed_rows,
+    load_dataset,
+    open_feature_store,
+    write_feature_store,
+)
 from data.feature_store import append_rows, extend_classes, recover_store
 from data.store import LabelAnswer, LabelStore, StoreError, sqlite_file
 from flows.settings import Settings
@@ -91,20 +99,6 @@ def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     tmp = path.with_name(f"{path.stem}.tmp.npz")
     np.savez(tmp, **arrays)
     tmp.replace(path)
-
-
-def balanced_seed_rows(targets: np.ndarray, size: int, n_classes: int, seed: int) -> np.ndarray:
-    """``size`` train rows with (as nearly as possible) equal counts per class, chosen by ``seed``."""
-    rng = np.random.default_rng(seed)
-    by_class = [rng.permutation(np.flatnonzero(targets == c)) for c in range(n_classes)]
-    chosen: list[int] = []
-    depth = 0
-    while len(chosen) < size and any(depth < len(rows) for rows in by_class):
-        for c in rng.permutation(n_classes):
-            if depth < len(by_class[c]) and len(chosen) < size:
-                chosen.append(int(by_class[c][depth]))
-        depth += 1
-    return np.sort(np.asarray(chosen, dtype=np.int64))
 
 
 def prepare_campaign(settings: Settings, store: LabelStore, *, simulate: bool) -> FeatureStore:

@@ -6,6 +6,7 @@ import contextvars
 import functools
 import getpass
 import json
+import logging
 import os
 import signal
 import socket
@@ -112,6 +113,8 @@ def _prefect_defaults() -> None:
         defaults["PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL"] = "CRITICAL"
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    # Also when MLflow was imported (and its logger configured) before this ran, as in a process that runs several.
+    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
 
 
 @contextmanager

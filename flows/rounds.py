@@ -1,6 +1,7 @@
 """Prefect flows: ``labeling_round`` (one round of a campaign) and ``simulate_campaign`` (rounds + oracle).
 
-Tasks are thin: each calls a function of ``bayes_models``, ``acquisition`` or ``data`` and passes plain values.
+A round is ingest → the learner's steps as tasks (fit each candidate, select by evidence, query the pool in
+shards) → queue → log. Tasks are thin: each calls a function of ``learner`` or ``data`` and passes plain values.
 A round is idempotent per (campaign, round): the label store remembers an unfinished round, its queue batch
 is written once, and its MLflow run is found again by tag, so re-running after a crash adds no duplicates.
 """
@@ -20,47 +21,62 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from acquisition import BATCH_ACQUISITIONS, RunningTopK, StreamResult, bald, batchbald, score_pool_streaming
-from bayes_models import MCDropout, bayes_factor_table
+from acquisition import StreamResult
 from bayes_models.metrics import accuracy, brier, ece, nll, reliability
 from bayes_models.selection import BayesFactorRow
-from data import DatasetError, FeatureStore, open_feature_store
+from data import DatasetError, FeatureStore, balanced_seed_rows, open_feature_store
 from data.faults import kill_point
 from data.pool import iter_pool_chunks
 from data.store import LabelAnswer, LabelStore, QueueEntry
 from flows import plots
-from flows.campaign_setup import balanced_seed_rows, campaign_test_rows, model_feature_store, prepare_campaign
+from flows.campaign_setup import campaign_test_rows, model_feature_store, prepare_campaign
 from flows.console import console, pool_exhausted, print_round
-from flows.models import (
-    CandidateSpec,
-    FittedCandidate,
-    candidate_specs,
-    check_comparable,
-    fit_candidate,
-    load_candidate,
-    save_candidate,
-)
+from flows.models import candidate_specs, evidence_options, load_candidate, save_candidate
 from flows.settings import Settings
 from flows.tracking import CampaignTracker
+from learner import (
+    CandidateSpec,
+    FittedCandidate,
+    QueryResult,
+    StreamPlan,
+    fit_candidate,
+    predict_proba,
+    query_pool,
+    rank_candidates,
+    round_rng,
+    round_seed,
+    stream_scores,
+)
+from learner.query import SCORE_CHUNK
 
-SCORE_CHUNK = 4096
 
-
-@dataclass
+@dataclass(frozen=True)
 class PoolScores:
-    """What scoring the pool leaves: the chosen batch and histograms of the pool's uncertainty."""
+    """The learner's query of the pool and the queue entries it makes."""
 
+    query: QueryResult
     entries: list[QueueEntry]
-    aleatoric_hist: np.ndarray
-    epistemic_hist: np.ndarray
-    bin_edges: np.ndarray
-    pool_size: int
-    n_scored: int
 
-    def mean(self, hist: np.ndarray) -> float:
-        """Mean uncertainty over the scored items from a histogram (exact to half a bin width)."""
-        centers = (self.bin_edges[:-1] + self.bin_edges[1:]) / 2
-        return float((hist * centers).sum() / max(hist.sum(), 1))
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """One candidate of the round: its Bayes-factor row, the fitted model and its test metrics."""
+
+    row: BayesFactorRow
+    fitted: FittedCandidate
+    test: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The round's candidates, selected first, and the selected model's reliability-diagram data."""
+
+    candidates: list[CandidateResult]
+    diagram: object
+
+    @property
+    def selected(self) -> CandidateResult:
+        return self.candidates[0]
 
 
 def _rows_tensor(features: FeatureStore, rows: np.ndarray) -> torch.Tensor:
@@ -105,13 +121,13 @@ def fit_candidate_task(
         previous = load_candidate(_candidates_dir(settings), spec.name, spec.model.family)
     return fit_candidate(
         spec,
-        settings,
+        evidence_options(settings),
         x,
         y,
         ids,
         feature_shape=tuple(features.meta["feature_shape"]),
         n_classes=len(features.classes),
-        seed=settings.campaign.seed * 1000 + round_,
+        seed=round_seed(settings.campaign.seed, round_),
         previous=previous,
     )
 
@@ -120,126 +136,92 @@ def _candidates_dir(settings: Settings) -> Path:
     return settings.models_dir / settings.campaign_name / "candidates"
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """One model's test metrics and reliability-diagram data."""
+
+    metrics: dict[str, float]
+    diagram: object
+
+
 @task(cache_policy=NO_CACHE)
 def evaluate(
     models: list, features: FeatureStore, test_rows: np.ndarray, samples: int, round_: int
-) -> list[tuple[dict[str, float], object]]:
+) -> list[Evaluation]:
     """Test metrics and reliability-diagram data of each model on ``test_rows``: the campaign's test items (the
     label store's), ingested ones included. One task for all candidates: the test inputs are read once, and a
-    round pays for one task run instead of one per candidate. The predictive is the one that scored the pool
-    (S networks shared by every item): the same per-item expectation as independent draws, at a fraction of the
-    cost (MNIST: the masks of 10k items × S independent draws were most of a round's evaluation time)."""
+    round pays for one task run instead of one per candidate (``learner.predict_proba``: the pool's predictive)."""
     rows = np.asarray(test_rows, dtype=np.int64)
     x = _rows_tensor(features, rows)
     targets = torch.from_numpy(np.asarray(features.targets[rows], dtype=np.int64))
     results = []
     for model in models:
-        probs = pool_predict(model, x, samples, seed=round_).mean(0)
+        probs = predict_proba(model, x, samples, seed=round_)
         metrics = {
             "test_accuracy": accuracy(probs, targets),
             "test_nll": nll(probs, targets),
             "test_ece": ece(probs, targets),
             "test_brier": brier(probs, targets),
         }
-        results.append((metrics, reliability(probs, targets)))
+        results.append(Evaluation(metrics, reliability(probs, targets)))
     return results
-
-
-def pool_predict(model, x: torch.Tensor, samples: int, *, seed: int) -> torch.Tensor:
-    """``probs[S, B, C]`` for pool scoring and evaluation: the same S posterior draws for every item, whatever the
-    chunk or shard (MC dropout with consistent masks; Laplace and VI draw weights per call), so scores never depend
-    on sharding."""
-    if isinstance(model, MCDropout):
-        return model.predictive_samples(x, samples, seed=seed, consistent=True).cpu()
-    return model.predictive_samples(x, samples, seed=seed).cpu()
 
 
 @task(cache_policy=NO_CACHE, retries=1)
 def score_shard(
-    model,
-    store_dir: str,
-    rows: np.ndarray,
-    ids: np.ndarray,
-    acquisition: str,
-    samples: int,
-    k: int,
-    seed: int,
-    shard: int,
+    model, store_dir: str, rows: np.ndarray, ids: np.ndarray, plan: StreamPlan, samples: int, seed: int, shard: int
 ) -> StreamResult:
-    """Stream one shard of the pool through the model: running top-k and uncertainty histograms.
+    """Stream one shard of the pool through the model (``learner.stream_scores``).
 
-    Every shard draws the same posterior samples (``seed``), so item scores do not depend on the sharding; only
-    random score functions (``random``, ``powerbald``) draw per shard. Takes the feature store's path, not the
-    arrays, so a Dask worker maps the file itself.
+    Takes the feature store's path, not the arrays, so a Dask worker maps the file itself.
     """
     features = open_feature_store(store_dir)
     chunks = iter_pool_chunks(features.features, rows, ids, SCORE_CHUNK)
-    result = score_pool_streaming(
-        functools.partial(pool_predict, model, seed=seed),
-        chunks,
-        k=k,
-        acquisition=acquisition,
-        samples=samples,
-        generator=torch.Generator().manual_seed(seed * 1009 + shard),
-    )
+    result = stream_scores(model, chunks, plan, samples=samples, seed=seed, shard=shard)
     kill_point("scoring")
     return result
 
 
 def score_pool(model, features: FeatureStore, pool: dict[str, int], settings: Settings, round_: int) -> PoolScores:
-    """Score the pool in ``acquisition.shards`` Prefect tasks and merge their top-k; queue the batch.
+    """The learner's query of the pool, scored in ``acquisition.shards`` Prefect tasks; the batch to queue.
 
     Without a model (cold start) a seeded random batch is queued; an exhausted pool (every item labeled, queued or
-    skipped) queues nothing. ``pool_subsample`` scores a seeded random subset (Gal et al. 2017). BatchBALD runs
-    greedily on the ``batch_candidates`` best items by BALD.
+    skipped) queues nothing (``learner.query_pool``).
     """
-    a, k = settings.acquisition, settings.campaign.k
-    seed = settings.campaign.seed * 1000 + round_
-    generator = np.random.default_rng([settings.campaign.seed, round_])
+    a, seed = settings.acquisition, round_seed(settings.campaign.seed, round_)
     ids = np.asarray(list(pool), dtype=np.str_)
     rows = np.fromiter(pool.values(), dtype=np.int64, count=len(pool))
-    edges = np.linspace(0.0, np.log(max(len(features.classes), 2)), 51)
-    if model is None or not pool:  # cold start: a seeded random batch; an exhausted pool: nothing to score
-        chosen = generator.permutation(len(ids))[:k]
-        entries = [QueueEntry(str(ids[i]), rank, None, "random") for rank, i in enumerate(chosen, start=1)]
-        return PoolScores(entries, np.zeros(50, np.int64), np.zeros(50, np.int64), edges, len(ids), 0)
-    if a.pool_subsample is not None and a.pool_subsample < len(ids):
-        keep = np.sort(generator.choice(len(ids), a.pool_subsample, replace=False))
-        ids, rows = ids[keep], rows[keep]
-    batch = a.name in BATCH_ACQUISITIONS
-    stream_name, stream_k = ("bald", max(a.batch_candidates, k)) if batch else (a.name, k)
-    shards = [s for s in np.array_split(np.arange(len(ids)), a.shards) if len(s)]
-    futures = [
-        score_shard.submit(model, str(features.directory), rows[s], ids[s], stream_name, a.samples, stream_k, seed, i)
-        for i, s in enumerate(shards)
-    ]
-    results = [future.result() for future in futures]
-    merged = RunningTopK(stream_k)
-    for result in results:
-        merged.update(result.scores, result.ids)
-    top_ids, top_scores = merged.result()
-    row_of = dict(zip(ids.tolist(), rows.tolist(), strict=True))
-    probs = pool_predict(
-        model, _rows_tensor(features, np.array([row_of[i] for i in top_ids], dtype=np.int64)), a.samples, seed=seed
+
+    def stream(plan: StreamPlan, positions: np.ndarray) -> list[StreamResult]:
+        shards = [s for s in np.array_split(positions, a.shards) if len(s)]
+        futures = [
+            score_shard.submit(model, str(features.directory), rows[s], ids[s], plan, a.samples, seed, i)
+            for i, s in enumerate(shards)
+        ]
+        return [future.result() for future in futures]
+
+    query = query_pool(
+        model,
+        ids,
+        stream,
+        acquisition=a.name,
+        k=settings.campaign.k,
+        seed=seed,
+        rng=round_rng(settings.campaign.seed, round_),
+        n_classes=len(features.classes),
+        batch_candidates=a.batch_candidates,
+        subsample=a.pool_subsample,
     )
-    if batch:
-        positions = batchbald(probs, k, generator=torch.Generator().manual_seed(seed), item_ids=top_ids).tolist()
-        scores = bald(probs[:, positions]).tolist()
+    if query.scores is None:
+        entries = [QueueEntry(item, rank, None, query.acquisition) for rank, item in enumerate(query.ids, start=1)]
     else:
-        positions, scores = list(range(len(top_ids))), top_scores.tolist()
-    predicted = probs.mean(0).argmax(-1)
-    entries = [
-        QueueEntry(top_ids[p], rank, float(score), a.name, int(predicted[p]))
-        for rank, (p, score) in enumerate(zip(positions, scores, strict=True), start=1)
-    ]
-    return PoolScores(
-        entries,
-        sum(r.aleatoric_hist for r in results),
-        sum(r.epistemic_hist for r in results),
-        results[0].bin_edges,
-        len(pool),
-        sum(r.n_scored for r in results),
-    )
+        entries = [
+            QueueEntry(item, rank, float(score), query.acquisition, int(predicted))
+            for rank, (item, score, predicted) in enumerate(
+                zip(query.ids, query.scores, query.predicted, strict=True), start=1
+            )
+        ]
+    return PoolScores(query, entries)
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -249,15 +231,15 @@ def log_round(
     round_: int,
     metrics: dict[str, float],
     queued: list,
-    scores: PoolScores,
-    diagram: object | None,
-    selection: list[tuple[BayesFactorRow, FittedCandidate, dict[str, float]]],
-    models_dir: Path,
+    query: QueryResult,
+    selection: Selection | None,
+    checkpoint: Path | None,
     started_at: float,
 ) -> dict[str, float]:
-    """Artifacts (queued batch, Bayes factors, plots, checkpoint), then the round's metrics, params and tags in one
-    MLflow batch, with the round's timings up to that point (``started_at``: the round's start, Unix time).
-    Returns the timings: ``round_seconds`` and ``overhead_seconds``, everything but training and scoring."""
+    """Artifacts (queued batch, Bayes factors, plots, the selected candidate's checkpoint as saved for the next
+    round), then the round's metrics, params and tags in one MLflow batch, with the round's timings up to that
+    point (``started_at``: the round's start, Unix time). Returns the timings: ``round_seconds`` and
+    ``overhead_seconds``, everything but training and scoring."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         batch = tmp_path / "queued_batch.csv"
@@ -267,30 +249,25 @@ def log_round(
             for q in queued:
                 writer.writerow([q.round, q.rank, q.item_id, q.score, q.acquisition, q.predicted, q.status])
         paths = [batch]
-        if selection:
-            paths.append(_bayes_factor_csv(selection, tmp_path / "bayes_factors.csv"))
-        if scores.n_scored:
+        if query.n_scored:
             paths.append(
                 plots.uncertainty_histogram(
-                    scores.aleatoric_hist, scores.epistemic_hist, scores.bin_edges, tmp_path / "uncertainty.png"
+                    query.aleatoric_hist, query.epistemic_hist, query.bin_edges, tmp_path / "uncertainty.png"
                 )
             )
-        if diagram is not None:
+        params, tags = {}, {}
+        if selection is not None:
+            paths.append(_bayes_factor_csv(selection, tmp_path / "bayes_factors.csv"))
+            diagram = selection.diagram
             paths.append(
                 plots.reliability_diagram(
                     diagram.confidence, diagram.accuracy, diagram.count, tmp_path / "reliability.png"
                 )
             )
-        params, tags = {}, {}
-        if selection:
-            chosen = selection[0][1]
+            chosen = selection.selected.fitted
             params = {"selected_candidate": chosen.name, "evidence_kind": chosen.evidence_kind}
             tags = {"beliefloop.selected": chosen.name}
-            models_dir.mkdir(parents=True, exist_ok=True)
-            checkpoint = models_dir / f"round-{round_:03d}.pt"
-            torch.save(
-                {"candidate": chosen.name, "family": chosen.family, "state": chosen.model.state_dict()}, checkpoint
-            )
+        if checkpoint is not None:
             paths.append(checkpoint)
         tracker.log_artifacts(run_id, paths)
     elapsed = time.time() - started_at
@@ -302,7 +279,7 @@ def log_round(
     return timings
 
 
-def _bayes_factor_csv(selection, path: Path) -> Path:
+def _bayes_factor_csv(selection: Selection, path: Path) -> Path:
     """The round's model-selection table: evidence, log Bayes factor against the selected model and its reading."""
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -320,52 +297,43 @@ def _bayes_factor_csv(selection, path: Path) -> Path:
                 "selected",
             ]
         )
-        for row, fitted, test in selection:
+        for c in selection.candidates:
             writer.writerow(
                 [
-                    row.candidate,
-                    fitted.family,
-                    f"{row.log_evidence:.6f}",
-                    f"{row.log_bayes_factor:.6f}",
-                    row.reading,
-                    fitted.evidence_kind,
-                    f"{test['test_nll']:.6f}",
-                    f"{test['test_accuracy']:.6f}",
-                    f"{fitted.train_seconds:.3f}",
-                    row.selected,
+                    c.row.candidate,
+                    c.fitted.family,
+                    f"{c.row.log_evidence:.6f}",
+                    f"{c.row.log_bayes_factor:.6f}",
+                    c.row.reading,
+                    c.fitted.evidence_kind,
+                    f"{c.test['test_nll']:.6f}",
+                    f"{c.test['test_accuracy']:.6f}",
+                    f"{c.fitted.train_seconds:.3f}",
+                    c.row.selected,
                 ]
             )
     return path
 
 
-def select_model(
-    settings: Settings, features: FeatureStore, labeled: dict[str, int], round_: int
-) -> tuple[list[tuple[BayesFactorRow, FittedCandidate, dict[str, float]]], object]:
-    """Fit every candidate as a Prefect task, rank them by evidence, evaluate each on the test split.
-
-    Returns the Bayes-factor rows (selected first) with their fitted candidates and test metrics, and the
-    selected model's reliability-diagram data.
-    """
+def select_model(settings: Settings, features: FeatureStore, labeled: dict[str, int], round_: int) -> Selection:
+    """Fit every candidate as a Prefect task, rank them by evidence (``learner.rank_candidates``), evaluate each on
+    the test split."""
     specs = candidate_specs(settings)
     if settings.selection.workers > 1:  # concurrent fits share torch's RNG: faster, not bit-reproducible
         futures = [fit_candidate_task.submit(spec, settings, features, labeled, round_) for spec in specs]
         results = [future.result() for future in futures]
     else:
         results = [fit_candidate_task.submit(spec, settings, features, labeled, round_).result() for spec in specs]
-    fitted = {f.name: f for f in results}
-    check_comparable(list(fitted.values()))
-    table = bayes_factor_table({name: f.log_evidence for name, f in fitted.items()})
+    ranked = rank_candidates(results)
     test_rows = campaign_test_rows(settings, features)
-    tests = evaluate(
-        [fitted[row.candidate].model for row in table], features, test_rows, settings.acquisition.samples, round_
-    )
-    selection = [(row, fitted[row.candidate], metrics) for row, (metrics, _) in zip(table, tests, strict=True)]
-    return selection, tests[0][1]  # the table lists the selected candidate first
+    tests = evaluate([r.fitted.model for r in ranked], features, test_rows, settings.acquisition.samples, round_)
+    candidates = [CandidateResult(r.row, r.fitted, t.metrics) for r, t in zip(ranked, tests, strict=True)]
+    return Selection(candidates, tests[0].diagram)
 
 
 @flow(name="labeling_round")
 def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]:
-    """One round: ingest labels → train → evaluate → score the pool → enqueue top-k → log to MLflow."""
+    """One round: ingest labels → fit and select (evaluate) → query the pool → enqueue top-k → log to MLflow."""
     started_at = time.time()
     logger = get_run_logger()
     campaign = settings.campaign_name
@@ -384,24 +352,24 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
         logger.info("oracle answered %d items", answered)
     labeled = store.current_labels(campaign)
     metrics: dict[str, float] = {"n_labeled": len(labeled)}
-    model, diagram, selection = None, None, []
+    model, selection, checkpoint = None, None, None
     if len(labeled) >= settings.campaign.min_labels or (oracle and labeled):
-        selection, diagram = select_model(settings, features, labeled, round_)
-        chosen = selection[0][1]
+        selection = select_model(settings, features, labeled, round_)
+        chosen = selection.selected.fitted
         model = chosen.model
-        metrics["train_seconds"] = sum(f.train_seconds for _, f, _ in selection)
-        metrics.update(selection[0][2])
-        for row, fitted, _ in selection:
-            metrics[f"log_evidence/{row.candidate}"] = row.log_evidence
-            metrics[f"log_bayes_factor/{row.candidate}"] = row.log_bayes_factor
-            metrics[f"n_fitted/{row.candidate}"] = fitted.n_fitted
+        metrics["train_seconds"] = sum(c.fitted.train_seconds for c in selection.candidates)
+        metrics.update(selection.selected.test)
+        for c in selection.candidates:
+            name = c.row.candidate
+            metrics[f"log_evidence/{name}"] = c.row.log_evidence
+            metrics[f"log_bayes_factor/{name}"] = c.row.log_bayes_factor
+            metrics[f"n_fitted/{name}"] = c.fitted.n_fitted
             if settings.update == "belief":
-                metrics[f"n_relabelled/{row.candidate}"] = fitted.n_relabelled
-            if fitted.n_relabelled:
-                logger.info(
-                    "%s: %d items relabelled since its posterior; retrained", row.candidate, fitted.n_relabelled
-                )
-            save_candidate(_candidates_dir(settings), fitted, round_)
+                metrics[f"n_relabelled/{name}"] = c.fitted.n_relabelled
+            if c.fitted.n_relabelled:
+                logger.info("%s: %d items relabelled since its posterior; retrained", name, c.fitted.n_relabelled)
+            path = save_candidate(_candidates_dir(settings), c.fitted, round_)  # the one place models are saved
+            checkpoint = path if c.row.selected else checkpoint
         logger.info("selected %s (%s)", chosen.name, chosen.evidence_kind)
         kill_point("after_training")
     else:
@@ -410,22 +378,21 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
     pool = store.unlabeled_pool(campaign)
     start = time.perf_counter()
     scores = score_pool(model, features, pool, settings, round_)
+    query = scores.query
     metrics["acquisition_seconds"] = time.perf_counter() - start
-    metrics["pool_size"] = scores.pool_size
-    if scores.n_scored:
-        metrics["pool_scored"] = scores.n_scored
-        metrics["pool_mean_aleatoric"] = scores.mean(scores.aleatoric_hist)
-        metrics["pool_mean_epistemic"] = scores.mean(scores.epistemic_hist)
+    metrics["pool_size"] = query.pool_size
+    if query.n_scored:
+        metrics["pool_scored"] = query.n_scored
+        metrics["pool_mean_aleatoric"] = query.mean(query.aleatoric_hist)
+        metrics["pool_mean_epistemic"] = query.mean(query.epistemic_hist)
     queued = store.enqueue(campaign, round_, scores.entries)
     metrics["n_queued"] = len(queued)
     kill_point("before_logging")
 
-    metrics |= log_round(
-        tracker, run_id, round_, metrics, queued, scores, diagram, selection, settings.models_dir / campaign, started_at
-    )
+    metrics |= log_round(tracker, run_id, round_, metrics, queued, query, selection, checkpoint, started_at)
     kill_point("after_logging")
     tracker.finish(run_id)
-    summary = {"round": round_, **metrics, "selected": selection[0][1].name if selection else None}
+    summary = {"round": round_, **metrics, "selected": selection.selected.fitted.name if selection else None}
     store.finish_round(campaign, round_, summary)
     return summary
 
@@ -444,19 +411,19 @@ def select_models(settings: Settings, n_labels: int | None = None) -> list[dict]
     if len(chosen) == 0:
         raise DatasetError(f"dataset {settings.dataset.name!r} has no training labels to select a model on")
     labeled = {str(features.ids[train_rows[i]]): int(targets[i]) for i in chosen}
-    selection, _ = select_model(settings, features, labeled, 0)
+    selection = select_model(settings, features, labeled, 0)
     return [
         {
-            "candidate": row.candidate,
-            "family": fitted.family,
-            "log_evidence": row.log_evidence,
-            "log_bayes_factor": row.log_bayes_factor,
-            "reading": row.reading,
-            "evidence_kind": fitted.evidence_kind,
-            **test,
-            "train_seconds": fitted.train_seconds,
+            "candidate": c.row.candidate,
+            "family": c.fitted.family,
+            "log_evidence": c.row.log_evidence,
+            "log_bayes_factor": c.row.log_bayes_factor,
+            "reading": c.row.reading,
+            "evidence_kind": c.fitted.evidence_kind,
+            **c.test,
+            "train_seconds": c.fitted.train_seconds,
         }
-        for row, fitted, test in selection
+        for c in selection.candidates
     ]
 
 

@@ -70,6 +70,19 @@ def test_streaming_top_k_equals_sorting_exhaustive_scores(acquisition, chunk_siz
     assert max(predictor.batches) <= chunk_size  # never more than a chunk at a time
 
 
+@pytest.mark.parametrize("chunk_size", [1, 7, N])
+def test_kept_probs_are_the_top_items_samples(chunk_size):
+    """``keep_probs`` returns each top item's own ``probs[S, :, C]``, aligned with the ids, whatever the chunking."""
+    result = score_pool_streaming(
+        TablePredictor(), _chunks(chunk_size), k=12, acquisition="bald", samples=S, keep_probs=True
+    )
+    position = {item: i for i, item in enumerate(IDS.tolist())}
+    expected = TABLE[:, [position[item] for item in result.ids]]
+    assert result.probs.shape == (S, 12, C)
+    assert torch.equal(result.probs, expected.to(result.probs.dtype))
+    assert score_pool_streaming(TablePredictor(), _chunks(7), k=12, acquisition="bald", samples=S).probs is None
+
+
 def test_ties_are_ordered_by_id():
     result = score_pool_streaming(TablePredictor(), _chunks(5), k=N, acquisition="bald", samples=S)
     rank = {item: r for r, item in enumerate(result.ids)}

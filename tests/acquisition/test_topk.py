@@ -84,11 +84,14 @@ def test_running_top_k_equals_one_shot(pool, data):
     scores, ids, k = pool
     cuts = sorted(data.draw(st.lists(st.integers(0, len(scores)), max_size=6)))
     running = RunningTopK(k)
+    kept = np.empty(0, dtype=np.int64)  # what a caller keeps per item, through the positions update returns
     for lo, hi in zip([0, *cuts], [*cuts, len(scores)], strict=True):
-        running.update(torch.tensor(scores[lo:hi], dtype=torch.float64), ids[lo:hi])
+        positions = running.update(torch.tensor(scores[lo:hi], dtype=torch.float64), ids[lo:hi])
+        kept = np.concatenate([kept, np.arange(lo, hi)])[positions]
     got_ids, got_scores = running.result()
     expected = brute(scores, ids, k)
     assert got_ids == [ids[i] for i in expected]
+    assert kept.tolist() == list(expected)
     assert got_scores.dtype == np.float64
     np.testing.assert_array_equal(got_scores, [scores[i] for i in expected])
     assert running.n_seen == len(scores)

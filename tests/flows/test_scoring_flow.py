@@ -63,14 +63,14 @@ def test_dask_shards_equal_single_process(tmp_path):
     assert [(i, p) for i, _, p in sharded] == [(i, p) for i, _, p in single]
     np.testing.assert_allclose([s for _, s, _ in sharded], [s for _, s, _ in single], rtol=1e-12, atol=0)
     assert len(single) == 10
-    assert np.array_equal(many.epistemic_hist, one.epistemic_hist)
-    assert many.n_scored == one.n_scored == len(pool)
+    assert np.array_equal(many.query.epistemic_hist, one.query.epistemic_hist)
+    assert many.query.n_scored == one.query.n_scored == len(pool)
 
 
 def test_batchbald_and_subsample_in_the_flow(tmp_path):
     settings, features, model, pool = _setup(tmp_path, name="batchbald", batch_candidates=40, pool_subsample=300)
     entries, result = _run(settings, features, model, pool, ThreadPoolTaskRunner(max_workers=1))
-    assert result.n_scored == 300 and result.pool_size == len(pool)
+    assert result.query.n_scored == 300 and result.query.pool_size == len(pool)
     ids = [item_id for item_id, _, _ in entries]
     assert len(ids) == len(set(ids)) == 10 and set(ids) <= set(pool)
     assert {e.acquisition for e in result.entries} == {"batchbald"}

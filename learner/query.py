@@ -1,0 +1,198 @@
+"""Querying a pool: stream it through a model with a running top-k, then pick the batch.
+
+The steps are separate so that the flows can run :func:`stream_scores` as one Prefect task per shard and merge
+them, while :class:`learner.ActiveLearner` runs the same steps in-process: same seeds, same queued items.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from acquisition import (
+    BATCH_ACQUISITIONS,
+    RunningTopK,
+    StreamResult,
+    bald,
+    batchbald,
+    expected_entropy,
+    score_pool_streaming,
+)
+from bayes_models import MCDropout
+
+SCORE_CHUNK = 4096
+HIST_BINS = 50
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """A queried batch, best first, with what the pool's scoring left.
+
+    ``scores`` are the acquisition's (BatchBALD: each pick's own BALD); ``epistemic`` (BALD, mutual information)
+    and ``aleatoric`` (expected entropy) are each item's parts of its predictive entropy. A cold start (no model)
+    has ``None`` for the scores, parts and predictions.
+    """
+
+    ids: list[str]
+    indices: np.ndarray
+    """Positions of the items in the pool as it was given (across chunks)."""
+    scores: np.ndarray | None
+    epistemic: np.ndarray | None
+    aleatoric: np.ndarray | None
+    predicted: np.ndarray | None
+    acquisition: str
+    pool_size: int
+    n_scored: int
+    aleatoric_hist: np.ndarray
+    epistemic_hist: np.ndarray
+    bin_edges: np.ndarray
+
+    def mean(self, hist: np.ndarray) -> float:
+        """Mean uncertainty over the scored items from a histogram (exact to half a bin width)."""
+        centers = (self.bin_edges[:-1] + self.bin_edges[1:]) / 2
+        return float((hist * centers).sum() / max(hist.sum(), 1))
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """What to stream: BatchBALD streams BALD's best ``batch_candidates`` and picks among them afterwards."""
+
+    acquisition: str
+    k: int
+    batch: bool
+
+
+def stream_plan(acquisition: str, k: int, batch_candidates: int) -> StreamPlan:
+    if acquisition in BATCH_ACQUISITIONS:
+        return StreamPlan("bald", max(batch_candidates, k), True)
+    return StreamPlan(acquisition, k, False)
+
+
+def pool_predict(model, x: torch.Tensor, samples: int, *, seed: int) -> torch.Tensor:
+    """``probs[S, B, C]`` for pool scoring: the same S posterior draws for every item, whatever the chunk or shard
+    (MC dropout with consistent masks; Laplace and VI draw weights per call), so scores never depend on sharding."""
+    if isinstance(model, MCDropout):
+        return model.predictive_samples(x, samples, seed=seed, consistent=True).cpu()
+    return model.predictive_samples(x, samples, seed=seed).cpu()
+
+
+def stream_scores(
+    model,
+    chunks: Iterable[tuple[Sequence[str], torch.Tensor]],
+    plan: StreamPlan,
+    *,
+    samples: int,
+    seed: int,
+    shard: int = 0,
+) -> StreamResult:
+    """Stream one shard of the pool through the model: running top-k and uncertainty histograms.
+
+    Every shard draws the same posterior samples (``seed``), so item scores do not depend on the sharding; only
+    random score functions (``random``, ``powerbald``) draw per shard.
+    """
+    return score_pool_streaming(
+        functools.partial(pool_predict, model, seed=seed),
+        chunks,
+        k=plan.k,
+        acquisition=plan.acquisition,
+        samples=samples,
+        generator=torch.Generator().manual_seed(seed * 1009 + shard),
+        bins=HIST_BINS,
+        keep_probs=True,
+    )
+
+
+def subsample_positions(n: int, subsample: int | None, rng: np.random.Generator) -> np.ndarray | None:
+    """Sorted positions of a seeded random ``subsample`` of ``n`` pool items (Gal et al. 2017); ``None``: all."""
+    if subsample is None or subsample >= n:
+        return None
+    return np.sort(rng.choice(n, subsample, replace=False))
+
+
+def random_batch(ids: Sequence[str], k: int, rng: np.random.Generator, n_classes: int) -> QueryResult:
+    """Cold start (no model yet) or an exhausted pool: a seeded random batch, nothing scored."""
+    chosen = rng.permutation(len(ids))[:k]
+    edges = np.linspace(0.0, np.log(max(n_classes, 2)), HIST_BINS + 1)
+    empty = np.zeros(HIST_BINS, np.int64)
+    return QueryResult(
+        [str(ids[i]) for i in chosen], chosen, None, None, None, None, "random", len(ids), 0, empty, empty, edges
+    )
+
+
+def pick_batch(
+    results: list[StreamResult],
+    plan: StreamPlan,
+    *,
+    acquisition: str,
+    k: int,
+    seed: int,
+    index_of: dict[str, int],
+    pool_size: int,
+) -> QueryResult:
+    """Merge the shards' top-k (streamed with ``keep_probs``) and choose the batch.
+
+    The kept predictive samples give each pick's predicted class and uncertainty parts, and BatchBALD its joint
+    samples, without predicting the top-k again.
+    """
+    merged = RunningTopK(plan.k)
+    probs = None
+    for result in results:
+        kept = merged.update(result.scores, result.ids)
+        both = result.probs if probs is None else torch.cat([probs, result.probs], dim=1)
+        probs = both[:, torch.from_numpy(kept)]
+    top_ids, top_scores = merged.result()
+    if plan.batch:
+        positions = batchbald(probs, k, generator=torch.Generator().manual_seed(seed), item_ids=top_ids).tolist()
+        scores = bald(probs[:, positions]).numpy()
+    else:
+        positions, scores = list(range(len(top_ids))), np.asarray(top_scores, dtype=np.float64)
+    chosen = probs[:, positions]
+    ids = [top_ids[p] for p in positions]
+    return QueryResult(
+        ids,
+        np.array([index_of[i] for i in ids], dtype=np.int64),
+        scores,
+        bald(chosen).numpy(),
+        expected_entropy(chosen).numpy(),
+        chosen.mean(0).argmax(-1).numpy(),
+        acquisition,
+        pool_size,
+        sum(r.n_scored for r in results),
+        sum(r.aleatoric_hist for r in results),
+        sum(r.epistemic_hist for r in results),
+        results[0].bin_edges,
+    )
+
+
+def query_pool(
+    model,
+    ids: np.ndarray,
+    stream: Callable[[StreamPlan, np.ndarray], list[StreamResult]],
+    *,
+    acquisition: str,
+    k: int,
+    seed: int,
+    rng: np.random.Generator,
+    n_classes: int,
+    batch_candidates: int = 1000,
+    subsample: int | None = None,
+) -> QueryResult:
+    """Query a pool of known ``ids``: ``stream(plan, positions)`` scores the items at ``positions`` (in-process,
+    or as one Prefect task per shard) and returns its stream results, which :func:`pick_batch` merges.
+
+    Without a model (cold start) a seeded random batch; an exhausted pool queries nothing; ``subsample`` scores a
+    seeded random subset (Gal et al. 2017). ``rng`` draws the random batch or the subsample, in that order.
+    """
+    if model is None or len(ids) == 0:
+        return random_batch(ids, k, rng, n_classes)
+    positions = subsample_positions(len(ids), subsample, rng)
+    if positions is None:
+        positions = np.arange(len(ids))
+    plan = stream_plan(acquisition, k, batch_candidates)
+    results = stream(plan, positions)
+    index_of = {str(ids[p]): int(p) for p in positions}
+    return pick_batch(results, plan, acquisition=acquisition, k=k, seed=seed, index_of=index_of, pool_size=len(ids))

@@ -1,0 +1,166 @@
+"""ActiveLearner on a small real data set: shapes, seeds, inputs, the evidence table, teaching, saving, streaming."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.datasets import load_wine
+
+from acquisition import bald, expected_entropy, predictive_entropy
+from bayes_models.selection import kass_raftery
+from learner import ActiveLearner
+
+CANDIDATES = [{"name": "h8", "hidden": 8, "depth": 1}, {"name": "h32", "hidden": 32}]
+
+
+@pytest.fixture(scope="module")
+def wine():
+    """Standardised wine: 16 labelled items (a few per class), 150 in the pool, 12 held out."""
+    data = load_wine()
+    x = ((data.data - data.data.mean(0)) / data.data.std(0)).astype(np.float32)
+    order = np.random.default_rng(0).permutation(len(x))
+    labeled, pool, held = order[:16], order[16:166], order[166:]
+    return x[labeled], data.target[labeled], x[pool], data.target[pool], x[held]
+
+
+def _learner(**options) -> ActiveLearner:
+    return ActiveLearner(**{"candidates": CANDIDATES, "steps": 40, "samples": 8, "device": "cpu", **options})
+
+
+def test_query_shapes_and_parts(wine):
+    x, y, pool, _, held = wine
+    learner = _learner().fit(x, y)
+    batch = learner.query(pool, k=7)
+    assert len(batch.ids) == len(batch.indices) == 7 and len(set(batch.indices.tolist())) == 7
+    assert batch.scores.shape == batch.epistemic.shape == batch.aleatoric.shape == batch.predicted.shape == (7,)
+    assert batch.ids == [f"{i:012d}" for i in batch.indices]  # items without ids are named by position
+    assert batch.scores.tolist() == pytest.approx(batch.epistemic.tolist(), abs=1e-12)  # BALD's score is its MI
+    assert list(batch.scores) == sorted(batch.scores, reverse=True)
+    assert batch.n_scored == batch.pool_size == len(pool) and batch.epistemic_hist.sum() == len(pool)
+    # BALD + aleatoric = the predictive entropy, for the chosen items' own posterior draws.
+    probs = learner.selected.model.predictive_samples(torch.from_numpy(pool[batch.indices]), 8, seed=0)
+    assert (batch.epistemic >= 0).all() and (batch.aleatoric >= 0).all()
+    assert expected_entropy(probs).shape == bald(probs).shape == predictive_entropy(probs).shape == (7,)
+    proba = learner.predict_proba(held)
+    assert proba.shape == (len(held), 3) and np.allclose(proba.sum(1), 1, atol=1e-5)
+
+
+def test_same_seed_same_batch_other_seed_other_model(wine):
+    x, y, pool, _, _ = wine
+    first = _learner(seed=4).fit(x, y).query(pool, k=10)
+    again = _learner(seed=4).fit(x, y).query(pool, k=10)
+    other = _learner(seed=5).fit(x, y)
+    assert again.ids == first.ids and again.scores.tolist() == first.scores.tolist()
+    assert other.query(pool, k=10).scores.tolist() != first.scores.tolist()
+
+
+def test_numpy_torch_and_pandas_inputs_agree(wine):
+    x, y, pool, _, _ = wine
+    columns = [f"f{i}" for i in range(x.shape[1])]
+    from_numpy = _learner().fit(x, y).query(pool, k=5)
+    from_torch = _learner().fit(torch.from_numpy(x), torch.from_numpy(y)).query(torch.from_numpy(pool), k=5)
+    from_pandas = _learner().fit(pd.DataFrame(x, columns=columns), pd.Series(y)).query(pd.DataFrame(pool), k=5)
+    assert from_numpy.ids == from_torch.ids == from_pandas.ids
+    assert from_numpy.scores.tolist() == from_torch.scores.tolist() == from_pandas.scores.tolist()
+
+
+def test_evidence_table_is_the_bayes_factor_table(wine):
+    x, y, _, _, _ = wine
+    learner = _learner().fit(x, y)
+    table = learner.evidence_table()
+    assert list(table.columns[:8]) == [
+        "candidate",
+        "family",
+        "log_evidence",
+        "kind",
+        "evidence_kind",
+        "log_bayes_factor",
+        "kass_raftery",
+        "selected",
+    ]
+    assert sorted(table.candidate) == ["h32", "h8"] and table.selected.tolist() == [True, False]
+    assert table.candidate[0] == learner.selected.name
+    best = table.log_evidence.max()
+    assert table.log_evidence[0] == best
+    assert table.log_bayes_factor.tolist() == pytest.approx((best - table.log_evidence).tolist(), abs=1e-12)
+    assert table.kass_raftery.tolist() == ["selected", kass_raftery(table.log_bayes_factor[1])]
+    assert set(table.kind) == {"evidence"} and set(table.evidence_kind) == {"Laplace log Z (last_layer, kfac)"}
+    elbo = _learner(model="vi").fit(x, y).evidence_table()
+    assert set(elbo.kind) == {"bound"} and set(elbo.evidence_kind) == {"ELBO (lower bound)"}
+    assert all(math.isfinite(v) for v in elbo.log_evidence)
+
+
+def test_teach_retrains_on_every_label_or_updates_beliefs_on_the_new_ones(wine):
+    x, y, pool, pool_y, _ = wine
+    retrain = _learner().fit(x, y)
+    batch = retrain.query(pool, k=6)
+    retrain.teach(pool[batch.indices], pool_y[batch.indices])
+    assert (retrain.round, retrain.n_labeled) == (2, 22)
+    assert set(retrain.evidence_table().n_fitted) == {22}
+
+    belief = _learner(model="laplace", update="belief", update_steps=20).fit(x, y)
+    log_z = belief.evidence_table().set_index("candidate").log_evidence
+    belief.teach(pool[:6], pool_y[:6])
+    table = belief.evidence_table().set_index("candidate")
+    assert set(table.n_fitted) == {6}
+    assert (table.log_evidence < log_z[table.index]).all()  # log p(D_old) + log p(D_new | D_old), each term < 0
+    # A relabelled item: the old posterior holds its old label, so the candidates retrain on everything.
+    belief.teach(x[:1], [(int(y[0]) + 1) % 3], ids=["000000000000"])
+    assert belief.n_labeled == 22 and set(belief.evidence_table().n_fitted) == {22}
+
+
+def test_save_and_load_round_trip(wine, tmp_path):
+    x, y, pool, pool_y, held = wine
+    learner = _learner(model="laplace", update="belief", update_steps=20).fit(x, y)
+    learner.teach(pool[:4], pool_y[:4])
+    torch.save(learner.state_dict(), tmp_path / "learner.pt")
+    restored = ActiveLearner.from_state_dict(torch.load(tmp_path / "learner.pt", weights_only=True))
+    assert restored.round == 2 and restored.n_labeled == 20 and restored.update == "belief"
+    pd.testing.assert_frame_equal(restored.evidence_table(), learner.evidence_table())
+    assert np.array_equal(restored.predict_proba(held), learner.predict_proba(held))
+    expected = learner.query(pool[4:], k=5)
+    assert restored.query(pool[4:], k=5).ids == expected.ids
+    # Teaching the restored learner continues exactly as the original would.
+    learner.teach(pool[4:8], pool_y[4:8])
+    restored.teach(pool[4:8], pool_y[4:8])
+    assert np.array_equal(restored.predict_proba(held), learner.predict_proba(held))
+
+
+@pytest.mark.parametrize("acquisition", ["bald", "batchbald", "powerbald", "random", "margin"])
+def test_streaming_query_over_chunks_equals_the_in_memory_query(wine, acquisition):
+    x, y, pool, _, _ = wine
+    learner = _learner(acquisition=acquisition, batch_candidates=30).fit(x, y)
+    ids = [f"wine-{i:03d}" for i in range(len(pool))]
+    in_memory = learner.query(pool, k=8, ids=ids, chunk_size=40)
+    chunked = learner.query(((ids[s : s + 40], pool[s : s + 40]) for s in range(0, len(pool), 40)), k=8)
+    assert chunked.ids == in_memory.ids and chunked.indices.tolist() == in_memory.indices.tolist()
+    assert chunked.scores.tolist() == in_memory.scores.tolist()
+    assert chunked.epistemic_hist.tolist() == in_memory.epistemic_hist.tolist()
+    without_ids = learner.query(iter(np.array_split(pool, 4)), k=8)
+    assert without_ids.n_scored == len(pool) and len(without_ids.ids) == 8
+    if acquisition in ("bald", "batchbald", "margin"):  # deterministic scores: the chunking does not matter
+        assert without_ids.indices.tolist() == in_memory.indices.tolist()
+
+
+def test_cold_start_and_subsample(wine):
+    x, y, pool, _, _ = wine
+    cold = _learner(seed=2).query(pool, k=5)
+    assert cold.scores is None and cold.acquisition == "random" and len(set(cold.indices.tolist())) == 5
+    assert _learner(seed=2).query(pool, k=5).indices.tolist() == cold.indices.tolist()
+    sub = _learner(pool_subsample=40).fit(x, y).query(pool, k=5)
+    assert sub.n_scored == 40 and sub.pool_size == len(pool)
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="unknown acquisition function 'bold'"):
+        ActiveLearner(acquisition="bold")
+    with pytest.raises(ValueError, match=r"belief.*\['mc_dropout'\]"):
+        ActiveLearner(update="belief")
+    with pytest.raises(ValueError, match="unknown model family 'gp'"):
+        ActiveLearner(model="gp")
+    with pytest.raises(ValueError, match="unique"):
+        ActiveLearner(candidates=[{"name": "a"}, {"name": "a", "hidden": 4}])
+    with pytest.raises(RuntimeError, match="fit"):
+        ActiveLearner().evidence_table()
