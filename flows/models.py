@@ -30,23 +30,40 @@ def candidate_specs(settings: Settings) -> list[CandidateSpec]:
 
 
 def save_candidate(directory: Path, fitted: FittedCandidate, round_: int) -> Path:
-    """Write ``<directory>/<candidate>.pt`` (state dict + what it was trained on), the next round's starting point."""
+    """Write ``<directory>/<candidate>.pt`` (state dict + what it was trained on), the next round's starting point.
+
+    The state an earlier round saved becomes ``<candidate>.previous.pt``: this round's starting point, should
+    it crash before finishing and run again (see :func:`load_candidate`).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{fitted.name}.pt"
+    if path.exists() and _saved_round(path) < round_:
+        path.replace(_previous(path))
     tmp = path.with_suffix(".tmp")
     torch.save(candidate_payload(fitted, round_), tmp)
     tmp.replace(path)
     return path
 
 
-def load_candidate(directory: Path, name: str, family: str) -> dict[str, Any] | None:
-    """The saved state of candidate ``name`` if there is one of the same family (``weights_only`` load)."""
+def load_candidate(directory: Path, name: str, family: str, round_: int) -> dict[str, Any] | None:
+    """The state of candidate ``name`` that an earlier round than ``round_`` saved, if of the same family
+    (``weights_only`` load): a re-run of a round that crashed after saving starts where its first run started."""
     path = directory / f"{name}.pt"
-    if not path.exists():
-        return None
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    # A checkpoint from before labels were kept beside ids cannot tell a relabelled item: retrain from it.
-    return payload if payload["family"] == family and isinstance(payload["trained_on"], dict) else None
+    for saved in (path, _previous(path)):
+        if saved.exists():
+            payload = torch.load(saved, map_location="cpu", weights_only=True)
+            if payload.get("round", 0) < round_:
+                # A checkpoint from before labels were kept beside ids cannot tell a relabelled item: retrain.
+                return payload if payload["family"] == family and isinstance(payload["trained_on"], dict) else None
+    return None
+
+
+def _previous(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.previous.pt")
+
+
+def _saved_round(path: Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=True).get("round", 0)
 
 
 def learner_for(settings: Settings, *, n_classes: int | None = None) -> ActiveLearner:

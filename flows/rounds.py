@@ -118,7 +118,7 @@ def fit_candidate_task(
     y = torch.tensor(list(labeled.values()), dtype=torch.long)
     previous = None
     if settings.update == "belief":
-        previous = load_candidate(_candidates_dir(settings), spec.name, spec.model.family)
+        previous = load_candidate(_candidates_dir(settings), spec.name, spec.model.family, round_)
     return fit_candidate(
         spec,
         evidence_options(settings),

@@ -209,13 +209,15 @@ def test_exhausted_pool_ends_the_campaign_cleanly(tmp_path, prefect_no_heartbeat
     assert "the pool is exhausted since round 2" in capsys.readouterr().out
 
 
-def _simulate(workspace: Path, rounds: int, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    """``beliefloop simulate`` on iris (one candidate, short training), killed at ``kill_at`` when given."""
+def _simulate(workspace: Path, rounds: int, kill_at: str | None = None, **env: str) -> subprocess.CompletedProcess:
+    """``beliefloop simulate`` on iris (one candidate, short training), killed at ``kill_at`` when given; ``env``:
+    more ``BELIEFLOOP_*`` settings."""
     env = {
         **os.environ,
         "BELIEFLOOP_MODEL__STEPS": "50",
         "BELIEFLOOP_SELECTION__CANDIDATES": "[]",
         **({"BELIEFLOOP_KILL_AT": kill_at} if kill_at else {}),
+        **env,
     }
     args = ["--dataset", "iris", "--rounds", str(rounds), "--k", "5", "--initial", "9", "--samples", "4"]
     command = [*BELIEFLOOP, "simulate", *args, "--workspace", str(workspace)]
@@ -259,3 +261,19 @@ def test_a_round_killed_at_each_step_resumes_to_the_uninterrupted_result(tmp_pat
         assert "test_accuracy" in run.data.metrics
         for key in run.data.metrics:
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [step], key
+
+
+def test_a_belief_update_round_killed_after_saving_its_posterior_restarts_from_the_previous_one(tmp_path):
+    """Round 2 saved its posterior, then died: its re-run updates round 1's posterior on round 2's new labels again
+    (not its own, which has seen them), as the uninterrupted campaign does."""
+    belief = {"BELIEFLOOP_MODEL__FAMILY": "laplace", "BELIEFLOOP_UPDATE": "belief"}
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    assert _simulate(killed, 1, **belief).returncode == 0
+    assert _simulate(killed, 2, kill_at="after_training", **belief).returncode == -signal.SIGKILL
+    for workspace in (killed, clean):
+        result = _simulate(workspace, 2, **belief)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    keys = ("n_fitted/laplace", "log_evidence/laplace", "test_nll")
+    rounds = {w: LabelStore.for_workspace(w).round_metrics("iris-bald-seed0") for w in (killed, clean)}
+    assert [[r[k] for k in keys] for r in rounds[killed]] == [[r[k] for k in keys] for r in rounds[clean]]
+    assert rounds[killed][1]["n_fitted/laplace"] == 5
