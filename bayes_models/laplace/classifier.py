@@ -41,7 +41,7 @@ class LaplaceConfig(TrainingConfig):
     """Starting value of the prior precision, tuned by maximising the log evidence."""
     prior_structure: str = "layerwise"
     """``"layerwise"`` (one precision per layer) or ``"scalar"`` (one for all weights); marglik training only."""
-    marglik_updates: int = 5
+    marglik_updates: int = 4
     """Hyperparameter updates of marglik training, one every ``steps // marglik_updates`` steps (the first ends the
     burn-in)."""
     marglik_steps: int = 20

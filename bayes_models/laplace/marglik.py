@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bayes_models.laplace._common import LIKELIHOODS, Subnet, check_option, data_fit, per_param
+from bayes_models.laplace._common import LIKELIHOODS, Subnet, check_option, data_fit
 from bayes_models.laplace.core import Laplace
 from bayes_models.training import minibatches, training_threads
 
@@ -74,7 +74,9 @@ def marglik_training(
     x = x.to(subnet.device, subnet.dtype if x.dtype.is_floating_point else x.dtype)
     y = y.to(subnet.device)
     n = x.shape[0]
-    shape = (len(subnet.group_sizes),) if prior_structure == "layerwise" else ()
+    own = dict(network.named_parameters())
+    groups = [[own[name] for name in names] for _, _, names in subnet.groups]
+    shape = (len(groups),) if prior_structure == "layerwise" else ()
     log_delta = torch.full(shape, math.log(prior_precision), device=subnet.device, dtype=subnet.dtype)
     log_delta.requires_grad_()
     hyper_optimizer = torch.optim.Adam([log_delta], lr=hyper_lr)
@@ -93,11 +95,11 @@ def marglik_training(
     network.train()
     with training_threads(network, min(batch_size, n), subnet.device):
         for step, index in enumerate(minibatches(n, batch_size, steps, generator, x.device), start=1):
-            delta = per_param(log_delta.detach().exp(), subnet.group_sizes)
-            theta = torch.cat([p.reshape(-1) for p in subnet.params])
+            delta = log_delta.detach().exp().expand(len(groups))
+            prior = sum(d * sum((p**2).sum() for p in group) for d, group in zip(delta, groups, strict=True))
             fit = data_fit(network(x[index]), y[index], likelihood)
             nll = -fit if likelihood == "classification" else fit / noise
-            loss = nll / index.shape[0] + 0.5 * (delta * theta) @ theta / n
+            loss = nll / index.shape[0] + 0.5 * prior / n
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
