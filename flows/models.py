@@ -25,7 +25,7 @@ from bayes_models import (
     VIConfig,
     prior_from_posterior,
 )
-from bayes_models.laplace import fit_laplace
+from bayes_models.laplace import fit_laplace, laplace_subset
 from flows.settings import ModelSettings, Settings
 
 BELIEF_FAMILIES = ("laplace", "vi")
@@ -79,7 +79,13 @@ def build_model(spec: CandidateSpec, feature_shape: tuple[int, ...], n_classes: 
         update_steps=m.update_steps,
     )
     if m.family == "laplace":
-        config = LaplaceConfig(**common, subset=settings.selection.subset, structure=settings.selection.structure)
+        config = LaplaceConfig(
+            **common,
+            subset=settings.selection.subset,
+            structure=settings.selection.structure,
+            training=m.training,
+            prior_structure=m.prior_structure,
+        )
         return LaplaceClassifier(config, device=m.device)
     if m.family == "vi":
         return MeanFieldVI(VIConfig(**common), device=m.device)
@@ -90,14 +96,18 @@ def build_model(spec: CandidateSpec, feature_shape: tuple[int, ...], n_classes: 
 
 
 def evidence(model: Any, family: str, x: torch.Tensor, y: torch.Tensor, settings: Settings) -> tuple[float, str]:
-    """``(log Z, kind)``: the model's own evidence where it has one, else a post-hoc Laplace on its MAP network."""
-    subset, structure = settings.selection.subset, settings.selection.structure
-    laplace_kind = f"Laplace log Z ({subset}, {structure})"
+    """``(log Z, kind)``: the model's own evidence where it has one, else a post-hoc Laplace on its MAP network.
+
+    An all-weights KFAC falls back to the last layer for networks it does not cover (convolutions); the kind says
+    which subset was used."""
+    structure = settings.selection.structure
     if family == "vi":
         return model.log_evidence(), "ELBO (lower bound)"
     if family == "laplace":
-        return model.log_evidence(), laplace_kind
+        return model.log_evidence(), f"Laplace log Z ({model.laplace.subset}, {structure})"
     networks = [member.network for member in model.members] if family == "ensemble" else [model.network]
+    subset = laplace_subset(networks[0], settings.selection.subset, structure)
+    laplace_kind = f"Laplace log Z ({subset}, {structure})"
     device = networks[0].parameters().__next__().device
     x, y = x.to(device), y.to(device)
     values = [fit_laplace(net, x, y, subset=subset, structure=structure).log_evidence() for net in networks]
