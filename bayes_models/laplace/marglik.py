@@ -89,7 +89,7 @@ def marglik_training(
         )
         return laplace.fit(x, y)
 
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []
     history: list[float] = []
     laplace = None
     network.train()
@@ -103,7 +103,7 @@ def marglik_training(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss.detach())
             laplace = None
             if step >= burnin and step % every == 0:
                 laplace = laplace_at(log_delta.detach().exp())
@@ -117,4 +117,4 @@ def marglik_training(
     delta = log_delta.detach().exp()
     if laplace is None:  # the last step was no update: the Laplace of the final weights
         laplace = laplace_at(delta)
-    return MarglikFit(laplace, delta, history, losses)
+    return MarglikFit(laplace, delta, history, torch.stack(losses).tolist() if losses else [])
