@@ -5,7 +5,15 @@ BIN := $(VENV)/bin
 # torch first and pinned: pip then takes the local CPU wheel instead of a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install dev demo test lint ui clean
+# laplace-torch, the reference of the marglik test (tests/bayes_models/laplace/test_marglik.py). Its requirements
+# name torchvision, which would replace the pinned torch with a CUDA build, so it and what its KFAC / marglik path
+# imports are installed without dependencies. asdfghjkl 0.1a4 provides the `asdl` module laplace-torch imports (the
+# PyPI package called `asdl` is an unrelated project).
+REFERENCE := laplace-torch==0.3 asdfghjkl==0.1a4 backpack-for-pytorch==1.7.1 curvlinops-for-pytorch==3.0.1 \
+	torchmetrics==1.9.0 lightning-utilities==0.15.3 opt-einsum==3.4.0 einops==0.8.2 einconv==0.1.0 unfoldNd==0.2.3 \
+	linear_operator==0.6.1
+
+.PHONY: install dev reference demo test lint ui clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +26,10 @@ install: $(BIN)/python
 dev: $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e ".[dev]"
+
+reference: dev
+	$(BIN)/pip install --quiet --no-deps $(REFERENCE)
+	$(BIN)/python -c "import laplace, torch; print('laplace-torch', laplace.__name__, 'with torch', torch.__version__)"
 
 demo: install
 	$(BIN)/beliefloop simulate --dataset digits --rounds 10 --k 10 --acquisition bald --workspace workspace

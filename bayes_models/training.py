@@ -81,18 +81,26 @@ def train_map(
         )
 
 
+def minibatches(
+    n: int, batch_size: int, steps: int, generator: torch.Generator | None, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """Row indices of ``steps`` minibatches of ``min(batch_size, n)`` rows, without replacement within each pass
+    over the data (a new ``generator``-ordered permutation when the rest of a pass is too short)."""
+    batch_size = min(batch_size, n)
+    where = generator.device if generator is not None else torch.device("cpu")
+    order, cursor = torch.randperm(n, generator=generator, device=where), 0
+    for _ in range(steps):
+        if cursor + batch_size > n:
+            order, cursor = torch.randperm(n, generator=generator, device=where), 0
+        yield order[cursor : cursor + batch_size].to(device)
+        cursor += batch_size
+
+
 def _train(network, x, y, *, steps, batch_size, lr, weight_decay, generator) -> list[float]:
     network.train()
     optimizer = torch.optim.Adam(network.parameters(), lr=lr, weight_decay=weight_decay)
-    n = x.shape[0]
     losses: list[torch.Tensor] = []
-    order = torch.randperm(n, generator=generator)
-    cursor = 0
-    for _ in range(steps):
-        if cursor + batch_size > n:
-            order, cursor = torch.randperm(n, generator=generator), 0
-        index = order[cursor : cursor + batch_size].to(x.device)
-        cursor += batch_size
+    for index in minibatches(x.shape[0], batch_size, steps, generator, x.device):
         optimizer.zero_grad(set_to_none=True)
         loss = nn.functional.cross_entropy(network(x[index]), y[index])
         loss.backward()

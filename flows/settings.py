@@ -98,6 +98,13 @@ class ModelSettings(_Section):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    """Adam's weight decay of MAP training (every family but ``laplace`` with ``training: marglik``)."""
+    training: Literal["marglik", "map"] = "marglik"
+    """How the ``laplace`` family trains: ``marglik`` fits the network and its prior precisions together by
+    maximising the all-weights KFAC evidence (Immer et al. 2021); ``map`` trains with ``weight_decay`` and tunes the
+    prior post hoc."""
+    prior_structure: Literal["layerwise", "scalar"] = "layerwise"
+    """Marglik training: one prior precision per layer, or one for all weights."""
     members: int = Field(5, ge=1)
     """Members of a deep ensemble."""
     device: str = "auto"
@@ -113,6 +120,8 @@ class CandidateSettings(_Section):
     depth: int | None = Field(None, ge=1)
     dropout: float | None = Field(None, ge=0, lt=1)
     weight_decay: float | None = Field(None, ge=0)
+    training: Literal["marglik", "map"] | None = None
+    prior_structure: Literal["layerwise", "scalar"] | None = None
 
 
 class SelectionSettings(_Section):
@@ -123,7 +132,9 @@ class SelectionSettings(_Section):
         CandidateSettings(name="h128-d2", hidden=128, depth=2),
         CandidateSettings(name="h256-d2", hidden=256, depth=2),
     ]
-    subset: Literal["last_layer", "all"] = "last_layer"
+    subset: Literal["last_layer", "all"] = "all"
+    """Weights the Laplace evidence covers; networks that an all-weights KFAC does not cover (convolutions) fall back
+    to the last layer, logged."""
     structure: Literal["full", "kfac", "diag"] = "kfac"
     """Hessian structure of the Laplace evidence; one structure per round keeps log Z values comparable."""
     workers: int = Field(1, ge=1)

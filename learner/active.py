@@ -124,7 +124,7 @@ class ActiveLearner:
         seed: int = 0,
         device: str = "auto",
         *,
-        subset: str = "last_layer",
+        subset: str = "all",
         structure: str = "kfac",
         batch_candidates: int = 1000,
         pool_subsample: int | None = None,

@@ -27,7 +27,7 @@ from bayes_models import (
     bayes_factor_table,
     prior_from_posterior,
 )
-from bayes_models.laplace import fit_laplace
+from bayes_models.laplace import fit_laplace, laplace_subset
 from bayes_models.selection import BayesFactorRow
 
 BELIEF_FAMILIES = ("laplace", "vi")
@@ -48,6 +48,13 @@ class ModelOptions:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    """Adam's weight decay of MAP training (every family but ``laplace`` with ``training: marglik``)."""
+    training: Literal["marglik", "map"] = "marglik"
+    """How the ``laplace`` family trains: ``marglik`` fits the network and its prior precisions together by
+    maximising the all-weights KFAC evidence (Immer et al. 2021); ``map`` trains with ``weight_decay`` and tunes the
+    prior post hoc."""
+    prior_structure: Literal["layerwise", "scalar"] = "layerwise"
+    """Marglik training: one prior precision per layer, or one for all weights."""
     members: int = 5
     device: str = "auto"
 
@@ -60,12 +67,10 @@ class ModelOptions:
 class EvidenceOptions:
     """The Hessian structure every candidate's Laplace evidence is computed under (one per comparison)."""
 
-    subset: Literal["last_layer", "all"] = "last_layer"
+    subset: Literal["last_layer", "all"] = "all"
+    """Networks that an all-weights KFAC does not cover (convolutions) fall back to the last layer; the evidence
+    kind names the subset used."""
     structure: Literal["full", "kfac", "diag"] = "kfac"
-
-    @property
-    def laplace_kind(self) -> str:
-        return f"Laplace log Z ({self.subset}, {self.structure})"
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,13 @@ def build_model(
         update_steps=m.update_steps,
     )
     if m.family == "laplace":
-        config = LaplaceConfig(**common, subset=evidence_options.subset, structure=evidence_options.structure)
+        config = LaplaceConfig(
+            **common,
+            subset=evidence_options.subset,
+            structure=evidence_options.structure,
+            training=m.training,
+            prior_structure=m.prior_structure,
+        )
         return LaplaceClassifier(config, device=m.device)
     if m.family == "vi":
         return MeanFieldVI(VIConfig(**common), device=m.device)
@@ -144,14 +155,18 @@ def build_model(
 def evidence(
     model: Any, family: str, x: torch.Tensor, y: torch.Tensor, evidence_options: EvidenceOptions
 ) -> tuple[float, str]:
-    """``(log Z, kind)``: the model's own evidence where it has one, else a post-hoc Laplace on its MAP network."""
-    subset, structure = evidence_options.subset, evidence_options.structure
-    laplace_kind = evidence_options.laplace_kind
+    """``(log Z, kind)``: the model's own evidence where it has one, else a post-hoc Laplace on its MAP network.
+
+    An all-weights KFAC falls back to the last layer for networks it does not cover (convolutions); the kind says
+    which subset was used."""
+    structure = evidence_options.structure
     if family == "vi":
         return model.log_evidence(), "ELBO (lower bound)"
     if family == "laplace":
-        return model.log_evidence(), laplace_kind
+        return model.log_evidence(), f"Laplace log Z ({model.laplace.subset}, {structure})"
     networks = [member.network for member in model.members] if family == "ensemble" else [model.network]
+    subset = laplace_subset(networks[0], evidence_options.subset, structure)
+    laplace_kind = f"Laplace log Z ({subset}, {structure})"
     device = networks[0].parameters().__next__().device
     x, y = x.to(device), y.to(device)
     values = [fit_laplace(net, x, y, subset=subset, structure=structure).log_evidence() for net in networks]

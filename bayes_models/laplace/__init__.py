@@ -3,6 +3,7 @@
 ``Laplace(net, "classification", subset="last_layer", structure="kfac").fit(x, y)`` →
 ``optimize_prior_precision()`` → ``predict(x)`` / ``predictive_samples(x, S)`` → ``log_evidence()``;
 ``posterior()`` is the next round's prior: ``fit(x_new, y_new, prior=prior_from_posterior(posterior))``.
+``marglik_training(net, x, y, ...)`` trains a network and its layer-wise prior precisions together (Immer et al. 2021).
 """
 
 from bayes_models.laplace.belief import (
@@ -12,11 +13,12 @@ from bayes_models.laplace.belief import (
     precision_from_state_dict,
     prior_from_posterior,
 )
-from bayes_models.laplace.classifier import LaplaceClassifier, LaplaceConfig, fit_laplace
+from bayes_models.laplace.classifier import LaplaceClassifier, LaplaceConfig, fit_laplace, laplace_subset
 from bayes_models.laplace.core import Laplace
 from bayes_models.laplace.diag import DiagPrecision
 from bayes_models.laplace.full import DensePrecision
 from bayes_models.laplace.kfac import KronBlock, KronPrecision
+from bayes_models.laplace.marglik import MarglikFit, marglik_training
 
 __all__ = [
     "DensePrecision",
@@ -27,9 +29,12 @@ __all__ = [
     "Laplace",
     "LaplaceClassifier",
     "LaplaceConfig",
+    "MarglikFit",
     "as_precision",
     "fit_laplace",
+    "laplace_subset",
     "map_with_gaussian_prior",
+    "marglik_training",
     "precision_from_state_dict",
     "prior_from_posterior",
 ]

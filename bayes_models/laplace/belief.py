@@ -22,7 +22,7 @@ from bayes_models.laplace._common import LIKELIHOODS, Subnet, check_option, eval
 from bayes_models.laplace.diag import DiagPrecision
 from bayes_models.laplace.full import DensePrecision
 from bayes_models.laplace.kfac import KronPrecision
-from bayes_models.training import training_threads
+from bayes_models.training import minibatches, training_threads
 
 Precision = DensePrecision | DiagPrecision | KronPrecision
 _PRECISIONS: dict[str, Any] = {"full": DensePrecision, "diag": DiagPrecision, "kfac": KronPrecision}
@@ -150,14 +150,7 @@ def map_with_gaussian_prior(
             opt.step(closure)
             return losses
         opt = torch.optim.Adam(trained, lr=lr)
-        batch_size = min(batch_size, n)
-        where = generator.device if generator is not None else torch.device("cpu")
-        order, cursor = torch.randperm(n, generator=generator, device=where), 0
-        for _ in range(steps):
-            if cursor + batch_size > n:
-                order, cursor = torch.randperm(n, generator=generator, device=where), 0
-            index = order[cursor : cursor + batch_size].to(x.device)
-            cursor += batch_size
+        for index in minibatches(n, batch_size, steps, generator, x.device):
             opt.zero_grad(set_to_none=True)
             loss = objective(x[index], y[index])
             loss.backward()

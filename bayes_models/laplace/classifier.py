@@ -1,12 +1,18 @@
-"""The Laplace model family: a MAP-trained network plus a post-hoc Laplace posterior, behind the common interface.
+"""The Laplace model family: a network trained under a Gaussian prior plus a Laplace posterior, behind the common
+interface.
 
-``fit(x, y)`` trains the network (``train_map``) and fits :class:`Laplace` with its prior precision tuned by
-maximising the evidence. ``fit(x_new, y_new, prior=previous.posterior())`` is a belief update: the MAP under the
-previous posterior as prior, fitted on the new data only, then ``H_new = GGN_new + H_prev``.
+``training="marglik"`` (default): the network and its layer-wise prior precisions are fitted together by
+marginal-likelihood training (:mod:`.marglik`, Immer et al. 2021); the posterior and evidence are the final
+network's under that prior. ``training="map"``: Adam with weight decay, then a post-hoc Laplace whose prior precision
+is tuned by maximising the evidence (the evidence's prior then differs from the one the network was trained under).
+Networks that an all-weights KFAC does not cover (convolutions) train the ``"map"`` way, with a logged warning.
+``fit(x_new, y_new, prior=previous.posterior())`` is a belief update: the MAP under the previous posterior as prior,
+fitted on the new data only, then ``H_new = GGN_new + H_prev``.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -14,17 +20,41 @@ import torch
 from torch import nn
 
 from bayes_models.architectures import SplitNet, resolve_device, seeded, seeded_network
+from bayes_models.laplace._common import Subnet, check_option
 from bayes_models.laplace.belief import GaussianBelief, map_with_gaussian_prior
 from bayes_models.laplace.core import Laplace
+from bayes_models.laplace.kfac import covers
+from bayes_models.laplace.marglik import marglik_training
 from bayes_models.training import TrainingConfig, train_map
+
+log = logging.getLogger(__name__)
+TRAININGS = ("marglik", "map")
 
 
 @dataclass(frozen=True)
 class LaplaceConfig(TrainingConfig):
-    subset: str = "last_layer"
+    subset: str = "all"
     structure: str = "kfac"
+    training: str = "marglik"
+    """``"marglik"``: prior precisions tuned during training; ``"map"``: weight decay, prior tuned post hoc."""
     prior_precision: float = 1.0
-    """Starting value of the isotropic prior precision, tuned by maximising the log evidence."""
+    """Starting value of the prior precision, tuned by maximising the log evidence."""
+    prior_structure: str = "layerwise"
+    """``"layerwise"`` (one precision per layer) or ``"scalar"`` (one for all weights); marglik training only."""
+    marglik_updates: int = 4
+    """Hyperparameter updates of marglik training, one every ``steps // marglik_updates`` steps (the first ends the
+    burn-in)."""
+    marglik_steps: int = 20
+    """Adam steps on ``log δ`` per update."""
+    marglik_lr: float = 0.1
+
+
+def laplace_subset(network: nn.Module, subset: str, structure: str) -> str:
+    """``subset``, or ``"last_layer"`` where an all-weights KFAC does not cover ``network`` (logged)."""
+    if subset == "all" and structure == "kfac" and not covers(network):
+        log.warning("all-weights KFAC covers nn.Linear layers only: %s falls back to last-layer KFAC", network)
+        return "last_layer"
+    return subset
 
 
 def fit_laplace(
@@ -46,7 +76,7 @@ def fit_laplace(
 
 
 class LaplaceClassifier:
-    """MAP network + Laplace posterior (``subset`` × ``structure``); ``log_evidence()`` is the Laplace log Z."""
+    """Network + Laplace posterior (``subset`` × ``structure``); ``log_evidence()`` is the Laplace log Z."""
 
     evidence_is_bound = False
 
@@ -63,15 +93,25 @@ class LaplaceClassifier:
     def fit(
         self, x: torch.Tensor, y: torch.Tensor, prior: GaussianBelief | None = None, *, steps: int | None = None
     ) -> LaplaceClassifier:
-        """MAP fit (from ``prior`` when given: a belief update) for ``steps`` minibatches, then the Laplace posterior.
+        """Train for ``steps`` minibatches (marglik or MAP; the MAP under ``prior`` when given: a belief update),
+        then the Laplace posterior.
 
         ``steps`` defaults to ``config.steps``, or ``config.update_steps`` for a belief update.
         """
         c = self.config
+        check_option("training", c.training, TRAININGS)
         steps = c.steps_for(belief_update=prior is not None) if steps is None else steps
         x, y = x.to(self.device, torch.float32), y.to(self.device, torch.long)
         generator = torch.Generator().manual_seed(c.seed)
+        subset = laplace_subset(self.network, c.subset, c.structure)
+        marglik = prior is None and c.training == "marglik"
+        if marglik and not covers(self.network):
+            log.warning("marglik training needs an all-weights KFAC (nn.Linear layers only): MAP training instead")
+            marglik = False
         with seeded(c.seed, self.device):
+            if marglik:
+                self.laplace = self._marglik(x, y, steps, subset, generator)
+                return self
             if prior is None:
                 train_map(
                     self.network,
@@ -97,9 +137,40 @@ class LaplaceClassifier:
                     generator=generator,
                 )
         self.laplace = fit_laplace(
-            self.network, x, y, subset=c.subset, structure=c.structure, prior_precision=c.prior_precision, prior=prior
+            self.network, x, y, subset=subset, structure=c.structure, prior_precision=c.prior_precision, prior=prior
         )
         return self
+
+    def _marglik(
+        self, x: torch.Tensor, y: torch.Tensor, steps: int, subset: str, generator: torch.Generator
+    ) -> Laplace:
+        """Marginal-likelihood training; the Laplace of ``subset`` × ``structure`` under the trained prior."""
+        c = self.config
+        every = max(1, steps // c.marglik_updates)
+        result = marglik_training(
+            self.network,
+            x,
+            y,
+            steps=steps,
+            batch_size=c.batch_size,
+            lr=c.lr,
+            burnin=every,
+            every=every,
+            hyper_steps=c.marglik_steps,
+            hyper_lr=c.marglik_lr,
+            prior_precision=c.prior_precision,
+            prior_structure=c.prior_structure,
+            generator=generator,
+        )
+        if (subset, c.structure) == ("all", "kfac"):
+            return result.laplace
+        # Another structure or subset: the same prior, i.e. the trained δ of the layers it covers.
+        groups = Subnet(self.network, "all").groups
+        delta = result.prior_precision.expand(len(groups))
+        covered = {id(module) for _, module, _ in Subnet(self.network, subset).groups}
+        kept = torch.stack([d for (_, module, _), d in zip(groups, delta, strict=True) if id(module) in covered])
+        laplace = Laplace(self.network, "classification", subset=subset, structure=c.structure, prior_precision=kept)
+        return laplace.fit(x, y)
 
     def _fitted(self) -> Laplace:
         if self.laplace is None:

@@ -169,7 +169,11 @@ class Laplace:
             return self.prior_belief.precision
         return self._ops.isotropic(self.subnet, self._prior_precision if precision is None else precision)
 
-    def _log_evidence(self, precision: torch.Tensor | None = None, sigma: torch.Tensor | None = None) -> torch.Tensor:
+    def log_marginal_likelihood(
+        self, precision: torch.Tensor | None = None, sigma: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``log Z`` as a differentiable function of the prior precision ``δ`` and noise ``σ`` (default: the
+        current ones), at the fitted ``θ*`` and curvature: any optimiser can tune them (laplace-torch's verb)."""
         fit = self._checked_fit()
         sigma = self._sigma if sigma is None else sigma
         prior = self._prior(precision)
@@ -181,7 +185,7 @@ class Laplace:
     @torch.no_grad()
     def log_evidence(self) -> float:
         """Laplace log marginal likelihood ``log Z`` (module docstring) under this structure."""
-        return float(self._log_evidence())
+        return float(self.log_marginal_likelihood())
 
     def optimize_prior_precision(
         self,
@@ -213,7 +217,7 @@ class Laplace:
         best = (-math.inf, log_delta.detach().clone(), log_sigma.detach().clone())
         for step in range(n_steps + 1):
             optimizer.zero_grad(set_to_none=True)
-            value = self._log_evidence(log_delta.exp(), log_sigma.exp())
+            value = self.log_marginal_likelihood(log_delta.exp(), log_sigma.exp())
             if float(value.detach()) > best[0]:
                 best = (float(value.detach()), log_delta.detach().clone(), log_sigma.detach().clone())
             if step < n_steps:
@@ -240,7 +244,10 @@ class Laplace:
         """``probs[S=n, N, C]`` under weight samples ``θ_s ~ N(θ*, H⁻¹)`` (regression: outputs ``f``).
 
         Last layer: the features are computed once per item and the ``n`` sampled layers applied by one batched
-        matmul. All weights: one forward pass per sample. The same ``n`` weight samples serve every item of ``x``.
+        matmul. All weights: the network linearised at ``θ*``, ``f(x; θ*) + J(x) (θ_s − θ*)`` (one forward-mode
+        pass per sample), the predictive the evidence and probit use; sampled weights in the non-linear network
+        underfit (Immer et al. 2021, "Improving predictions of Bayesian neural nets via local linearization").
+        The same ``n`` weight samples serve every item of ``x``.
         """
         posterior = self._posterior_precision()
         parts = []
@@ -254,11 +261,14 @@ class Laplace:
         else:
             inp = self.subnet.inputs(x)
             for _ in range(n):
-                theta = self.mean + posterior.sample(1, generator)[0]
-                chunks = [
-                    self.subnet.forward(inp[start : start + self.batch_size], theta)
-                    for start in range(0, x.shape[0], self.batch_size)
-                ]
+                step = posterior.sample(1, generator)[0]
+                chunks = []
+                for start in range(0, x.shape[0], self.batch_size):
+                    rows = inp[start : start + self.batch_size]
+                    f, jvp = torch.func.jvp(
+                        lambda theta, rows=rows: self.subnet.forward(rows, theta), (self.mean,), (step,)
+                    )
+                    chunks.append(f + jvp)
                 parts.append(torch.cat(chunks))
             f = torch.stack(parts)
         return torch.softmax(f, dim=-1) if self.likelihood == "classification" else f

@@ -271,3 +271,8 @@ def _eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if not (torch.isfinite(values).all() and torch.isfinite(vectors).all()):
         raise FloatingPointError(f"eigh of a {tuple(matrix.shape)} Kronecker factor is not finite")
     return values.to(matrix.dtype), vectors.to(matrix.dtype)
+
+
+def covers(network: nn.Module) -> bool:
+    """Whether an all-weights KFAC covers ``network``: every module owning trainable weights is an ``nn.Linear``."""
+    return all(isinstance(module, nn.Linear) for _, module, _ in Subnet(network, "all").groups)
