@@ -46,3 +46,20 @@ def uncertainty_histogram(aleatoric: np.ndarray, epistemic: np.ndarray, edges: n
         ax.set(title=title, xlabel="nats", ylabel="pool items")
     fig.savefig(path, dpi=100)
     return path
+
+
+def learning_curve(n_labeled: list[int], accuracy: list[float], nll: list[float], path: Path) -> Path:
+    """Test accuracy and NLL against the number of labels, one point per round so far."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 3.2))
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.91, wspace=0.3)
+    axes = fig.subplots(1, 2, sharex=True)
+    for ax, (title, values, color) in zip(
+        axes, (("test accuracy", accuracy, "tab:green"), ("test NLL", nll, "tab:red")), strict=True
+    ):
+        ax.plot(n_labeled, values, marker="o", markersize=3, color=color)
+        ax.set(title=title, xlabel="labels")
+        ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=100)
+    return path

@@ -49,6 +49,9 @@ from learner import (
 )
 from learner.query import SCORE_CHUNK
 
+CURVE_METRICS = ("n_labeled", "test_accuracy", "test_nll", "test_ece")
+"""Round metrics also logged on the campaign's parent run, so its chart shows the learning curve as one line."""
+
 
 @dataclass(frozen=True)
 class PoolScores:
@@ -235,20 +238,19 @@ def log_round(
     selection: Selection | None,
     checkpoint: Path | None,
     started_at: float,
+    parent_id: str,
+    history: list[dict[str, float]],
 ) -> dict[str, float]:
-    """Artifacts (queued batch, Bayes factors, plots, the selected candidate's checkpoint as saved for the next
-    round), then the round's metrics, params and tags in one MLflow batch, with the round's timings up to that
-    point (``started_at``: the round's start, Unix time). Returns the timings: ``round_seconds`` and
-    ``overhead_seconds``, everything but training and scoring."""
+    """Artifacts (queued batch, Bayes factors as CSV and as an MLflow table, plots incl. the learning curve over
+    ``history`` — the earlier rounds' summaries — and this round, the selected candidate's checkpoint as saved for
+    the next round), then the round's metrics, params and tags in one MLflow batch, with the round's timings up to
+    that point (``started_at``: the round's start, Unix time), and the learning-curve metrics on the campaign's
+    parent run. Returns the timings: ``round_seconds`` and ``overhead_seconds``, everything but training and
+    scoring."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        batch = tmp_path / "queued_batch.csv"
-        with batch.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["round", "rank", "item_id", "score", "acquisition", "predicted", "status"])
-            for q in queued:
-                writer.writerow([q.round, q.rank, q.item_id, q.score, q.acquisition, q.predicted, q.status])
-        paths = [batch]
+        fields = ("round", "rank", "item_id", "score", "acquisition", "predicted", "status")
+        paths = [_write_csv({f: [getattr(q, f) for q in queued] for f in fields}, tmp_path / "queued_batch.csv")]
         if query.n_scored:
             paths.append(
                 plots.uncertainty_histogram(
@@ -257,7 +259,7 @@ def log_round(
             )
         params, tags = {}, {}
         if selection is not None:
-            paths.append(_bayes_factor_csv(selection, tmp_path / "bayes_factors.csv"))
+            paths.append(_write_csv(_bayes_factor_table(selection), tmp_path / "bayes_factors.csv"))
             diagram = selection.diagram
             paths.append(
                 plots.reliability_diagram(
@@ -267,51 +269,55 @@ def log_round(
             chosen = selection.selected.fitted
             params = {"selected_candidate": chosen.name, "evidence_kind": chosen.evidence_kind}
             tags = {"beliefloop.selected": chosen.name}
+        curve = [r for r in [*history, metrics] if "test_accuracy" in r]
+        if curve:
+            paths.append(
+                plots.learning_curve(
+                    [int(r["n_labeled"]) for r in curve],
+                    [r["test_accuracy"] for r in curve],
+                    [r["test_nll"] for r in curve],
+                    tmp_path / "learning_curve.png",
+                )
+            )
         if checkpoint is not None:
             paths.append(checkpoint)
         tracker.log_artifacts(run_id, paths)
+    if selection is not None:
+        tracker.log_table(run_id, _bayes_factor_table(selection), "bayes_factors.json")
     elapsed = time.time() - started_at
     timings = {
         "round_seconds": elapsed,
         "overhead_seconds": elapsed - metrics.get("train_seconds", 0.0) - metrics["acquisition_seconds"],
     }
     tracker.log_batch(run_id, {**metrics, **timings}, step=round_, params=params, tags=tags)
+    # The campaign's learning curve as one line on its parent run (step = round), what a reviewer opens first.
+    tracker.log_batch(parent_id, {key: metrics[key] for key in CURVE_METRICS if key in metrics}, step=round_)
     return timings
 
 
-def _bayes_factor_csv(selection: Selection, path: Path) -> Path:
-    """The round's model-selection table: evidence, log Bayes factor against the selected model and its reading."""
+def _bayes_factor_table(selection: Selection) -> dict[str, list]:
+    """The round's model-selection table as columns: evidence, log Bayes factor against the selected model, its
+    Kass–Raftery reading, and each candidate's test metrics and training time."""
+    candidates = selection.candidates
+    return {
+        "candidate": [c.row.candidate for c in candidates],
+        "family": [c.fitted.family for c in candidates],
+        "log_evidence": [c.row.log_evidence for c in candidates],
+        "log_bayes_factor": [c.row.log_bayes_factor for c in candidates],
+        "kass_raftery": [c.row.reading for c in candidates],
+        "evidence_kind": [c.fitted.evidence_kind for c in candidates],
+        "test_nll": [c.test["test_nll"] for c in candidates],
+        "test_accuracy": [c.test["test_accuracy"] for c in candidates],
+        "train_seconds": [c.fitted.train_seconds for c in candidates],
+        "selected": [c.row.selected for c in candidates],
+    }
+
+
+def _write_csv(columns: dict[str, list], path: Path) -> Path:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(
-            [
-                "candidate",
-                "family",
-                "log_evidence",
-                "log_bayes_factor",
-                "kass_raftery",
-                "evidence_kind",
-                "test_nll",
-                "test_accuracy",
-                "train_seconds",
-                "selected",
-            ]
-        )
-        for c in selection.candidates:
-            writer.writerow(
-                [
-                    c.row.candidate,
-                    c.fitted.family,
-                    f"{c.row.log_evidence:.6f}",
-                    f"{c.row.log_bayes_factor:.6f}",
-                    c.row.reading,
-                    c.fitted.evidence_kind,
-                    f"{c.test['test_nll']:.6f}",
-                    f"{c.test['test_accuracy']:.6f}",
-                    f"{c.fitted.train_seconds:.3f}",
-                    c.row.selected,
-                ]
-            )
+        writer.writerow(columns)
+        writer.writerows(zip(*columns.values(), strict=True))
     return path
 
 
@@ -389,7 +395,10 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
     metrics["n_queued"] = len(queued)
     kill_point("before_logging")
 
-    metrics |= log_round(tracker, run_id, round_, metrics, queued, query, selection, checkpoint, started_at)
+    history = store.round_metrics(campaign)
+    metrics |= log_round(
+        tracker, run_id, round_, metrics, queued, query, selection, checkpoint, started_at, parent, history
+    )
     kill_point("after_logging")
     tracker.finish(run_id)
     summary = {"round": round_, **metrics, "selected": selection.selected.fitted.name if selection else None}
@@ -467,7 +476,10 @@ def simulate_campaign(settings: Settings) -> list[dict[str, float]]:
         print_round(result)
         if pool_exhausted(result):  # later rounds would only refit the same labels
             break
-    return store.round_metrics(campaign)[: settings.campaign.rounds]
+    results = store.round_metrics(campaign)[: settings.campaign.rounds]
+    tracker = CampaignTracker(settings.tracking_uri, settings.artifact_root, campaign)
+    tracker.finish_campaign(tracker.campaign_run(settings.model_dump(mode="json")), results)
+    return results
 
 
 def _still_exhausted(store: LabelStore, campaign: str) -> bool:

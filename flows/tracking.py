@@ -108,8 +108,22 @@ class CampaignTracker:
         for path in paths:
             self.client.log_artifact(run_id, str(path))
 
+    def log_table(self, run_id: str, columns: Mapping[str, list], artifact_file: str) -> None:
+        """A table artifact that MLflow's UI shows as a table (``columns``: name → values)."""
+        self.client.log_table(run_id, data=columns, artifact_file=artifact_file)
+
     def finish(self, run_id: str) -> None:
         self.client.set_terminated(run_id, status="FINISHED")
+
+    def finish_campaign(self, parent_id: str, results: list[Mapping[str, float]]) -> None:
+        """End a simulated campaign's parent run FINISHED, with its summary: the final round's metrics as
+        ``final_*`` and the mean test accuracy over rounds (the area under the learning curve)."""
+        scored = [r for r in results if "test_accuracy" in r]
+        summary = {f"final_{key}": scored[-1][key] for key in ("test_accuracy", "test_nll", "test_ece") if scored}
+        if scored:
+            summary["mean_test_accuracy"] = sum(r["test_accuracy"] for r in scored) / len(scored)
+        self.log_batch(parent_id, summary, step=len(results), tags={"beliefloop.rounds": str(len(results))})
+        self.finish(parent_id)
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

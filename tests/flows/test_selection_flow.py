@@ -1,6 +1,7 @@
 """Model selection by Bayes factors and belief updates inside real round flows, read back from MLflow."""
 
 import csv
+import json
 import math
 
 import pytest
@@ -67,6 +68,20 @@ def test_bayes_factors_logged_per_round_equal_log_evidence_differences(tmp_path)
         # The round's test metrics are the selected model's.
         selected_row = next(row for row in table if row["selected"] == "True")
         assert float(selected_row["test_accuracy"]) == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+        # The same table as an MLflow table artifact, and the learning curve so far as a plot.
+        with open(client.download_artifacts(run.info.run_id, "bayes_factors.json", str(tmp_path))) as handle:
+            logged = json.load(handle)
+        assert [row[logged["columns"].index("candidate")] for row in logged["data"]] == [r["candidate"] for r in table]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"learning_curve.png", "reliability.png", "uncertainty.png", "queued_batch.csv"} <= artifacts
+    # The parent run: the learning curve as one line (a point per round), FINISHED with the campaign's summary.
+    parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    curve = client.get_metric_history(parent.info.run_id, "test_accuracy")
+    assert sorted((m.step, m.value) for m in curve) == [(r["round"], r["test_accuracy"]) for r in results]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["mean_test_accuracy"] == pytest.approx(
+        sum(r["test_accuracy"] for r in results) / len(results)
+    )
 
 
 def test_belief_update_rounds_fit_only_new_labels(tmp_path):
