@@ -21,7 +21,9 @@ def model_options(settings: Settings) -> ModelOptions:
 
 
 def evidence_options(settings: Settings) -> EvidenceOptions:
-    return EvidenceOptions(settings.selection.subset, settings.selection.structure)
+    return EvidenceOptions.for_candidates(
+        settings.selection.subset, settings.selection.structure, candidate_specs(settings)
+    )
 
 
 def candidate_specs(settings: Settings) -> list[CandidateSpec]:

@@ -132,9 +132,10 @@ class SelectionSettings(_Section):
         CandidateSettings(name="h128-d2", hidden=128, depth=2),
         CandidateSettings(name="h256-d2", hidden=256, depth=2),
     ]
-    subset: Literal["last_layer", "all"] = "all"
-    """Weights the Laplace evidence covers; networks that an all-weights KFAC does not cover (convolutions) fall back
-    to the last layer, logged."""
+    subset: Literal["auto", "last_layer", "all"] = "auto"
+    """Weights the Laplace evidence covers; ``auto``: all weights when every candidate is a ``laplace`` network
+    (trained by marginal likelihood), else the last layer. Networks that an all-weights KFAC does not cover
+    (convolutions) fall back to the last layer, logged."""
     structure: Literal["full", "kfac", "diag"] = "kfac"
     """Hessian structure of the Laplace evidence; one structure per round keeps log Z values comparable."""
     workers: int = Field(1, ge=1)

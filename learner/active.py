@@ -124,7 +124,7 @@ class ActiveLearner:
         seed: int = 0,
         device: str = "auto",
         *,
-        subset: str = "all",
+        subset: str = "auto",
         structure: str = "kfac",
         batch_candidates: int = 1000,
         pool_subsample: int | None = None,
@@ -145,7 +145,7 @@ class ActiveLearner:
         self.update = update
         self.samples = samples
         self.seed = seed
-        self.evidence_options = EvidenceOptions(subset, structure)
+        self.evidence_options = EvidenceOptions.for_candidates(subset, structure, self.specs)
         self.batch_candidates = batch_candidates
         self.pool_subsample = pool_subsample
         self.n_classes = n_classes

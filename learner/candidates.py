@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -71,6 +71,16 @@ class EvidenceOptions:
     """Networks that an all-weights KFAC does not cover (convolutions) fall back to the last layer; the evidence
     kind names the subset used."""
     structure: Literal["full", "kfac", "diag"] = "kfac"
+
+    @classmethod
+    def for_candidates(cls, subset: str, structure: str, specs: Sequence[CandidateSpec]) -> EvidenceOptions:
+        """``subset="auto"``: all weights when every candidate is a ``laplace`` network, whose marginal-likelihood
+        training tunes the prior of every layer; else the last layer. A post-hoc all-weights evidence of networks
+        trained with a fixed weight decay (MC dropout) switched an MNIST campaign to its smallest candidate (test
+        ECE 0.16–0.19), where the last-layer evidence kept the widest (ECE ≤ 0.06)."""
+        if subset == "auto":
+            subset = "all" if all(s.model.family == "laplace" for s in specs) else "last_layer"
+        return cls(subset, structure)
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ def test_evidence_table_is_the_bayes_factor_table(wine):
     assert table.log_evidence[0] == best
     assert table.log_bayes_factor.tolist() == pytest.approx((best - table.log_evidence).tolist(), abs=1e-12)
     assert table.kass_raftery.tolist() == ["selected", kass_raftery(table.log_bayes_factor[1])]
-    assert set(table.kind) == {"evidence"} and set(table.evidence_kind) == {"Laplace log Z (all, kfac)"}
+    assert set(table.kind) == {"evidence"} and set(table.evidence_kind) == {"Laplace log Z (last_layer, kfac)"}
     elbo = _learner(model="vi").fit(x, y).evidence_table()
     assert set(elbo.kind) == {"bound"} and set(elbo.evidence_kind) == {"ELBO (lower bound)"}
     assert all(math.isfinite(v) for v in elbo.log_evidence)
@@ -164,3 +164,13 @@ def test_bad_options_are_refused():
         ActiveLearner(candidates=[{"name": "a"}, {"name": "a", "hidden": 4}])
     with pytest.raises(RuntimeError, match="fit"):
         ActiveLearner().evidence_table()
+
+
+def test_auto_evidence_subset_is_all_weights_only_for_marglik_trained_candidates():
+    from learner import CandidateSpec, EvidenceOptions, ModelOptions
+
+    laplace = CandidateSpec("l", ModelOptions(family="laplace"))
+    dropout = CandidateSpec("d", ModelOptions(family="mc_dropout"))
+    assert EvidenceOptions.for_candidates("auto", "kfac", [laplace]).subset == "all"
+    assert EvidenceOptions.for_candidates("auto", "kfac", [laplace, dropout]).subset == "last_layer"
+    assert EvidenceOptions.for_candidates("all", "diag", [dropout]) == EvidenceOptions("all", "diag")
