@@ -4,7 +4,7 @@
 
 20 class-balanced initial labels, 10 acquired per round, the models refit every round, test accuracy on the
 10,000 test images, default settings for image data (``representation: auto`` → the pool's spectral embedding,
-the default candidates, S = 20, the whole 60k pool scored). Each campaign is a sequence of real
+the default candidates and S, the whole 60k pool scored). Each campaign is a sequence of real
 ``labeling_round`` Prefect flow runs with the simulated oracle, writing a real MLflow and SQLite store, exactly
 what ``beliefloop simulate`` runs. Prints a table and writes ``benchmarks/results/al_mnist.json`` plus a PNG of
 the median accuracy curves. ``--quick``: one seed, two methods, 5 rounds.

@@ -154,7 +154,9 @@ class SelectionSettings(_Section):
 
 class AcquisitionSettings(_Section):
     name: str = "bald"
-    samples: int = Field(20, ge=1)
+    samples: int = Field(100, ge=1)
+    """Posterior draws S per item. 100, not 20: with 20 the mutual information of a 10-class predictive is
+    estimated too noisily to rank a pool (digits: BALD ahead of random on 2 of 5 seeds at S = 20, 5 of 5 at 100)."""
     pool_subsample: int | None = Field(None, ge=1)
     """Score only this many pool items, drawn at random each round (Gal et al. 2017); ``null`` scores all."""
     batch_candidates: int = Field(1000, ge=1)

@@ -120,7 +120,7 @@ class ActiveLearner:
         acquisition: str = "bald",
         candidates: Sequence[Mapping[str, Any]] | None = None,
         update: str = "retrain",
-        samples: int = 20,
+        samples: int = 100,
         seed: int = 0,
         device: str = "auto",
         *,
