@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from bayes_models.architectures import SplitNet, resolve_device, seeded, seeded_network
 from bayes_models.training import TrainingConfig, training_threads
 
-__all__ = ["BayesLinear", "MeanFieldVI", "VIConfig", "gaussian_kl", "softplus_inverse"]
+__all__ = ["BayesLinear", "ELBOParts", "MeanFieldVI", "VIConfig", "gaussian_kl", "softplus_inverse"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -278,6 +278,23 @@ class VIConfig(TrainingConfig):
             raise ValueError("prior_std and init_std must be positive")
 
 
+@dataclass(frozen=True)
+class ELBOParts:
+    r"""The ELBO's two terms over a data set: ``elbo = expected_log_lik − kl``.
+
+    ``expected_log_lik`` :math:`= \sum_i E_q[\log p(y_i \mid x_i, w)]` (summed over the data, nats) and
+    ``kl`` :math:`= \mathrm{KL}(q \| p)`. Shown apart they tell posterior collapse (KL near 0 while the expected
+    log likelihood stays far below the data's) from over-regularisation (a KL the likelihood cannot pay for).
+    """
+
+    expected_log_lik: float
+    kl: float
+
+    @property
+    def elbo(self) -> float:
+        return self.expected_log_lik - self.kl
+
+
 class MeanFieldVI:
     """Bayes by Backprop classifier behind the common model interface (see ``bayes_models/__init__.py``).
 
@@ -304,7 +321,7 @@ class MeanFieldVI:
             raise ValueError(f"no Linear layer to make Bayesian in the network's {config.bayesian}")
         self._apply_config_prior()
         self.history: dict[str, list[float]] = {"nll": [], "kl": [], "loss": []}
-        self._elbo: float | None = None
+        self._elbo: ELBOParts | None = None
         self.prior_from_posterior = False
 
     def _apply_config_prior(self) -> None:
@@ -356,7 +373,7 @@ class MeanFieldVI:
                     self._train(
                         x, y, torch.Generator().manual_seed(self.config.seed), default if steps is None else steps
                     )
-            self._elbo = self.elbo(x, y, n_samples=self.config.elbo_samples, seed=self.config.seed)
+            self._elbo = self.elbo_parts(x, y, n_samples=self.config.elbo_samples, seed=self.config.seed)
         return self
 
     def _train(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, steps: int) -> None:
@@ -394,17 +411,21 @@ class MeanFieldVI:
         if logs:
             self.history = dict(zip(("nll", "kl", "loss"), torch.stack(logs).T.tolist(), strict=True))
 
-    @torch.no_grad()
     def elbo(self, x: torch.Tensor, y: torch.Tensor, *, n_samples: int = 32, seed: int = 0) -> float:
         r"""ELBO estimate :math:`\sum_i \frac1S\sum_s \log p(y_i \mid x_i, w_s) - \mathrm{KL}(q\|p)`, summed over the
         data (a lower bound on :math:`\log p(D)`); KL in closed form, or with ``n_samples`` draws for the mixture."""
+        return self.elbo_parts(x, y, n_samples=n_samples, seed=seed).elbo
+
+    @torch.no_grad()
+    def elbo_parts(self, x: torch.Tensor, y: torch.Tensor, *, n_samples: int = 32, seed: int = 0) -> ELBOParts:
+        """The two terms of :meth:`elbo`, from the same draws."""
         with seeded(seed, self.device):
             kl = float(self.kl(n_samples))
             if x.shape[0] == 0:
-                return -kl
+                return ELBOParts(0.0, kl)
             log_probs = torch.log_softmax(self._logit_samples(x.to(self.device, torch.float32), n_samples), dim=-1)
         log_lik = log_probs.gather(-1, y.to(self.device, torch.long).expand(n_samples, -1)[..., None]).squeeze(-1)
-        return float(log_lik.double().mean(0).sum()) - kl
+        return ELBOParts(float(log_lik.double().mean(0).sum()), kl)
 
     def _logit_samples(self, x: torch.Tensor, n: int, batch_size: int = 2048) -> torch.Tensor:
         """``logits[n, N, C]``, one weight sample per index shared by all items; draws from the global RNG."""
@@ -451,8 +472,13 @@ class MeanFieldVI:
 
     def log_evidence(self) -> float:
         """The ELBO of the last :meth:`fit` (summed over its data): a lower bound on log p(D), not the evidence."""
+        return self.elbo_terms.elbo
+
+    @property
+    def elbo_terms(self) -> ELBOParts:
+        """Expected log likelihood and KL of the last :meth:`fit`'s ELBO (a belief update: of its new data)."""
         if self._elbo is None:
-            raise RuntimeError("log_evidence() needs a fit() first: the ELBO is estimated at the end of fit")
+            raise RuntimeError("the ELBO needs a fit() first: it is estimated at the end of fit")
         return self._elbo
 
     def posterior(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -494,14 +520,14 @@ class MeanFieldVI:
         return {
             "config": asdict(self.config),
             "network": self.network.state_dict(),
-            "elbo": self._elbo,
+            "elbo": None if self._elbo is None else asdict(self._elbo),
             "history": self.history,
             "prior_from_posterior": self.prior_from_posterior,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.network.load_state_dict(state["network"])  # the layers' extra state restores a mixture prior or not
-        self._elbo = state["elbo"]
+        self._elbo = None if state["elbo"] is None else ELBOParts(**state["elbo"])
         self.history = {key: list(values) for key, values in state["history"].items()}
         self.prior_from_posterior = bool(state["prior_from_posterior"])
 

@@ -122,6 +122,7 @@ class CandidateSettings(_Section):
     weight_decay: float | None = Field(None, ge=0)
     training: Literal["marglik", "map"] | None = None
     prior_structure: Literal["layerwise", "scalar"] | None = None
+    members: int | None = Field(None, ge=1)
 
 
 class SelectionSettings(_Section):

@@ -18,6 +18,9 @@ from learner.candidates import (
     fit_candidate,
     load_model,
     rank_candidates,
+    select_candidates,
+    selection_criterion,
+    validation_rows,
 )
 from learner.query import QueryResult, StreamPlan, pick_batch, pool_predict, query_pool, stream_plan, stream_scores
 from learner.simulate import SimulatedRound, simulate
@@ -47,7 +50,10 @@ __all__ = [
     "rank_candidates",
     "round_rng",
     "round_seed",
+    "select_candidates",
+    "selection_criterion",
     "simulate",
     "stream_plan",
     "stream_scores",
+    "validation_rows",
 ]

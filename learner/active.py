@@ -26,6 +26,7 @@ from learner.candidates import (
     fit_candidate,
     load_model,
     rank_candidates,
+    select_candidates,
 )
 from learner.query import SCORE_CHUNK, QueryResult, pick_batch, pool_predict, query_pool, stream_plan, stream_scores
 
@@ -198,21 +199,27 @@ class ActiveLearner:
         return self
 
     def _fit_round(self, previous: dict[str, dict[str, Any]]) -> None:
-        fitted = [
-            fit_candidate(
-                spec,
-                self.evidence_options,
-                self._x,
-                self._y,
-                self._ids,
-                feature_shape=tuple(self._x.shape[1:]),
-                n_classes=self.n_classes,
-                seed=round_seed(self.seed, self.round),
-                previous=previous.get(spec.name),
-            )
-            for spec in self.specs
-        ]
-        self.ranked = rank_candidates(fitted)
+        seed = round_seed(self.seed, self.round)
+
+        def fit_all(specs: Sequence[CandidateSpec], held_out: np.ndarray | None) -> list[FittedCandidate]:
+            return [
+                fit_candidate(
+                    spec,
+                    self.evidence_options,
+                    self._x,
+                    self._y,
+                    self._ids,
+                    feature_shape=tuple(self._x.shape[1:]),
+                    n_classes=self.n_classes,
+                    seed=seed,
+                    previous=previous.get(spec.name),
+                    held_out=held_out,
+                    samples=self.samples,
+                )
+                for spec in specs
+            ]
+
+        self.ranked = select_candidates(self.specs, fit_all, self._ids, seed)
 
     @staticmethod
     def _check_rows(x: torch.Tensor, y: torch.Tensor, ids: Sequence[str] | None) -> None:
@@ -221,7 +228,7 @@ class ActiveLearner:
 
     @property
     def selected(self) -> FittedCandidate:
-        """The candidate of highest log evidence in the last round."""
+        """The last round's selected candidate (highest log evidence, or lowest validation NLL)."""
         if not self.ranked:
             raise RuntimeError("the learner is not fitted; call fit() first")
         return self.ranked[0].fitted
@@ -307,7 +314,9 @@ class ActiveLearner:
 
         ``log_bayes_factor = log Z_selected − log Z_candidate``; ``kass_raftery`` reads ``2 ln BF`` (<2 barely
         worth mentioning, 2–6 positive, 6–10 strong, >10 very strong); ``kind`` is ``bound`` for an ELBO,
-        ``evidence`` for a Laplace log marginal likelihood; ``evidence_kind`` names its Hessian structure.
+        ``evidence`` for a Laplace log marginal likelihood, ``none`` for a deep ensemble; ``evidence_kind`` names
+        its Hessian structure. ``criterion`` says how the round selected: ``evidence``, or ``validation_nll``
+        (when a candidate has no evidence; ``log_bayes_factor`` is then empty and ``validation_nll`` ranks).
         """
         import pandas as pd  # here, not at import: pandas adds ~0.6 s to ``import learner``
 
@@ -318,11 +327,13 @@ class ActiveLearner:
                 "candidate": r.row.candidate,
                 "family": r.fitted.family,
                 "log_evidence": r.row.log_evidence,
-                "kind": "bound" if r.fitted.model.evidence_is_bound else "evidence",
+                "kind": _evidence_kind(r.fitted),
                 "evidence_kind": r.fitted.evidence_kind,
                 "log_bayes_factor": r.row.log_bayes_factor,
                 "kass_raftery": r.row.reading,
                 "selected": r.row.selected,
+                "criterion": r.row.criterion,
+                "validation_nll": r.row.validation_nll,
                 "n_fitted": r.fitted.n_fitted,
                 "train_seconds": r.fitted.train_seconds,
             }
@@ -392,6 +403,7 @@ class ActiveLearner:
                 dict(c["trained_on"]),
                 c["n_fitted"],
                 c["n_relabelled"],
+                c.get("validation_nll"),
             )
             for c in state["candidates"]
         ]
@@ -403,3 +415,9 @@ class ActiveLearner:
         learner = cls()
         learner.load_state_dict(state)
         return learner
+
+
+def _evidence_kind(fitted: FittedCandidate) -> str:
+    if fitted.log_evidence is None:
+        return "none"
+    return "bound" if fitted.model.evidence_is_bound else "evidence"

@@ -2,7 +2,10 @@
 
 Glue only: every formula lives in ``bayes_models``. Evidence is the Laplace log marginal likelihood of the
 candidate's MAP network under one Hessian structure (``EvidenceOptions.subset`` × ``structure``), or VI's ELBO,
-which is labelled a lower bound; candidates of both kinds are refused as not comparable.
+which is labelled a lower bound; candidates of both kinds are refused as not comparable. A deep ensemble has no
+evidence (its members are point estimates, and the mean of their log Z is the evidence of no model): a round with
+an ensemble among several candidates selects every candidate by its NLL on a held-out validation split instead
+(:func:`selection_criterion`, :func:`select_candidates`), then refits the selected one on every label.
 """
 
 from __future__ import annotations
@@ -10,14 +13,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
+import numpy as np
 import torch
 
 from bayes_models import (
     DeepEnsemble,
+    ELBOParts,
     LaplaceClassifier,
     LaplaceConfig,
     MCDropout,
@@ -28,10 +33,16 @@ from bayes_models import (
     prior_from_posterior,
 )
 from bayes_models.laplace import fit_laplace, laplace_subset
-from bayes_models.selection import BayesFactorRow
+from bayes_models.metrics import nll
+from bayes_models.selection import BayesFactorRow, validation_table
+from learner.query import pool_predict
 
 BELIEF_FAMILIES = ("laplace", "vi")
 FAMILIES = ("mc_dropout", "laplace", "vi", "ensemble")
+NO_EVIDENCE_FAMILIES = ("ensemble",)
+NO_EVIDENCE = "none (a deep ensemble has no marginal likelihood)"
+VALIDATION_FRACTION = 0.2
+"""Share of the labels held out to select among candidates when one has no evidence."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +105,8 @@ class FittedCandidate:
     name: str
     family: str
     model: Any
-    log_evidence: float
+    log_evidence: float | None
+    """None for a family without one (a deep ensemble; ``evidence_kind`` is :data:`NO_EVIDENCE`)."""
     evidence_kind: str
     train_seconds: float
     trained_on: dict[str, int]
@@ -104,6 +116,10 @@ class FittedCandidate:
     n_relabelled: int = 0
     """Items whose label changed since the posterior was fitted; a belief update then retrains on everything,
     since the old posterior still holds the old labels."""
+    validation_nll: float | None = None
+    """Mean NLL (nats per item) of the held-out validation split, when the round selects by it."""
+    elbo: ELBOParts | None = None
+    """VI: the ELBO's expected log likelihood and KL of this round's fit (of a belief update: its new data)."""
 
 
 @dataclass(frozen=True)
@@ -162,27 +178,48 @@ def build_model(
     return MCDropout(config, device=m.device)
 
 
-def evidence(
-    model: Any, family: str, x: torch.Tensor, y: torch.Tensor, evidence_options: EvidenceOptions
-) -> tuple[float, str]:
-    """``(log Z, kind)``: the model's own evidence where it has one, else a post-hoc Laplace on its MAP network.
+class Evidence(NamedTuple):
+    log_z: float | None
+    """None when the family has no evidence (a deep ensemble)."""
+    kind: str
+
+
+def evidence(model: Any, family: str, x: torch.Tensor, y: torch.Tensor, evidence_options: EvidenceOptions) -> Evidence:
+    """The model's own evidence where it has one, else a post-hoc Laplace on its MAP network; none for a deep
+    ensemble, whose members are M point estimates of no one model (the mean of their log Z is no evidence).
 
     An all-weights KFAC falls back to the last layer for networks it does not cover (convolutions); the kind says
     which subset was used."""
     structure = evidence_options.structure
+    if family in NO_EVIDENCE_FAMILIES:
+        return Evidence(None, NO_EVIDENCE)
     if family == "vi":
-        return model.log_evidence(), "ELBO (lower bound)"
+        return Evidence(model.log_evidence(), "ELBO (lower bound)")
     if family == "laplace":
-        return model.log_evidence(), f"Laplace log Z ({model.laplace.subset}, {structure})"
-    networks = [member.network for member in model.members] if family == "ensemble" else [model.network]
-    subset = laplace_subset(networks[0], evidence_options.subset, structure)
-    laplace_kind = f"Laplace log Z ({subset}, {structure})"
-    device = networks[0].parameters().__next__().device
-    x, y = x.to(device), y.to(device)
-    values = [fit_laplace(net, x, y, subset=subset, structure=structure).log_evidence() for net in networks]
-    if family == "ensemble":
-        return sum(values) / len(values), f"{laplace_kind}, mean over members"
-    return values[0], laplace_kind
+        return Evidence(model.log_evidence(), f"Laplace log Z ({model.laplace.subset}, {structure})")
+    subset = laplace_subset(model.network, evidence_options.subset, structure)
+    device = next(model.network.parameters()).device
+    laplace = fit_laplace(model.network, x.to(device), y.to(device), subset=subset, structure=structure)
+    return Evidence(laplace.log_evidence(), f"Laplace log Z ({subset}, {structure})")
+
+
+def selection_criterion(specs: Sequence[CandidateSpec]) -> Literal["evidence", "validation_nll", "none"]:
+    """How a round with these candidates selects: ``evidence`` (Bayes factors) when every candidate has one,
+    ``none`` for a single candidate without one (nothing to compare), else ``validation_nll`` for all of them."""
+    if all(s.model.family not in NO_EVIDENCE_FAMILIES for s in specs):
+        return "evidence"
+    return "none" if len(specs) == 1 else "validation_nll"
+
+
+def validation_rows(ids: Sequence[str], seed: int, fraction: float = VALIDATION_FRACTION) -> np.ndarray:
+    """Sorted positions of the held-out validation items: a seeded ``fraction`` of the labels (at least one, and
+    at least one left to fit), chosen by item id, so the same items whatever order the labels come in."""
+    n = len(ids)
+    if n < 2:
+        raise ValueError(f"selecting by validation NLL needs at least 2 labels to split, got {n}")
+    n_held = min(n - 1, max(1, round(fraction * n)))
+    by_id = np.asarray(sorted(range(n), key=lambda i: ids[i]), dtype=np.int64)
+    return np.sort(by_id[np.random.default_rng([seed, 7]).permutation(n)[:n_held]])
 
 
 def fit_candidate(
@@ -196,22 +233,48 @@ def fit_candidate(
     n_classes: int,
     seed: int,
     previous: dict[str, Any] | None = None,
+    held_out: np.ndarray | None = None,
+    samples: int = 20,
 ) -> FittedCandidate:
     """Fit one candidate on ``(x, y)``; with ``previous`` (a :func:`candidate_payload`) update its beliefs on new
     ids only.
 
     A belief update's evidence is accumulated: ``log p(D) = log p(D_old) + log p(D_new | D_old)``, the second term
     being the Laplace evidence (or ELBO) of the update, so candidates stay comparable on all data seen.
+    ``held_out`` (positions, :func:`validation_rows`): fit on the other rows and report the mean NLL of the
+    held-out ones under the predictive that scores the pool (``samples`` draws, seeded by ``seed``).
     """
     family = spec.model.family
     start = time.perf_counter()
+    if held_out is not None:
+        if previous is not None:
+            raise ValueError("a held-out validation split is for retraining; a belief update has none")
+        keep = np.ones(len(ids), dtype=bool)
+        keep[held_out] = False
+        rows, held = torch.from_numpy(np.flatnonzero(keep)), torch.from_numpy(np.asarray(held_out, dtype=np.int64))
+        fitted = fit_candidate(
+            spec,
+            evidence_options,
+            x[rows],
+            y[rows],
+            [ids[i] for i in rows.tolist()],
+            feature_shape=feature_shape,
+            n_classes=n_classes,
+            seed=seed,
+        )
+        probs = pool_predict(fitted.model, x[held], samples, seed=seed).mean(0)
+        fitted.validation_nll = nll(probs, y[held])
+        fitted.train_seconds = time.perf_counter() - start
+        return fitted
     labels = dict(zip(ids, y.tolist(), strict=True))
     relabelled = _relabelled(previous, labels) if previous is not None else []
     if previous is None or relabelled:
         model = build_model(spec, feature_shape, n_classes, seed, evidence_options).fit(x, y)
         seconds = time.perf_counter() - start
         log_z, kind = evidence(model, family, x, y, evidence_options)
-        return FittedCandidate(spec.name, family, model, log_z, kind, seconds, labels, len(ids), len(relabelled))
+        return FittedCandidate(
+            spec.name, family, model, log_z, kind, seconds, labels, len(ids), len(relabelled), elbo=_elbo(model)
+        )
     model = load_model(previous, spec.model.device)
     seen = previous["trained_on"]
     new = [i for i, item in enumerate(ids) if item not in seen]
@@ -223,7 +286,12 @@ def fit_candidate(
         log_z += model.log_evidence()
     seconds = time.perf_counter() - start
     kind = previous["evidence_kind"]
-    return FittedCandidate(spec.name, family, model, log_z, kind, seconds, {**seen, **labels}, len(new))
+    elbo = _elbo(model) if new else None
+    return FittedCandidate(spec.name, family, model, log_z, kind, seconds, {**seen, **labels}, len(new), elbo=elbo)
+
+
+def _elbo(model: Any) -> ELBOParts | None:
+    return model.elbo_terms if isinstance(model, MeanFieldVI) else None
 
 
 def _relabelled(previous: dict[str, Any], labels: dict[str, int]) -> list[str]:
@@ -243,6 +311,7 @@ def candidate_payload(fitted: FittedCandidate, round_: int) -> dict[str, Any]:
         "trained_on": fitted.trained_on,
         "log_evidence": fitted.log_evidence,
         "evidence_kind": fitted.evidence_kind,
+        "validation_nll": fitted.validation_nll,
         "state": fitted.model.state_dict(),
     }
 
@@ -263,8 +332,48 @@ def check_comparable(candidates: list[FittedCandidate]) -> None:
 
 
 def rank_candidates(fitted: list[FittedCandidate]) -> list[RankedCandidate]:
-    """The Bayes-factor table of comparable candidates, selected (highest log evidence) first."""
-    check_comparable(fitted)
+    """The candidates, selected first: by Bayes factors when every one has a (comparable) evidence, else by
+    validation NLL, which every candidate then needs (:func:`fit_candidate` with ``held_out``)."""
     by_name = {f.name: f for f in fitted}
-    table = bayes_factor_table({name: f.log_evidence for name, f in by_name.items()})
+    if all(f.log_evidence is not None for f in fitted):
+        check_comparable(fitted)
+        table = bayes_factor_table({name: f.log_evidence for name, f in by_name.items()})
+    elif len(fitted) == 1:
+        only = fitted[0]
+        row = BayesFactorRow(only.name, None, None, "selected (the only candidate)", True, "none", only.validation_nll)
+        table = [row]
+    else:
+        missing = [f.name for f in fitted if f.validation_nll is None]
+        if missing:
+            no_evidence = [f.name for f in fitted if f.log_evidence is None]
+            raise ValueError(
+                f"candidate(s) {no_evidence} have no evidence, so candidates are compared by validation NLL, but "
+                f"{missing} were fitted without a held-out split (see learner.candidates.select_candidates)"
+            )
+        table = validation_table(
+            {name: f.validation_nll for name, f in by_name.items()},
+            {name: f.log_evidence for name, f in by_name.items()},
+        )
     return [RankedCandidate(row, by_name[row.candidate]) for row in table]
+
+
+FitAll = Callable[[Sequence[CandidateSpec], "np.ndarray | None"], list[FittedCandidate]]
+
+
+def select_candidates(
+    specs: Sequence[CandidateSpec], fit_all: FitAll, ids: Sequence[str], seed: int
+) -> list[RankedCandidate]:
+    """Fit every candidate with ``fit_all(specs, held_out)`` and rank them by :func:`selection_criterion`.
+
+    By validation NLL: every candidate is fitted without the held-out items (:func:`validation_rows`), then the
+    selected one is fitted again on every label (its ``validation_nll`` and the time of both fits kept); the
+    others stay as fitted for the comparison. ``fit_all`` lets a caller fit concurrently (Prefect tasks)."""
+    held_out = validation_rows(ids, seed) if selection_criterion(specs) == "validation_nll" else None
+    ranked = rank_candidates(fit_all(specs, held_out))
+    if held_out is None:
+        return ranked
+    best = ranked[0]
+    [refit] = fit_all([next(s for s in specs if s.name == best.fitted.name)], None)
+    refit.validation_nll = best.fitted.validation_nll
+    refit.train_seconds += best.fitted.train_seconds
+    return [RankedCandidate(best.row, refit), *ranked[1:]]

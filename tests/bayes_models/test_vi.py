@@ -247,6 +247,10 @@ def test_elbo_is_below_the_exact_log_evidence():
     elbo, se = float(per_sample.mean()) - kl, float(per_sample.std() / math.sqrt(per_sample.numel()))
 
     assert model.log_evidence() == pytest.approx(elbo, abs=4 * se + 1e-4)
+    # its two parts, each against the independent one: the KL in closed form, the expected log likelihood by MC
+    parts = model.elbo_terms
+    assert parts.kl == pytest.approx(kl, rel=1e-5) and parts.elbo == model.log_evidence()
+    assert parts.expected_log_lik == pytest.approx(float(per_sample.mean()), abs=4 * se + 1e-4)
     assert elbo <= log_z + 3 * se  # a lower bound ...
     assert elbo > log_z - 1.0  # ... and a close one on this well-specified problem
 

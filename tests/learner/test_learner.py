@@ -174,3 +174,45 @@ def test_auto_evidence_subset_is_all_weights_only_for_marglik_trained_candidates
     assert EvidenceOptions.for_candidates("auto", "kfac", [laplace]).subset == "all"
     assert EvidenceOptions.for_candidates("auto", "kfac", [laplace, dropout]).subset == "last_layer"
     assert EvidenceOptions.for_candidates("all", "diag", [dropout]) == EvidenceOptions("all", "diag")
+
+
+def test_a_round_with_an_ensemble_selects_every_candidate_by_validation_nll(wine):
+    """An ensemble has no evidence: the round compares all candidates by the NLL of a held-out split, refits the
+    selected one on every label, and reports no Bayes factor (never the mean of the members' log Z)."""
+    from bayes_models.metrics import nll
+    from learner import validation_rows
+
+    x, y, _, _, held = wine
+    candidates = [{"name": "ens", "family": "ensemble", "members": 2}, {"name": "drop", "hidden": 16, "depth": 1}]
+    learner = _learner(candidates=candidates, seed=3).fit(x, y)
+    table = learner.evidence_table().set_index("candidate")
+    assert set(table.criterion) == {"validation_nll"} and table.log_bayes_factor.isna().all()
+    assert table.loc["ens", "kind"] == "none" and pd.isna(table.loc["ens", "log_evidence"])
+    assert math.isfinite(table.loc["drop", "log_evidence"])  # shown, not compared
+    assert table.selected.tolist() == [True, False]
+    assert table.validation_nll.iloc[0] <= table.validation_nll.iloc[1]
+
+    # The held-out items and each NLL, recomputed independently from the unselected candidate's own model.
+    ids = [f"{i:012d}" for i in range(len(y))]
+    held_out = validation_rows(ids, seed=3001)  # round 1 of seed 3
+    assert len(held_out) == round(0.2 * len(y))
+    assert sorted(ids[i] for i in held_out) == sorted(ids[::-1][i] for i in validation_rows(ids[::-1], 3001))
+    other = learner.ranked[1].fitted
+    assert other.n_fitted == len(y) - len(held_out) and not set(other.trained_on) & {ids[i] for i in held_out}
+    consistent = {"consistent": True} if other.family == "mc_dropout" else {}  # the pool's predictive
+    probs = other.model.predictive_samples(torch.from_numpy(x[held_out]), 8, seed=3001, **consistent)
+    expected = nll(probs.mean(0), torch.from_numpy(y[held_out]))
+    assert table.loc[other.name, "validation_nll"] == pytest.approx(expected, rel=1e-6)
+    assert learner.selected.n_fitted == len(y)  # refitted on every label
+
+    restored = ActiveLearner.from_state_dict(learner.state_dict())
+    assert restored.evidence_table().candidate.tolist() == table.index.tolist()
+    assert learner.predict_proba(held).shape == (len(held), 3)
+
+
+def test_a_lone_ensemble_is_selected_without_a_split_or_an_evidence(wine):
+    x, y, _, _, _ = wine
+    learner = _learner(model="ensemble", candidates=None, members=2).fit(x, y)
+    row = learner.evidence_table().iloc[0]
+    assert (row.criterion, row.kind, row.n_fitted) == ("none", "none", len(y))
+    assert pd.isna(row.log_evidence) and pd.isna(row.log_bayes_factor)
