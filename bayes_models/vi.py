@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bayes_models.architectures import SplitNet, resolve_device, seeded, seeded_network
+from bayes_models.priors import group_values
 from bayes_models.training import TrainingConfig, training_threads
 
 __all__ = ["BayesLinear", "ELBOParts", "MeanFieldVI", "VIConfig", "gaussian_kl", "softplus_inverse"]
@@ -250,8 +251,9 @@ class VIConfig(TrainingConfig):
 
     ``bayesian``: ``"head"`` (Linear layers of the head; the backbone is a MAP point estimate with ``weight_decay``,
     and sampling runs the backbone once per item) or ``"all"`` (every Linear layer; convolutions stay MAP).
-    ``prior``: ``"gaussian"`` (N(prior_mean, prior_std²); ``layer_priors`` = ``((layer_name, mean, std), ...)``
-    overrides per layer) or ``"scale_mixture"`` (``mixture_pi``, ``mixture_sigma1``, ``mixture_sigma2``).
+    ``prior``: ``"gaussian"`` (N(prior_mean, prior_std²); ``layer_priors`` = ``((layer_group, mean, std), ...)``
+    overrides per layer group: a layer's name or a dotted prefix such as ``"head"``, the most specific winning) or
+    ``"scale_mixture"`` (``mixture_pi``, ``mixture_sigma1``, ``mixture_sigma2``).
     ``init_std``: initial σ of q. ``kl_samples``: Monte Carlo draws of the mixture KL per step. ``elbo_samples``:
     weight samples of the ELBO estimated at the end of :meth:`MeanFieldVI.fit`.
     """
@@ -275,7 +277,17 @@ class VIConfig(TrainingConfig):
         if self.prior not in ("gaussian", "scale_mixture"):
             raise ValueError(f"prior must be 'gaussian' or 'scale_mixture', got {self.prior!r}")
         if self.prior_std <= 0 or self.init_std <= 0:
-            raise ValueError("prior_std and init_std must be positive")
+            raise ValueError(f"prior_std and init_std must be positive, got {self.prior_std} and {self.init_std}")
+        bad = [(group, std) for group, _, std in self.layer_priors if not std > 0]
+        if bad:
+            raise ValueError(f"layer_priors: a prior std must be positive, got {bad}")
+        if self.prior == "scale_mixture" and not (
+            0 < self.mixture_pi < 1 and self.mixture_sigma1 > 0 and self.mixture_sigma2 > 0
+        ):
+            raise ValueError(
+                "the scale mixture needs 0 < mixture_pi < 1 and positive sigmas, got "
+                f"{self.mixture_pi}, {self.mixture_sigma1}, {self.mixture_sigma2}"
+            )
 
 
 @dataclass(frozen=True)
@@ -332,10 +344,12 @@ class MeanFieldVI:
                 layer.set_scale_mixture_prior(c.mixture_pi, c.mixture_sigma1, c.mixture_sigma2)
             else:
                 layer.set_gaussian_prior(c.prior_mean, c.prior_std)
-        for name, mean, std in c.layer_priors:
-            if name not in self.layers:
-                raise ValueError(f"layer_priors names unknown layer {name!r}; Bayesian layers: {sorted(self.layers)}")
-            self.layers[name].set_gaussian_prior(mean, std)
+        entries = [(group, float(i)) for i, (group, _, _) in enumerate(c.layer_priors)]
+        chosen = group_values(list(self.layers), -1.0, entries, what="layer_priors (Bayesian layers only)")
+        for layer, index in zip(self.layers.values(), chosen, strict=True):
+            if index >= 0:
+                _, mean, std = c.layer_priors[int(index)]
+                layer.set_gaussian_prior(mean, std)
 
     # ---- interface ------------------------------------------------------------------------------------------------
 

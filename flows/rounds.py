@@ -31,7 +31,7 @@ from data.store import LabelAnswer, LabelStore, QueueEntry
 from flows import plots
 from flows.campaign_setup import campaign_test_rows, model_feature_store, prepare_campaign
 from flows.console import console, pool_exhausted, print_round
-from flows.models import candidate_specs, evidence_options, load_candidate, save_candidate
+from flows.models import candidate_specs, evidence_options, load_candidate, prior_checkpoint, save_candidate
 from flows.settings import Settings
 from flows.tracking import CampaignTracker
 from learner import (
@@ -40,6 +40,7 @@ from learner import (
     QueryResult,
     StreamPlan,
     fit_candidate,
+    load_checkpoint,
     predict_proba,
     query_pool,
     round_rng,
@@ -76,6 +77,8 @@ class Selection:
 
     candidates: list[CandidateResult]
     diagram: object
+    prior_tuning: str = "evidence"
+    """``selection.prior_tuning`` of the round (logged as a param)."""
 
     @property
     def selected(self) -> CandidateResult:
@@ -128,6 +131,9 @@ def fit_candidate_task(
     previous = None
     if settings.update == "belief":
         previous = load_candidate(_candidates_dir(settings), spec.name, spec.model.family, round_)
+    prior = None
+    if spec.model.prior_from:
+        prior = load_checkpoint(prior_checkpoint(Path(spec.model.prior_from), spec.name))
     return fit_candidate(
         spec,
         evidence_options(settings),
@@ -140,6 +146,7 @@ def fit_candidate_task(
         previous=previous,
         held_out=held_out,
         samples=settings.acquisition.samples,
+        prior_payload=prior,
     )
 
 
@@ -279,6 +286,7 @@ def log_round(
                 "selected_candidate": chosen.name,
                 "evidence_kind": chosen.evidence_kind,
                 "selection_criterion": selection.selected.row.criterion,
+                "prior_tuning": selection.prior_tuning,
             }
             tags = {"beliefloop.selected": chosen.name}
         curve = [r for r in [*history, metrics] if "test_accuracy" in r]
@@ -352,7 +360,7 @@ def select_model(settings: Settings, features: FeatureStore, labeled: dict[str, 
     test_rows = campaign_test_rows(settings, features)
     tests = evaluate([r.fitted.model for r in ranked], features, test_rows, settings.acquisition.samples, round_)
     candidates = [CandidateResult(r.row, r.fitted, t.metrics) for r, t in zip(ranked, tests, strict=True)]
-    return Selection(candidates, tests[0].diagram)
+    return Selection(candidates, tests[0].diagram, settings.selection.prior_tuning)
 
 
 @flow(name="labeling_round")
@@ -393,6 +401,10 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
                 if value is not None:  # an ensemble has no evidence; Bayes factors only under criterion evidence
                     metrics[f"{key}/{name}"] = value
             metrics[f"n_fitted/{name}"] = c.fitted.n_fitted
+            if c.fitted.prior_tuning is not None:  # selection.prior_tuning: validation
+                metrics[f"prior_scale/{name}"] = c.fitted.prior_tuning.scale
+                metrics[f"prior_validation_nll/{name}"] = c.fitted.prior_tuning.validation_nll
+                metrics[f"prior_evidence_validation_nll/{name}"] = c.fitted.prior_tuning.evidence_nll
             if c.fitted.elbo is not None:  # VI: the ELBO's parts, so posterior collapse or over-regularisation shows
                 metrics[f"vi_kl/{name}"] = c.fitted.elbo.kl
                 metrics[f"vi_expected_log_lik/{name}"] = c.fitted.elbo.expected_log_lik

@@ -24,6 +24,7 @@ from learner.candidates import (
     candidate_payload,
     candidate_specs,
     fit_candidate,
+    load_checkpoint,
     load_model,
     rank_candidates,
     select_candidates,
@@ -104,6 +105,9 @@ class ActiveLearner:
         ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``.
     subset, structure : str
         Hessian structure of the Laplace evidence every candidate is compared under.
+    prior_tuning : str
+        ``evidence`` or ``validation``: ``laplace`` candidates scale their evidence-tuned prior precision by the
+        factor of lowest NLL on a held-out 20% of the labels (then refit on all of them).
     batch_candidates : int
         BatchBALD picks among this many of the pool's best items by BALD.
     pool_subsample : int, optional
@@ -112,7 +116,9 @@ class ActiveLearner:
         Number of classes; default: the largest label of the first ``fit`` plus one.
     **model_options
         ``hidden``, ``depth``, ``dropout``, ``steps``, ``update_steps``, ``batch_size``, ``lr``,
-        ``weight_decay``, ``members`` (see :class:`learner.ModelOptions`).
+        ``weight_decay``, ``members``, the stated priors ``prior_std`` / ``prior_precision``,
+        ``prior_layer_std`` / ``prior_layer_precision`` (per layer group), ``prior_mixture`` (vi) and
+        ``prior_from`` (a saved candidate ``.pt``) (see :class:`learner.ModelOptions`).
     """
 
     def __init__(
@@ -127,6 +133,7 @@ class ActiveLearner:
         *,
         subset: str = "auto",
         structure: str = "kfac",
+        prior_tuning: str = "evidence",
         batch_candidates: int = 1000,
         pool_subsample: int | None = None,
         n_classes: int | None = None,
@@ -146,7 +153,9 @@ class ActiveLearner:
         self.update = update
         self.samples = samples
         self.seed = seed
-        self.evidence_options = EvidenceOptions.for_candidates(subset, structure, self.specs)
+        if prior_tuning not in ("evidence", "validation"):
+            raise ValueError(f"prior_tuning must be 'evidence' or 'validation', got {prior_tuning!r}")
+        self.evidence_options = EvidenceOptions.for_candidates(subset, structure, self.specs, prior_tuning)
         self.batch_candidates = batch_candidates
         self.pool_subsample = pool_subsample
         self.n_classes = n_classes
@@ -215,6 +224,7 @@ class ActiveLearner:
                     previous=previous.get(spec.name),
                     held_out=held_out,
                     samples=self.samples,
+                    prior_payload=load_checkpoint(spec.model.prior_from) if spec.model.prior_from else None,
                 )
                 for spec in specs
             ]
@@ -334,6 +344,7 @@ class ActiveLearner:
                 "selected": r.row.selected,
                 "criterion": r.row.criterion,
                 "validation_nll": r.row.validation_nll,
+                "prior_scale": None if r.fitted.prior_tuning is None else r.fitted.prior_tuning.scale,
                 "n_fitted": r.fitted.n_fitted,
                 "train_seconds": r.fitted.train_seconds,
             }
@@ -352,6 +363,7 @@ class ActiveLearner:
                 "seed": self.seed,
                 "subset": self.evidence_options.subset,
                 "structure": self.evidence_options.structure,
+                "prior_tuning": self.evidence_options.prior_tuning,
                 "batch_candidates": self.batch_candidates,
                 "pool_subsample": self.pool_subsample,
                 "n_classes": self.n_classes,
@@ -381,7 +393,9 @@ class ActiveLearner:
             options["samples"],
             options["seed"],
         )
-        self.evidence_options = EvidenceOptions(options["subset"], options["structure"])
+        self.evidence_options = EvidenceOptions(
+            options["subset"], options["structure"], options.get("prior_tuning", "evidence")
+        )
         self.batch_candidates, self.pool_subsample = options["batch_candidates"], options["pool_subsample"]
         self.n_classes = options["n_classes"]
         self.specs = [

@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -32,8 +33,9 @@ from bayes_models import (
     bayes_factor_table,
     prior_from_posterior,
 )
-from bayes_models.laplace import fit_laplace, laplace_subset
+from bayes_models.laplace import PriorTuning, fit_laplace, laplace_subset, tune_prior_on_validation
 from bayes_models.metrics import nll
+from bayes_models.priors import check_prior_shapes
 from bayes_models.selection import BayesFactorRow, validation_table
 from learner.query import pool_predict
 
@@ -68,10 +70,47 @@ class ModelOptions:
     """Marglik training: one prior precision per layer, or one for all weights."""
     members: int = 5
     device: str = "auto"
+    prior_std: float | None = None
+    """A stated Gaussian prior std of every weight (``laplace``, ``vi``); ``None``: the family's (laplace: tuned)."""
+    prior_precision: float | None = None
+    """The same as a precision ``1 / std²`` (give one of the two)."""
+    prior_layer_std: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """Prior std per layer group (a module name or dotted prefix: ``{"head": 2.0, "features.0": 0.5}``)."""
+    prior_layer_precision: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    prior_mixture: Mapping[str, float] | None = None
+    """``vi``: Blundell et al.'s scale mixture ``{"pi": π, "sigma1": σ1, "sigma2": σ2}`` on every weight."""
+    prior_from: str | None = None
+    """A checkpoint holding a saved posterior of an earlier campaign (a candidate ``.pt``): the informative prior
+    of a fresh fit (``laplace``, ``vi``; same family and layer shapes)."""
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"unknown model family {self.family!r}; expected one of {list(FAMILIES)}")
+        if self.prior_std is not None and self.prior_precision is not None:
+            raise ValueError("give prior_std or prior_precision, not both")
+        values = {"prior_std": self.prior_std, "prior_precision": self.prior_precision}
+        for key in ("prior_layer_std", "prior_layer_precision"):
+            values |= {f"{key}.{group}": v for group, v in (getattr(self, key) or {}).items()}
+        bad = {key: v for key, v in values.items() if v is not None and not v > 0}
+        if bad:
+            raise ValueError(f"prior std and precision must be positive, got {bad}")
+        both = sorted(set(self.prior_layer_std or {}) & set(self.prior_layer_precision or {}))
+        if both:
+            raise ValueError(f"layer group(s) {both} given both a prior std and a prior precision")
+        stated = self.stated_stds() != (None, ())
+        if stated and self.family not in BELIEF_FAMILIES:
+            raise ValueError(f"a stated Gaussian prior needs family laplace or vi, got {self.family!r}")
+        if self.prior_mixture is not None and self.family != "vi":
+            raise ValueError(f"the scale-mixture prior needs family vi, got {self.family!r}")
+        if self.prior_from is not None and self.family not in BELIEF_FAMILIES:
+            raise ValueError(f"prior_from needs a posterior family (laplace or vi), got {self.family!r}")
+
+    def stated_stds(self) -> tuple[float | None, tuple[tuple[str, float], ...]]:
+        """The stated Gaussian prior as stds: every weight's (or ``None``) and ``(group, std)`` per layer group."""
+        std = self.prior_std if self.prior_precision is None else self.prior_precision**-0.5
+        layers = {**(self.prior_layer_std or {})}
+        layers |= {group: p**-0.5 for group, p in (self.prior_layer_precision or {}).items()}
+        return std, tuple(sorted(layers.items()))
 
 
 @dataclass(frozen=True)
@@ -82,16 +121,22 @@ class EvidenceOptions:
     """Networks that an all-weights KFAC does not cover (convolutions) fall back to the last layer; the evidence
     kind names the subset used."""
     structure: Literal["full", "kfac", "diag"] = "kfac"
+    prior_tuning: Literal["evidence", "validation"] = "evidence"
+    """How a ``laplace`` candidate's prior precision is tuned: on the evidence (marglik or post hoc), or, after that,
+    scaled by the factor of lowest NLL on a held-out validation split (:func:`fit_candidate`). A stated prior, a
+    ``prior_from`` and a belief update are never tuned."""
 
     @classmethod
-    def for_candidates(cls, subset: str, structure: str, specs: Sequence[CandidateSpec]) -> EvidenceOptions:
+    def for_candidates(
+        cls, subset: str, structure: str, specs: Sequence[CandidateSpec], prior_tuning: str = "evidence"
+    ) -> EvidenceOptions:
         """``subset="auto"``: all weights when every candidate is a ``laplace`` network, whose marginal-likelihood
         training tunes the prior of every layer; else the last layer. A post-hoc all-weights evidence of networks
         trained with a fixed weight decay (MC dropout) switched an MNIST campaign to its smallest candidate (test
         ECE 0.16–0.19), where the last-layer evidence kept the widest (ECE ≤ 0.06)."""
         if subset == "auto":
             subset = "all" if all(s.model.family == "laplace" for s in specs) else "last_layer"
-        return cls(subset, structure)
+        return cls(subset, structure, prior_tuning)
 
 
 @dataclass(frozen=True)
@@ -120,6 +165,8 @@ class FittedCandidate:
     """Mean NLL (nats per item) of the held-out validation split, when the round selects by it."""
     elbo: ELBOParts | None = None
     """VI: the ELBO's expected log likelihood and KL of this round's fit (of a belief update: its new data)."""
+    prior_tuning: PriorTuning | None = None
+    """``laplace`` with ``prior_tuning="validation"``: the validation grid search that scaled the prior."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +208,7 @@ def build_model(
         seed=seed,
         update_steps=m.update_steps,
     )
+    std, layers = m.stated_stds()
     if m.family == "laplace":
         config = LaplaceConfig(
             **common,
@@ -168,10 +216,18 @@ def build_model(
             structure=evidence_options.structure,
             training=m.training,
             prior_structure=m.prior_structure,
+            prior_std=std,
+            layer_prior_std=layers,
         )
         return LaplaceClassifier(config, device=m.device)
     if m.family == "vi":
-        return MeanFieldVI(VIConfig(**common), device=m.device)
+        mixture = m.prior_mixture
+        priors = {} if mixture is None else {"prior": "scale_mixture", "mixture_pi": mixture["pi"]}
+        if mixture is not None:
+            priors |= {"mixture_sigma1": mixture["sigma1"], "mixture_sigma2": mixture["sigma2"]}
+        layer_priors = tuple((group, 0.0, s) for group, s in layers)
+        config = VIConfig(**common, **priors, prior_std=1.0 if std is None else std, layer_priors=layer_priors)
+        return MeanFieldVI(config, device=m.device)
     config = MCDropoutConfig(**common, dropout=m.dropout)
     if m.family == "ensemble":
         return DeepEnsemble(config, members=m.members, device=m.device)
@@ -235,6 +291,7 @@ def fit_candidate(
     previous: dict[str, Any] | None = None,
     held_out: np.ndarray | None = None,
     samples: int = 20,
+    prior_payload: dict[str, Any] | None = None,
 ) -> FittedCandidate:
     """Fit one candidate on ``(x, y)``; with ``previous`` (a :func:`candidate_payload`) update its beliefs on new
     ids only.
@@ -243,6 +300,8 @@ def fit_candidate(
     being the Laplace evidence (or ELBO) of the update, so candidates stay comparable on all data seen.
     ``held_out`` (positions, :func:`validation_rows`): fit on the other rows and report the mean NLL of the
     held-out ones under the predictive that scores the pool (``samples`` draws, seeded by ``seed``).
+    ``prior_payload`` (:func:`load_checkpoint` of ``spec.model.prior_from``): a fresh fit starts from that saved
+    posterior of an earlier campaign as its prior, for ``spec.model.steps`` steps on all of ``(x, y)``.
     """
     family = spec.model.family
     start = time.perf_counter()
@@ -261,6 +320,7 @@ def fit_candidate(
             feature_shape=feature_shape,
             n_classes=n_classes,
             seed=seed,
+            prior_payload=prior_payload,
         )
         probs = pool_predict(fitted.model, x[held], samples, seed=seed).mean(0)
         fitted.validation_nll = nll(probs, y[held])
@@ -269,25 +329,104 @@ def fit_candidate(
     labels = dict(zip(ids, y.tolist(), strict=True))
     relabelled = _relabelled(previous, labels) if previous is not None else []
     if previous is None or relabelled:
-        model = build_model(spec, feature_shape, n_classes, seed, evidence_options).fit(x, y)
+        model = build_model(spec, feature_shape, n_classes, seed, evidence_options)
+        tuning = None
+        if prior_payload is not None:
+            _start_from(model, spec, prior_payload)
+            model.fit(x, y, prior=_prior_of(model, family), steps=spec.model.steps)
+        elif _tunes_on_validation(spec, evidence_options):
+            tuning = _tune_prior_scale(spec, x, y, ids, feature_shape, n_classes, seed, evidence_options)
+            model.fit(x, y)
+            model.laplace.prior_precision = tuning.scale * model.laplace.prior_precision
+        else:
+            model.fit(x, y)
         seconds = time.perf_counter() - start
         log_z, kind = evidence(model, family, x, y, evidence_options)
         return FittedCandidate(
-            spec.name, family, model, log_z, kind, seconds, labels, len(ids), len(relabelled), elbo=_elbo(model)
+            spec.name,
+            family,
+            model,
+            log_z,
+            kind,
+            seconds,
+            labels,
+            len(ids),
+            len(relabelled),
+            elbo=_elbo(model),
+            prior_tuning=tuning,
         )
     model = load_model(previous, spec.model.device)
     seen = previous["trained_on"]
     new = [i for i, item in enumerate(ids) if item not in seen]
     log_z = previous["log_evidence"]
     if new:
-        posterior = model.posterior()
-        prior = prior_from_posterior(posterior) if family == "laplace" else posterior
-        model.fit(x[new], y[new], prior=prior, steps=spec.model.update_steps or spec.model.steps)  # today's options
+        steps = spec.model.update_steps or spec.model.steps  # today's options
+        model.fit(x[new], y[new], prior=_prior_of(model, family), steps=steps)
         log_z += model.log_evidence()
     seconds = time.perf_counter() - start
     kind = previous["evidence_kind"]
     elbo = _elbo(model) if new else None
     return FittedCandidate(spec.name, family, model, log_z, kind, seconds, {**seen, **labels}, len(new), elbo=elbo)
+
+
+def _tunes_on_validation(spec: CandidateSpec, evidence_options: EvidenceOptions) -> bool:
+    m = spec.model
+    return (
+        evidence_options.prior_tuning == "validation"
+        and m.family == "laplace"
+        and m.stated_stds() == (None, ())
+        and m.prior_from is None
+    )
+
+
+def _tune_prior_scale(
+    spec: CandidateSpec,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    ids: list[str],
+    feature_shape: tuple[int, ...],
+    n_classes: int,
+    seed: int,
+    evidence_options: EvidenceOptions,
+) -> PriorTuning:
+    """The validation grid search of the prior's scale: the candidate fitted without a seeded held-out split (its
+    prior tuned on the evidence as usual), then :func:`tune_prior_on_validation` on the held-out items. The caller
+    applies the scale to the candidate fitted on every label, so no label is left out of the final model."""
+    held = torch.from_numpy(validation_rows(ids, seed))
+    keep = torch.ones(len(ids), dtype=torch.bool)
+    keep[held] = False
+    split = build_model(spec, feature_shape, n_classes, seed, evidence_options).fit(x[keep], y[keep])
+    return tune_prior_on_validation(split.laplace, x[held].to(split.device), y[held].to(split.device))
+
+
+def _prior_of(model: Any, family: str) -> Any:
+    """The model's posterior in the form its ``fit(prior=...)`` takes."""
+    posterior = model.posterior()
+    return prior_from_posterior(posterior) if family == "laplace" else posterior
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A saved candidate (:func:`candidate_payload`, e.g. ``models/<campaign>/candidates/<name>.pt`` of a
+    workspace), loaded with ``weights_only=True``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as error:  # missing, or not a weights-only torch file
+        raise ValueError(f"prior_from {path}: cannot load a saved posterior ({error})") from None
+
+
+def _start_from(model: Any, spec: CandidateSpec, payload: dict[str, Any]) -> None:
+    """Load a saved posterior into ``model`` after checking that it is of the same family and layer shapes."""
+    source = spec.model.prior_from or "the given checkpoint"
+    if payload.get("family") != spec.model.family:
+        raise ValueError(
+            f"prior from {source}: the saved posterior is of family {payload.get('family')!r}, "
+            f"expected {spec.model.family!r} (candidate {spec.name!r})"
+        )
+    check_prior_shapes(payload["state"]["network"], model.network.state_dict(), source)
+    try:
+        model.load_state_dict(payload["state"])
+    except ValueError as error:  # e.g. a Laplace of another subset or structure
+        raise ValueError(f"prior from {source}: {error}") from None
 
 
 def _elbo(model: Any) -> ELBOParts | None:

@@ -1,6 +1,7 @@
 """ActiveLearner on a small real data set: shapes, seeds, inputs, the evidence table, teaching, saving, streaming."""
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -216,3 +217,43 @@ def test_a_lone_ensemble_is_selected_without_a_split_or_an_evidence(wine):
     row = learner.evidence_table().iloc[0]
     assert (row.criterion, row.kind, row.n_fitted) == ("none", "none", len(y))
     assert pd.isna(row.log_evidence) and pd.isna(row.log_bayes_factor)
+
+
+def test_prior_from_a_saved_posterior_and_clear_errors_on_other_shapes_or_families(wine, tmp_path):
+    from learner import candidate_payload
+
+    x, y, pool, pool_y, _ = wine
+    spec = {"name": "v", "hidden": 8, "depth": 1}
+    earlier = _learner(model="vi", candidates=[spec]).fit(pool[:60], pool_y[:60])
+    path = tmp_path / "v.pt"
+    torch.save(candidate_payload(earlier.selected, 1), path)
+    saved = earlier.selected.model.posterior()["head.1.weight"]
+
+    later = _learner(model="vi", candidates=[{**spec, "prior_from": str(path)}]).fit(x, y)
+    layer = later.selected.model.layers["head.1"]  # the saved posterior is the prior of the fresh fit
+    assert torch.allclose(layer.prior_weight_mu, saved[0]) and torch.allclose(layer.prior_weight_sigma, saved[1])
+    fresh = _learner(model="vi", candidates=[spec]).fit(x, y)
+    assert later.selected.log_evidence != fresh.selected.log_evidence
+
+    wider = _learner(model="vi", candidates=[{**spec, "hidden": 16, "prior_from": str(path)}])
+    shapes = r"layer 'features\.0\.weight' has shape \(8, 13\) in the saved posterior, expected \(16, 13\)"
+    message = f"prior from {re.escape(str(path))}: {shapes}"
+    with pytest.raises(ValueError, match=message):
+        wider.fit(x, y)
+    with pytest.raises(ValueError, match="saved posterior is of family 'vi', expected 'laplace'"):
+        _learner(model="laplace", candidates=[{**spec, "prior_from": str(path)}]).fit(x, y)
+
+
+def test_prior_tuned_on_validation_scales_the_evidence_prior_of_the_fit_on_every_label(wine):
+    x, y, _, _, _ = wine
+    spec = [{"name": "lap", "hidden": 8, "depth": 1}]
+    tuned = _learner(model="laplace", candidates=spec, prior_tuning="validation").fit(x, y)
+    plain = _learner(model="laplace", candidates=spec).fit(x, y)
+    tuning = tuned.selected.prior_tuning
+    assert tuning.validation_nll <= tuning.evidence_nll and tuning.scale in tuning.scales
+    assert plain.selected.prior_tuning is None and tuned.selected.n_fitted == len(y)
+    evidence_prior = plain.selected.model.laplace.prior_precision  # the same network, fitted on every label
+    torch.testing.assert_close(tuned.selected.model.laplace.prior_precision, tuning.scale * evidence_prior)
+    assert tuned.evidence_table().prior_scale[0] == tuning.scale
+    with pytest.raises(ValueError, match="prior_tuning must be 'evidence' or 'validation'"):
+        _learner(prior_tuning="grid")
