@@ -11,6 +11,7 @@ an ensemble among several candidates selects every candidate by its NLL on a hel
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -335,7 +336,8 @@ def fit_candidate(
             _start_from(model, spec, prior_payload)
             model.fit(x, y, prior=_prior_of(model, family), steps=spec.model.steps)
         elif _tunes_on_validation(spec, evidence_options):
-            tuning = _tune_prior_scale(spec, x, y, ids, feature_shape, n_classes, seed, evidence_options)
+            build = functools.partial(build_model, spec, feature_shape, n_classes, seed, evidence_options)
+            tuning = _tune_prior_scale(build, x, y, validation_rows(ids, seed))
             model.fit(x, y)
             model.laplace.prior_precision = tuning.scale * model.laplace.prior_precision
         else:
@@ -380,22 +382,15 @@ def _tunes_on_validation(spec: CandidateSpec, evidence_options: EvidenceOptions)
 
 
 def _tune_prior_scale(
-    spec: CandidateSpec,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    ids: list[str],
-    feature_shape: tuple[int, ...],
-    n_classes: int,
-    seed: int,
-    evidence_options: EvidenceOptions,
+    build: Callable[[], LaplaceClassifier], x: torch.Tensor, y: torch.Tensor, held_out: np.ndarray
 ) -> PriorTuning:
-    """The validation grid search of the prior's scale: the candidate fitted without a seeded held-out split (its
-    prior tuned on the evidence as usual), then :func:`tune_prior_on_validation` on the held-out items. The caller
+    """The validation grid search of the prior's scale: a new candidate (``build()``) fitted without the held-out
+    rows (its prior tuned on the evidence as usual), then :func:`tune_prior_on_validation` on them. The caller
     applies the scale to the candidate fitted on every label, so no label is left out of the final model."""
-    held = torch.from_numpy(validation_rows(ids, seed))
-    keep = torch.ones(len(ids), dtype=torch.bool)
+    held = torch.from_numpy(held_out)
+    keep = torch.ones(len(y), dtype=torch.bool)
     keep[held] = False
-    split = build_model(spec, feature_shape, n_classes, seed, evidence_options).fit(x[keep], y[keep])
+    split = build().fit(x[keep], y[keep])
     return tune_prior_on_validation(split.laplace, x[held].to(split.device), y[held].to(split.device))
 
 
