@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from acquisition import BATCH_ACQUISITIONS, get_acquisition
+from bayes_models.laplace import PriorTuning
 from learner.candidates import (
     BELIEF_FAMILIES,
     CandidateSpec,
@@ -418,6 +419,7 @@ class ActiveLearner:
                 c["n_fitted"],
                 c["n_relabelled"],
                 c.get("validation_nll"),
+                prior_tuning=_prior_tuning(c.get("prior_tuning")),
             )
             for c in state["candidates"]
         ]
@@ -429,6 +431,12 @@ class ActiveLearner:
         learner = cls()
         learner.load_state_dict(state)
         return learner
+
+
+def _prior_tuning(saved: dict[str, Any] | None) -> PriorTuning | None:
+    if saved is None:
+        return None
+    return PriorTuning(**{key: tuple(v) if isinstance(v, list | tuple) else v for key, v in saved.items()})
 
 
 def _evidence_kind(fitted: FittedCandidate) -> str:

@@ -446,6 +446,7 @@ def candidate_payload(fitted: FittedCandidate, round_: int) -> dict[str, Any]:
         "log_evidence": fitted.log_evidence,
         "evidence_kind": fitted.evidence_kind,
         "validation_nll": fitted.validation_nll,
+        "prior_tuning": None if fitted.prior_tuning is None else dataclasses.asdict(fitted.prior_tuning),
         "state": fitted.model.state_dict(),
     }
 

@@ -255,5 +255,6 @@ def test_prior_tuned_on_validation_scales_the_evidence_prior_of_the_fit_on_every
     evidence_prior = plain.selected.model.laplace.prior_precision  # the same network, fitted on every label
     torch.testing.assert_close(tuned.selected.model.laplace.prior_precision, tuning.scale * evidence_prior)
     assert tuned.evidence_table().prior_scale[0] == tuning.scale
+    assert ActiveLearner.from_state_dict(tuned.state_dict()).selected.prior_tuning == tuning
     with pytest.raises(ValueError, match="prior_tuning must be 'evidence' or 'validation'"):
         _learner(prior_tuning="grid")
