@@ -35,13 +35,14 @@ from bayes_models.linear import BayesianLinearRegression, polynomial_features, p
 from bayes_models.mc_dropout import MCDropout, MCDropoutConfig
 from bayes_models.selection import bayes_factor_table
 from bayes_models.temperature import TemperatureScaling
-from bayes_models.vi import BayesLinear, MeanFieldVI, VIConfig
+from bayes_models.vi import BayesLinear, ELBOParts, MeanFieldVI, VIConfig
 
 __all__ = [
     "BayesLinear",
     "BayesianClassifier",
     "BayesianLinearRegression",
     "DeepEnsemble",
+    "ELBOParts",
     "GaussianBelief",
     "Laplace",
     "LaplaceClassifier",

@@ -26,9 +26,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from bayes_models.architectures import SplitNet, resolve_device, seeded, seeded_network
+from bayes_models.priors import group_values
 from bayes_models.training import TrainingConfig, training_threads
 
-__all__ = ["BayesLinear", "MeanFieldVI", "VIConfig", "gaussian_kl", "softplus_inverse"]
+__all__ = ["BayesLinear", "ELBOParts", "MeanFieldVI", "VIConfig", "gaussian_kl", "softplus_inverse"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -250,8 +251,9 @@ class VIConfig(TrainingConfig):
 
     ``bayesian``: ``"head"`` (Linear layers of the head; the backbone is a MAP point estimate with ``weight_decay``,
     and sampling runs the backbone once per item) or ``"all"`` (every Linear layer; convolutions stay MAP).
-    ``prior``: ``"gaussian"`` (N(prior_mean, prior_std²); ``layer_priors`` = ``((layer_name, mean, std), ...)``
-    overrides per layer) or ``"scale_mixture"`` (``mixture_pi``, ``mixture_sigma1``, ``mixture_sigma2``).
+    ``prior``: ``"gaussian"`` (N(prior_mean, prior_std²); ``layer_priors`` = ``((layer_group, mean, std), ...)``
+    overrides per layer group: a layer's name or a dotted prefix such as ``"head"``, the most specific winning) or
+    ``"scale_mixture"`` (``mixture_pi``, ``mixture_sigma1``, ``mixture_sigma2``).
     ``init_std``: initial σ of q. ``kl_samples``: Monte Carlo draws of the mixture KL per step. ``elbo_samples``:
     weight samples of the ELBO estimated at the end of :meth:`MeanFieldVI.fit`.
     """
@@ -275,7 +277,34 @@ class VIConfig(TrainingConfig):
         if self.prior not in ("gaussian", "scale_mixture"):
             raise ValueError(f"prior must be 'gaussian' or 'scale_mixture', got {self.prior!r}")
         if self.prior_std <= 0 or self.init_std <= 0:
-            raise ValueError("prior_std and init_std must be positive")
+            raise ValueError(f"prior_std and init_std must be positive, got {self.prior_std} and {self.init_std}")
+        bad = [(group, std) for group, _, std in self.layer_priors if not std > 0]
+        if bad:
+            raise ValueError(f"layer_priors: a prior std must be positive, got {bad}")
+        if self.prior == "scale_mixture" and not (
+            0 < self.mixture_pi < 1 and self.mixture_sigma1 > 0 and self.mixture_sigma2 > 0
+        ):
+            raise ValueError(
+                "the scale mixture needs 0 < mixture_pi < 1 and positive sigmas, got "
+                f"{self.mixture_pi}, {self.mixture_sigma1}, {self.mixture_sigma2}"
+            )
+
+
+@dataclass(frozen=True)
+class ELBOParts:
+    r"""The ELBO's two terms over a data set: ``elbo = expected_log_lik − kl``.
+
+    ``expected_log_lik`` :math:`= \sum_i E_q[\log p(y_i \mid x_i, w)]` (summed over the data, nats) and
+    ``kl`` :math:`= \mathrm{KL}(q \| p)`. Shown apart they tell posterior collapse (KL near 0 while the expected
+    log likelihood stays far below the data's) from over-regularisation (a KL the likelihood cannot pay for).
+    """
+
+    expected_log_lik: float
+    kl: float
+
+    @property
+    def elbo(self) -> float:
+        return self.expected_log_lik - self.kl
 
 
 class MeanFieldVI:
@@ -304,7 +333,7 @@ class MeanFieldVI:
             raise ValueError(f"no Linear layer to make Bayesian in the network's {config.bayesian}")
         self._apply_config_prior()
         self.history: dict[str, list[float]] = {"nll": [], "kl": [], "loss": []}
-        self._elbo: float | None = None
+        self._elbo: ELBOParts | None = None
         self.prior_from_posterior = False
 
     def _apply_config_prior(self) -> None:
@@ -315,10 +344,12 @@ class MeanFieldVI:
                 layer.set_scale_mixture_prior(c.mixture_pi, c.mixture_sigma1, c.mixture_sigma2)
             else:
                 layer.set_gaussian_prior(c.prior_mean, c.prior_std)
-        for name, mean, std in c.layer_priors:
-            if name not in self.layers:
-                raise ValueError(f"layer_priors names unknown layer {name!r}; Bayesian layers: {sorted(self.layers)}")
-            self.layers[name].set_gaussian_prior(mean, std)
+        entries = [(group, float(i)) for i, (group, _, _) in enumerate(c.layer_priors)]
+        chosen = group_values(list(self.layers), -1.0, entries, what="layer_priors (Bayesian layers only)")
+        for layer, index in zip(self.layers.values(), chosen, strict=True):
+            if index >= 0:
+                _, mean, std = c.layer_priors[int(index)]
+                layer.set_gaussian_prior(mean, std)
 
     # ---- interface ------------------------------------------------------------------------------------------------
 
@@ -356,7 +387,7 @@ class MeanFieldVI:
                     self._train(
                         x, y, torch.Generator().manual_seed(self.config.seed), default if steps is None else steps
                     )
-            self._elbo = self.elbo(x, y, n_samples=self.config.elbo_samples, seed=self.config.seed)
+            self._elbo = self.elbo_parts(x, y, n_samples=self.config.elbo_samples, seed=self.config.seed)
         return self
 
     def _train(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, steps: int) -> None:
@@ -394,17 +425,21 @@ class MeanFieldVI:
         if logs:
             self.history = dict(zip(("nll", "kl", "loss"), torch.stack(logs).T.tolist(), strict=True))
 
-    @torch.no_grad()
     def elbo(self, x: torch.Tensor, y: torch.Tensor, *, n_samples: int = 32, seed: int = 0) -> float:
         r"""ELBO estimate :math:`\sum_i \frac1S\sum_s \log p(y_i \mid x_i, w_s) - \mathrm{KL}(q\|p)`, summed over the
         data (a lower bound on :math:`\log p(D)`); KL in closed form, or with ``n_samples`` draws for the mixture."""
+        return self.elbo_parts(x, y, n_samples=n_samples, seed=seed).elbo
+
+    @torch.no_grad()
+    def elbo_parts(self, x: torch.Tensor, y: torch.Tensor, *, n_samples: int = 32, seed: int = 0) -> ELBOParts:
+        """The two terms of :meth:`elbo`, from the same draws."""
         with seeded(seed, self.device):
             kl = float(self.kl(n_samples))
             if x.shape[0] == 0:
-                return -kl
+                return ELBOParts(0.0, kl)
             log_probs = torch.log_softmax(self._logit_samples(x.to(self.device, torch.float32), n_samples), dim=-1)
         log_lik = log_probs.gather(-1, y.to(self.device, torch.long).expand(n_samples, -1)[..., None]).squeeze(-1)
-        return float(log_lik.double().mean(0).sum()) - kl
+        return ELBOParts(float(log_lik.double().mean(0).sum()), kl)
 
     def _logit_samples(self, x: torch.Tensor, n: int, batch_size: int = 2048) -> torch.Tensor:
         """``logits[n, N, C]``, one weight sample per index shared by all items; draws from the global RNG."""
@@ -451,8 +486,13 @@ class MeanFieldVI:
 
     def log_evidence(self) -> float:
         """The ELBO of the last :meth:`fit` (summed over its data): a lower bound on log p(D), not the evidence."""
+        return self.elbo_terms.elbo
+
+    @property
+    def elbo_terms(self) -> ELBOParts:
+        """Expected log likelihood and KL of the last :meth:`fit`'s ELBO (a belief update: of its new data)."""
         if self._elbo is None:
-            raise RuntimeError("log_evidence() needs a fit() first: the ELBO is estimated at the end of fit")
+            raise RuntimeError("the ELBO needs a fit() first: it is estimated at the end of fit")
         return self._elbo
 
     def posterior(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -494,14 +534,14 @@ class MeanFieldVI:
         return {
             "config": asdict(self.config),
             "network": self.network.state_dict(),
-            "elbo": self._elbo,
+            "elbo": None if self._elbo is None else asdict(self._elbo),
             "history": self.history,
             "prior_from_posterior": self.prior_from_posterior,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.network.load_state_dict(state["network"])  # the layers' extra state restores a mixture prior or not
-        self._elbo = state["elbo"]
+        self._elbo = None if state["elbo"] is None else ELBOParts(**state["elbo"])
         self.history = {key: list(values) for key, values in state["history"].items()}
         self.prior_from_posterior = bool(state["prior_from_posterior"])
 

@@ -600,14 +600,21 @@ def select(
         from flows.rounds import select_models
 
         rows = select_models(settings, labels)
-    table = Table(title=f"Model selection on {settings.dataset.name} ({rows[0]['evidence_kind']})")
-    for column in ("candidate", "log Z", "log BF", "Kass–Raftery", "test NLL", "test acc", "fit s"):
+    by = "validation NLL" if rows[0]["criterion"] == "validation_nll" else rows[0]["evidence_kind"]
+    table = Table(title=f"Model selection on {settings.dataset.name} ({by})")
+    columns = ("candidate", "log Z", "log BF", "val NLL", "Kass–Raftery", "test NLL", "test acc", "fit s")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("candidate", "Kass–Raftery") else "right")
+
+    def number(value: float | None, digits: int) -> str:
+        return "–" if value is None else f"{value:.{digits}f}"
+
     for row in rows:
         table.add_row(
             row["candidate"],
-            f"{row['log_evidence']:.2f}",
-            f"{row['log_bayes_factor']:.2f}",
+            number(row["log_evidence"], 2),
+            number(row["log_bayes_factor"], 2),
+            number(row["validation_nll"], 3),
             row["reading"],
             f"{row['test_nll']:.3f}",
             f"{row['test_accuracy']:.3f}",

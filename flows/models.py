@@ -21,9 +21,8 @@ def model_options(settings: Settings) -> ModelOptions:
 
 
 def evidence_options(settings: Settings) -> EvidenceOptions:
-    return EvidenceOptions.for_candidates(
-        settings.selection.subset, settings.selection.structure, candidate_specs(settings)
-    )
+    s = settings.selection
+    return EvidenceOptions.for_candidates(s.subset, s.structure, candidate_specs(settings), s.prior_tuning)
 
 
 def candidate_specs(settings: Settings) -> list[CandidateSpec]:
@@ -60,6 +59,23 @@ def load_candidate(directory: Path, name: str, family: str, round_: int) -> dict
     return None
 
 
+def prior_checkpoint(path: Path, candidate: str) -> Path:
+    """``model.prior_from`` as a checkpoint file: the file itself, or in a workspace the one saved posterior of a
+    candidate of this name (``models/<campaign>/candidates/<candidate>.pt``)."""
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise ValueError(f"prior_from {path}: no such checkpoint file or workspace")
+    found = sorted(path.glob(f"models/*/candidates/{candidate}.pt"))
+    if len(found) != 1:
+        what = "no saved posterior" if not found else f"{len(found)} saved posteriors ({[str(f) for f in found]})"
+        raise ValueError(
+            f"prior_from {path}: {what} of candidate {candidate!r} (models/*/candidates/{candidate}.pt); "
+            "name the checkpoint file"
+        )
+    return found[0]
+
+
 def _previous(path: Path) -> Path:
     return path.with_name(f"{path.stem}.previous.pt")
 
@@ -82,6 +98,7 @@ def learner_for(settings: Settings, *, n_classes: int | None = None) -> ActiveLe
         options.pop("device"),
         subset=settings.selection.subset,
         structure=settings.selection.structure,
+        prior_tuning=settings.selection.prior_tuning,
         batch_candidates=a.batch_candidates,
         pool_subsample=a.pool_subsample,
         n_classes=n_classes,

@@ -31,7 +31,7 @@ from data.store import LabelAnswer, LabelStore, QueueEntry
 from flows import plots
 from flows.campaign_setup import campaign_test_rows, model_feature_store, prepare_campaign
 from flows.console import console, pool_exhausted, print_round
-from flows.models import candidate_specs, evidence_options, load_candidate, save_candidate
+from flows.models import candidate_specs, evidence_options, load_candidate, prior_checkpoint, save_candidate
 from flows.settings import Settings
 from flows.tracking import CampaignTracker
 from learner import (
@@ -40,11 +40,12 @@ from learner import (
     QueryResult,
     StreamPlan,
     fit_candidate,
+    load_checkpoint,
     predict_proba,
     query_pool,
-    rank_candidates,
     round_rng,
     round_seed,
+    select_candidates,
     stream_scores,
 )
 from learner.query import SCORE_CHUNK
@@ -76,6 +77,8 @@ class Selection:
 
     candidates: list[CandidateResult]
     diagram: object
+    prior_tuning: str = "evidence"
+    """``selection.prior_tuning`` of the round (logged as a param)."""
 
     @property
     def selected(self) -> CandidateResult:
@@ -113,15 +116,24 @@ def answer_from_oracle(
 
 @task(cache_policy=NO_CACHE)
 def fit_candidate_task(
-    spec: CandidateSpec, settings: Settings, features: FeatureStore, labeled: dict[str, int], round_: int
+    spec: CandidateSpec,
+    settings: Settings,
+    features: FeatureStore,
+    labeled: dict[str, int],
+    round_: int,
+    held_out: np.ndarray | None = None,
 ) -> FittedCandidate:
-    """Fit (``update: retrain``) or belief-update (``update: belief``) one candidate on the current labels."""
+    """Fit (``update: retrain``) or belief-update (``update: belief``) one candidate on the current labels; with
+    ``held_out`` (positions in ``labeled``), on the others, reporting the held-out items' NLL."""
     ids = list(labeled)
     x = _rows_tensor(features, features.row_of(ids))
     y = torch.tensor(list(labeled.values()), dtype=torch.long)
     previous = None
     if settings.update == "belief":
         previous = load_candidate(_candidates_dir(settings), spec.name, spec.model.family, round_)
+    prior = None
+    if spec.model.prior_from:
+        prior = load_checkpoint(prior_checkpoint(Path(spec.model.prior_from), spec.name))
     return fit_candidate(
         spec,
         evidence_options(settings),
@@ -132,6 +144,9 @@ def fit_candidate_task(
         n_classes=len(features.classes),
         seed=round_seed(settings.campaign.seed, round_),
         previous=previous,
+        held_out=held_out,
+        samples=settings.acquisition.samples,
+        prior_payload=prior,
     )
 
 
@@ -267,7 +282,12 @@ def log_round(
                 )
             )
             chosen = selection.selected.fitted
-            params = {"selected_candidate": chosen.name, "evidence_kind": chosen.evidence_kind}
+            params = {
+                "selected_candidate": chosen.name,
+                "evidence_kind": chosen.evidence_kind,
+                "selection_criterion": selection.selected.row.criterion,
+                "prior_tuning": selection.prior_tuning,
+            }
             tags = {"beliefloop.selected": chosen.name}
         curve = [r for r in [*history, metrics] if "test_accuracy" in r]
         if curve:
@@ -306,6 +326,8 @@ def _bayes_factor_table(selection: Selection) -> dict[str, list]:
         "log_bayes_factor": [c.row.log_bayes_factor for c in candidates],
         "kass_raftery": [c.row.reading for c in candidates],
         "evidence_kind": [c.fitted.evidence_kind for c in candidates],
+        "criterion": [c.row.criterion for c in candidates],
+        "validation_nll": [c.row.validation_nll for c in candidates],
         "test_nll": [c.test["test_nll"] for c in candidates],
         "test_accuracy": [c.test["test_accuracy"] for c in candidates],
         "train_seconds": [c.fitted.train_seconds for c in candidates],
@@ -322,19 +344,23 @@ def _write_csv(columns: dict[str, list], path: Path) -> Path:
 
 
 def select_model(settings: Settings, features: FeatureStore, labeled: dict[str, int], round_: int) -> Selection:
-    """Fit every candidate as a Prefect task, rank them by evidence (``learner.rank_candidates``), evaluate each on
-    the test split."""
-    specs = candidate_specs(settings)
-    if settings.selection.workers > 1:  # concurrent fits share torch's RNG: faster, not bit-reproducible
-        futures = [fit_candidate_task.submit(spec, settings, features, labeled, round_) for spec in specs]
-        results = [future.result() for future in futures]
-    else:
-        results = [fit_candidate_task.submit(spec, settings, features, labeled, round_).result() for spec in specs]
-    ranked = rank_candidates(results)
+    """Fit every candidate as a Prefect task, rank them by evidence or, when one has none, by validation NLL
+    (``learner.select_candidates``), evaluate each on the test split."""
+
+    def fit_all(specs: list[CandidateSpec], held_out: np.ndarray | None) -> list[FittedCandidate]:
+        args = (settings, features, labeled, round_, held_out)
+        if settings.selection.workers > 1:  # concurrent fits share torch's RNG: faster, not bit-reproducible
+            futures = [fit_candidate_task.submit(spec, *args) for spec in specs]
+            return [future.result() for future in futures]
+        return [fit_candidate_task.submit(spec, *args).result() for spec in specs]
+
+    ranked = select_candidates(
+        candidate_specs(settings), fit_all, list(labeled), round_seed(settings.campaign.seed, round_)
+    )
     test_rows = campaign_test_rows(settings, features)
     tests = evaluate([r.fitted.model for r in ranked], features, test_rows, settings.acquisition.samples, round_)
     candidates = [CandidateResult(r.row, r.fitted, t.metrics) for r, t in zip(ranked, tests, strict=True)]
-    return Selection(candidates, tests[0].diagram)
+    return Selection(candidates, tests[0].diagram, settings.selection.prior_tuning)
 
 
 @flow(name="labeling_round")
@@ -367,16 +393,29 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
         metrics.update(selection.selected.test)
         for c in selection.candidates:
             name = c.row.candidate
-            metrics[f"log_evidence/{name}"] = c.row.log_evidence
-            metrics[f"log_bayes_factor/{name}"] = c.row.log_bayes_factor
+            for key, value in (
+                ("log_evidence", c.row.log_evidence),
+                ("log_bayes_factor", c.row.log_bayes_factor),
+                ("validation_nll", c.row.validation_nll),
+            ):
+                if value is not None:  # an ensemble has no evidence; Bayes factors only under criterion evidence
+                    metrics[f"{key}/{name}"] = value
             metrics[f"n_fitted/{name}"] = c.fitted.n_fitted
+            if c.fitted.prior_tuning is not None:  # selection.prior_tuning: validation
+                metrics[f"prior_scale/{name}"] = c.fitted.prior_tuning.scale
+                metrics[f"prior_validation_nll/{name}"] = c.fitted.prior_tuning.validation_nll
+                metrics[f"prior_evidence_validation_nll/{name}"] = c.fitted.prior_tuning.evidence_nll
+            if c.fitted.elbo is not None:  # VI: the ELBO's parts, so posterior collapse or over-regularisation shows
+                metrics[f"vi_kl/{name}"] = c.fitted.elbo.kl
+                metrics[f"vi_expected_log_lik/{name}"] = c.fitted.elbo.expected_log_lik
             if settings.update == "belief":
                 metrics[f"n_relabelled/{name}"] = c.fitted.n_relabelled
             if c.fitted.n_relabelled:
                 logger.info("%s: %d items relabelled since its posterior; retrained", name, c.fitted.n_relabelled)
             path = save_candidate(_candidates_dir(settings), c.fitted, round_)  # the one place models are saved
             checkpoint = path if c.row.selected else checkpoint
-        logger.info("selected %s (%s)", chosen.name, chosen.evidence_kind)
+        criterion = selection.selected.row.criterion
+        logger.info("selected %s by %s (%s)", chosen.name, criterion, chosen.evidence_kind)
         kill_point("after_training")
     else:
         logger.info("%d labels < min_labels=%d: queueing a random batch", len(labeled), settings.campaign.min_labels)
@@ -429,6 +468,8 @@ def select_models(settings: Settings, n_labels: int | None = None) -> list[dict]
             "log_bayes_factor": c.row.log_bayes_factor,
             "reading": c.row.reading,
             "evidence_kind": c.fitted.evidence_kind,
+            "criterion": c.row.criterion,
+            "validation_nll": c.row.validation_nll,
             **c.test,
             "train_seconds": c.fitted.train_seconds,
         }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -85,6 +85,18 @@ class CampaignSettings(_Section):
         return name
 
 
+PositiveFloat = Annotated[float, Field(gt=0)]
+PRIOR_KEYS = ("prior_std", "prior_precision", "prior_layer_std", "prior_layer_precision", "prior_mixture", "prior_from")
+
+
+class MixturePrior(_Section):
+    """Blundell et al.'s scale mixture ``π N(0, σ1²) + (1 − π) N(0, σ2²)`` on every weight (``vi``)."""
+
+    pi: float = Field(gt=0, lt=1)
+    sigma1: PositiveFloat
+    sigma2: PositiveFloat
+
+
 class ModelSettings(_Section):
     family: Literal["mc_dropout", "laplace", "vi", "ensemble"] = "mc_dropout"
     """Whose predictive scores the pool: MC dropout, post-hoc Laplace, mean-field VI or a deep ensemble."""
@@ -109,6 +121,19 @@ class ModelSettings(_Section):
     """Members of a deep ensemble."""
     device: str = "auto"
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    prior_std: PositiveFloat | None = None
+    """A stated Gaussian prior std of every weight (``laplace``, ``vi``); trained and evidenced under as given, never
+    tuned. ``null``: laplace tunes its prior (``training``), vi uses 1."""
+    prior_precision: PositiveFloat | None = None
+    """The same as a precision ``1 / std²`` (give one of the two)."""
+    prior_layer_std: dict[str, PositiveFloat] = {}
+    """Prior std per layer group: a module name or dotted prefix, e.g. ``{head: 2.0, features.0: 0.5}``."""
+    prior_layer_precision: dict[str, PositiveFloat] = {}
+    prior_mixture: MixturePrior | None = None
+    """``vi``: the scale-mixture prior ``{pi, sigma1, sigma2}`` of Blundell et al. (KL by Monte Carlo)."""
+    prior_from: str | None = None
+    """A saved posterior of an earlier campaign as the prior (``laplace``, ``vi``): a candidate checkpoint ``.pt``, or
+    a workspace holding one for the candidate of the same name."""
 
 
 class CandidateSettings(_Section):
@@ -122,6 +147,13 @@ class CandidateSettings(_Section):
     weight_decay: float | None = Field(None, ge=0)
     training: Literal["marglik", "map"] | None = None
     prior_structure: Literal["layerwise", "scalar"] | None = None
+    members: int | None = Field(None, ge=1)
+    prior_std: PositiveFloat | None = None
+    prior_precision: PositiveFloat | None = None
+    prior_layer_std: dict[str, PositiveFloat] | None = None
+    prior_layer_precision: dict[str, PositiveFloat] | None = None
+    prior_mixture: MixturePrior | None = None
+    prior_from: str | None = None
 
 
 class SelectionSettings(_Section):
@@ -138,6 +170,9 @@ class SelectionSettings(_Section):
     (convolutions) fall back to the last layer, logged."""
     structure: Literal["full", "kfac", "diag"] = "kfac"
     """Hessian structure of the Laplace evidence; one structure per round keeps log Z values comparable."""
+    prior_tuning: Literal["evidence", "validation"] = "evidence"
+    """``laplace`` candidates: the prior precision tuned on the evidence, or then scaled by the grid factor of lowest
+    NLL on a held-out 20% of the labels (the candidate is refitted on all of them); logged per round."""
     workers: int = Field(1, ge=1)
     """Candidates fitted concurrently (threads). Dropout draws from torch's process-wide RNG, so more than one
     worker trades reproducibility of MC-dropout training for speed."""
@@ -255,6 +290,29 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"update: belief needs a posterior to carry over (families laplace or vi); got {unsupported}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _priors_fit_their_family(self) -> Settings:
+        """Each candidate's stated prior (its own keys over ``model``'s) suits its family and is well-formed."""
+        entries = [("model", self.model.family, {})] + [
+            (f"selection.candidates[{c.name}]", c.family or self.model.family, c.model_dump(include=set(PRIOR_KEYS)))
+            for c in self.selection.candidates
+        ]
+        for where, family, own in entries:
+            prior = {key: getattr(self.model, key) if own.get(key) is None else own[key] for key in PRIOR_KEYS}
+            if prior["prior_std"] is not None and prior["prior_precision"] is not None:
+                raise ValueError(f"{where}: give prior_std or prior_precision, not both")
+            both = sorted(set(prior["prior_layer_std"]) & set(prior["prior_layer_precision"]))
+            if both:
+                raise ValueError(f"{where}: layer group(s) {both} given both prior_layer_std and prior_layer_precision")
+            gaussian = [k for k in PRIOR_KEYS[:4] if prior[k]] if family not in ("laplace", "vi") else []
+            if gaussian or (prior["prior_from"] and family not in ("laplace", "vi")):
+                raise ValueError(f"{where}: {gaussian or ['prior_from']} need family laplace or vi, got {family!r}")
+            if prior["prior_mixture"] is not None and family != "vi":
+                raise ValueError(f"{where}: prior_mixture (the scale mixture) needs family vi, got {family!r}")
+            if prior["prior_from"] and not Path(prior["prior_from"]).exists():
+                raise ValueError(f"{where}: prior_from {prior['prior_from']!r}: no such checkpoint file or workspace")
         return self
 
     @property

@@ -16,8 +16,12 @@ from learner.candidates import (
     candidate_specs,
     check_comparable,
     fit_candidate,
+    load_checkpoint,
     load_model,
     rank_candidates,
+    select_candidates,
+    selection_criterion,
+    validation_rows,
 )
 from learner.query import QueryResult, StreamPlan, pick_batch, pool_predict, query_pool, stream_plan, stream_scores
 from learner.simulate import SimulatedRound, simulate
@@ -39,6 +43,7 @@ __all__ = [
     "candidate_specs",
     "check_comparable",
     "fit_candidate",
+    "load_checkpoint",
     "load_model",
     "pick_batch",
     "pool_predict",
@@ -47,7 +52,10 @@ __all__ = [
     "rank_candidates",
     "round_rng",
     "round_seed",
+    "select_candidates",
+    "selection_criterion",
     "simulate",
     "stream_plan",
     "stream_scores",
+    "validation_rows",
 ]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from acquisition import BATCH_ACQUISITIONS, get_acquisition
+from bayes_models.laplace import PriorTuning
 from learner.candidates import (
     BELIEF_FAMILIES,
     CandidateSpec,
@@ -24,8 +25,10 @@ from learner.candidates import (
     candidate_payload,
     candidate_specs,
     fit_candidate,
+    load_checkpoint,
     load_model,
     rank_candidates,
+    select_candidates,
 )
 from learner.query import SCORE_CHUNK, QueryResult, pick_batch, pool_predict, query_pool, stream_plan, stream_scores
 
@@ -103,6 +106,9 @@ class ActiveLearner:
         ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``.
     subset, structure : str
         Hessian structure of the Laplace evidence every candidate is compared under.
+    prior_tuning : str
+        ``evidence`` or ``validation``: ``laplace`` candidates scale their evidence-tuned prior precision by the
+        factor of lowest NLL on a held-out 20% of the labels (then refit on all of them).
     batch_candidates : int
         BatchBALD picks among this many of the pool's best items by BALD.
     pool_subsample : int, optional
@@ -111,7 +117,9 @@ class ActiveLearner:
         Number of classes; default: the largest label of the first ``fit`` plus one.
     **model_options
         ``hidden``, ``depth``, ``dropout``, ``steps``, ``update_steps``, ``batch_size``, ``lr``,
-        ``weight_decay``, ``members`` (see :class:`learner.ModelOptions`).
+        ``weight_decay``, ``members``, the stated priors ``prior_std`` / ``prior_precision``,
+        ``prior_layer_std`` / ``prior_layer_precision`` (per layer group), ``prior_mixture`` (vi) and
+        ``prior_from`` (a saved candidate ``.pt``) (see :class:`learner.ModelOptions`).
     """
 
     def __init__(
@@ -126,6 +134,7 @@ class ActiveLearner:
         *,
         subset: str = "auto",
         structure: str = "kfac",
+        prior_tuning: str = "evidence",
         batch_candidates: int = 1000,
         pool_subsample: int | None = None,
         n_classes: int | None = None,
@@ -145,7 +154,9 @@ class ActiveLearner:
         self.update = update
         self.samples = samples
         self.seed = seed
-        self.evidence_options = EvidenceOptions.for_candidates(subset, structure, self.specs)
+        if prior_tuning not in ("evidence", "validation"):
+            raise ValueError(f"prior_tuning must be 'evidence' or 'validation', got {prior_tuning!r}")
+        self.evidence_options = EvidenceOptions.for_candidates(subset, structure, self.specs, prior_tuning)
         self.batch_candidates = batch_candidates
         self.pool_subsample = pool_subsample
         self.n_classes = n_classes
@@ -198,21 +209,28 @@ class ActiveLearner:
         return self
 
     def _fit_round(self, previous: dict[str, dict[str, Any]]) -> None:
-        fitted = [
-            fit_candidate(
-                spec,
-                self.evidence_options,
-                self._x,
-                self._y,
-                self._ids,
-                feature_shape=tuple(self._x.shape[1:]),
-                n_classes=self.n_classes,
-                seed=round_seed(self.seed, self.round),
-                previous=previous.get(spec.name),
-            )
-            for spec in self.specs
-        ]
-        self.ranked = rank_candidates(fitted)
+        seed = round_seed(self.seed, self.round)
+
+        def fit_all(specs: Sequence[CandidateSpec], held_out: np.ndarray | None) -> list[FittedCandidate]:
+            return [
+                fit_candidate(
+                    spec,
+                    self.evidence_options,
+                    self._x,
+                    self._y,
+                    self._ids,
+                    feature_shape=tuple(self._x.shape[1:]),
+                    n_classes=self.n_classes,
+                    seed=seed,
+                    previous=previous.get(spec.name),
+                    held_out=held_out,
+                    samples=self.samples,
+                    prior_payload=load_checkpoint(spec.model.prior_from) if spec.model.prior_from else None,
+                )
+                for spec in specs
+            ]
+
+        self.ranked = select_candidates(self.specs, fit_all, self._ids, seed)
 
     @staticmethod
     def _check_rows(x: torch.Tensor, y: torch.Tensor, ids: Sequence[str] | None) -> None:
@@ -221,7 +239,7 @@ class ActiveLearner:
 
     @property
     def selected(self) -> FittedCandidate:
-        """The candidate of highest log evidence in the last round."""
+        """The last round's selected candidate (highest log evidence, or lowest validation NLL)."""
         if not self.ranked:
             raise RuntimeError("the learner is not fitted; call fit() first")
         return self.ranked[0].fitted
@@ -307,7 +325,9 @@ class ActiveLearner:
 
         ``log_bayes_factor = log Z_selected − log Z_candidate``; ``kass_raftery`` reads ``2 ln BF`` (<2 barely
         worth mentioning, 2–6 positive, 6–10 strong, >10 very strong); ``kind`` is ``bound`` for an ELBO,
-        ``evidence`` for a Laplace log marginal likelihood; ``evidence_kind`` names its Hessian structure.
+        ``evidence`` for a Laplace log marginal likelihood, ``none`` for a deep ensemble; ``evidence_kind`` names
+        its Hessian structure. ``criterion`` says how the round selected: ``evidence``, or ``validation_nll``
+        (when a candidate has no evidence; ``log_bayes_factor`` is then empty and ``validation_nll`` ranks).
         """
         import pandas as pd  # here, not at import: pandas adds ~0.6 s to ``import learner``
 
@@ -318,11 +338,14 @@ class ActiveLearner:
                 "candidate": r.row.candidate,
                 "family": r.fitted.family,
                 "log_evidence": r.row.log_evidence,
-                "kind": "bound" if r.fitted.model.evidence_is_bound else "evidence",
+                "kind": _evidence_kind(r.fitted),
                 "evidence_kind": r.fitted.evidence_kind,
                 "log_bayes_factor": r.row.log_bayes_factor,
                 "kass_raftery": r.row.reading,
                 "selected": r.row.selected,
+                "criterion": r.row.criterion,
+                "validation_nll": r.row.validation_nll,
+                "prior_scale": None if r.fitted.prior_tuning is None else r.fitted.prior_tuning.scale,
                 "n_fitted": r.fitted.n_fitted,
                 "train_seconds": r.fitted.train_seconds,
             }
@@ -341,6 +364,7 @@ class ActiveLearner:
                 "seed": self.seed,
                 "subset": self.evidence_options.subset,
                 "structure": self.evidence_options.structure,
+                "prior_tuning": self.evidence_options.prior_tuning,
                 "batch_candidates": self.batch_candidates,
                 "pool_subsample": self.pool_subsample,
                 "n_classes": self.n_classes,
@@ -370,7 +394,9 @@ class ActiveLearner:
             options["samples"],
             options["seed"],
         )
-        self.evidence_options = EvidenceOptions(options["subset"], options["structure"])
+        self.evidence_options = EvidenceOptions(
+            options["subset"], options["structure"], options.get("prior_tuning", "evidence")
+        )
         self.batch_candidates, self.pool_subsample = options["batch_candidates"], options["pool_subsample"]
         self.n_classes = options["n_classes"]
         self.specs = [
@@ -392,6 +418,8 @@ class ActiveLearner:
                 dict(c["trained_on"]),
                 c["n_fitted"],
                 c["n_relabelled"],
+                c.get("validation_nll"),
+                prior_tuning=_prior_tuning(c.get("prior_tuning")),
             )
             for c in state["candidates"]
         ]
@@ -403,3 +431,15 @@ class ActiveLearner:
         learner = cls()
         learner.load_state_dict(state)
         return learner
+
+
+def _prior_tuning(saved: dict[str, Any] | None) -> PriorTuning | None:
+    if saved is None:
+        return None
+    return PriorTuning(**{key: tuple(v) if isinstance(v, list | tuple) else v for key, v in saved.items()})
+
+
+def _evidence_kind(fitted: FittedCandidate) -> str:
+    if fitted.log_evidence is None:
+        return "none"
+    return "bound" if fitted.model.evidence_is_bound else "evidence"

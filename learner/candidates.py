@@ -2,22 +2,29 @@
 
 Glue only: every formula lives in ``bayes_models``. Evidence is the Laplace log marginal likelihood of the
 candidate's MAP network under one Hessian structure (``EvidenceOptions.subset`` × ``structure``), or VI's ELBO,
-which is labelled a lower bound; candidates of both kinds are refused as not comparable.
+which is labelled a lower bound; candidates of both kinds are refused as not comparable. A deep ensemble has no
+evidence (its members are point estimates, and the mean of their log Z is the evidence of no model): a round with
+an ensemble among several candidates selects every candidate by its NLL on a held-out validation split instead
+(:func:`selection_criterion`, :func:`select_candidates`), then refits the selected one on every label.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
 
+import numpy as np
 import torch
 
 from bayes_models import (
     DeepEnsemble,
+    ELBOParts,
     LaplaceClassifier,
     LaplaceConfig,
     MCDropout,
@@ -27,11 +34,18 @@ from bayes_models import (
     bayes_factor_table,
     prior_from_posterior,
 )
-from bayes_models.laplace import fit_laplace, laplace_subset
-from bayes_models.selection import BayesFactorRow
+from bayes_models.laplace import PriorTuning, fit_laplace, laplace_subset, tune_prior_on_validation
+from bayes_models.metrics import nll
+from bayes_models.priors import check_prior_shapes
+from bayes_models.selection import BayesFactorRow, validation_table
+from learner.query import pool_predict
 
 BELIEF_FAMILIES = ("laplace", "vi")
 FAMILIES = ("mc_dropout", "laplace", "vi", "ensemble")
+NO_EVIDENCE_FAMILIES = ("ensemble",)
+NO_EVIDENCE = "none (a deep ensemble has no marginal likelihood)"
+VALIDATION_FRACTION = 0.2
+"""Share of the labels held out to select among candidates when one has no evidence."""
 
 
 @dataclass(frozen=True)
@@ -57,10 +71,47 @@ class ModelOptions:
     """Marglik training: one prior precision per layer, or one for all weights."""
     members: int = 5
     device: str = "auto"
+    prior_std: float | None = None
+    """A stated Gaussian prior std of every weight (``laplace``, ``vi``); ``None``: the family's (laplace: tuned)."""
+    prior_precision: float | None = None
+    """The same as a precision ``1 / std²`` (give one of the two)."""
+    prior_layer_std: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """Prior std per layer group (a module name or dotted prefix: ``{"head": 2.0, "features.0": 0.5}``)."""
+    prior_layer_precision: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    prior_mixture: Mapping[str, float] | None = None
+    """``vi``: Blundell et al.'s scale mixture ``{"pi": π, "sigma1": σ1, "sigma2": σ2}`` on every weight."""
+    prior_from: str | None = None
+    """A checkpoint holding a saved posterior of an earlier campaign (a candidate ``.pt``): the informative prior
+    of a fresh fit (``laplace``, ``vi``; same family and layer shapes)."""
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"unknown model family {self.family!r}; expected one of {list(FAMILIES)}")
+        if self.prior_std is not None and self.prior_precision is not None:
+            raise ValueError("give prior_std or prior_precision, not both")
+        values = {"prior_std": self.prior_std, "prior_precision": self.prior_precision}
+        for key in ("prior_layer_std", "prior_layer_precision"):
+            values |= {f"{key}.{group}": v for group, v in (getattr(self, key) or {}).items()}
+        bad = {key: v for key, v in values.items() if v is not None and not v > 0}
+        if bad:
+            raise ValueError(f"prior std and precision must be positive, got {bad}")
+        both = sorted(set(self.prior_layer_std or {}) & set(self.prior_layer_precision or {}))
+        if both:
+            raise ValueError(f"layer group(s) {both} given both a prior std and a prior precision")
+        stated = self.stated_stds() != (None, ())
+        if stated and self.family not in BELIEF_FAMILIES:
+            raise ValueError(f"a stated Gaussian prior needs family laplace or vi, got {self.family!r}")
+        if self.prior_mixture is not None and self.family != "vi":
+            raise ValueError(f"the scale-mixture prior needs family vi, got {self.family!r}")
+        if self.prior_from is not None and self.family not in BELIEF_FAMILIES:
+            raise ValueError(f"prior_from needs a posterior family (laplace or vi), got {self.family!r}")
+
+    def stated_stds(self) -> tuple[float | None, tuple[tuple[str, float], ...]]:
+        """The stated Gaussian prior as stds: every weight's (or ``None``) and ``(group, std)`` per layer group."""
+        std = self.prior_std if self.prior_precision is None else self.prior_precision**-0.5
+        layers = {**(self.prior_layer_std or {})}
+        layers |= {group: p**-0.5 for group, p in (self.prior_layer_precision or {}).items()}
+        return std, tuple(sorted(layers.items()))
 
 
 @dataclass(frozen=True)
@@ -71,16 +122,22 @@ class EvidenceOptions:
     """Networks that an all-weights KFAC does not cover (convolutions) fall back to the last layer; the evidence
     kind names the subset used."""
     structure: Literal["full", "kfac", "diag"] = "kfac"
+    prior_tuning: Literal["evidence", "validation"] = "evidence"
+    """How a ``laplace`` candidate's prior precision is tuned: on the evidence (marglik or post hoc), or, after that,
+    scaled by the factor of lowest NLL on a held-out validation split (:func:`fit_candidate`). A stated prior, a
+    ``prior_from`` and a belief update are never tuned."""
 
     @classmethod
-    def for_candidates(cls, subset: str, structure: str, specs: Sequence[CandidateSpec]) -> EvidenceOptions:
+    def for_candidates(
+        cls, subset: str, structure: str, specs: Sequence[CandidateSpec], prior_tuning: str = "evidence"
+    ) -> EvidenceOptions:
         """``subset="auto"``: all weights when every candidate is a ``laplace`` network, whose marginal-likelihood
         training tunes the prior of every layer; else the last layer. A post-hoc all-weights evidence of networks
         trained with a fixed weight decay (MC dropout) switched an MNIST campaign to its smallest candidate (test
         ECE 0.16–0.19), where the last-layer evidence kept the widest (ECE ≤ 0.06)."""
         if subset == "auto":
             subset = "all" if all(s.model.family == "laplace" for s in specs) else "last_layer"
-        return cls(subset, structure)
+        return cls(subset, structure, prior_tuning)
 
 
 @dataclass(frozen=True)
@@ -94,7 +151,8 @@ class FittedCandidate:
     name: str
     family: str
     model: Any
-    log_evidence: float
+    log_evidence: float | None
+    """None for a family without one (a deep ensemble; ``evidence_kind`` is :data:`NO_EVIDENCE`)."""
     evidence_kind: str
     train_seconds: float
     trained_on: dict[str, int]
@@ -104,6 +162,12 @@ class FittedCandidate:
     n_relabelled: int = 0
     """Items whose label changed since the posterior was fitted; a belief update then retrains on everything,
     since the old posterior still holds the old labels."""
+    validation_nll: float | None = None
+    """Mean NLL (nats per item) of the held-out validation split, when the round selects by it."""
+    elbo: ELBOParts | None = None
+    """VI: the ELBO's expected log likelihood and KL of this round's fit (of a belief update: its new data)."""
+    prior_tuning: PriorTuning | None = None
+    """``laplace`` with ``prior_tuning="validation"``: the validation grid search that scaled the prior."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +209,7 @@ def build_model(
         seed=seed,
         update_steps=m.update_steps,
     )
+    std, layers = m.stated_stds()
     if m.family == "laplace":
         config = LaplaceConfig(
             **common,
@@ -152,37 +217,66 @@ def build_model(
             structure=evidence_options.structure,
             training=m.training,
             prior_structure=m.prior_structure,
+            prior_std=std,
+            layer_prior_std=layers,
         )
         return LaplaceClassifier(config, device=m.device)
     if m.family == "vi":
-        return MeanFieldVI(VIConfig(**common), device=m.device)
+        mixture = m.prior_mixture
+        priors = {} if mixture is None else {"prior": "scale_mixture", "mixture_pi": mixture["pi"]}
+        if mixture is not None:
+            priors |= {"mixture_sigma1": mixture["sigma1"], "mixture_sigma2": mixture["sigma2"]}
+        layer_priors = tuple((group, 0.0, s) for group, s in layers)
+        config = VIConfig(**common, **priors, prior_std=1.0 if std is None else std, layer_priors=layer_priors)
+        return MeanFieldVI(config, device=m.device)
     config = MCDropoutConfig(**common, dropout=m.dropout)
     if m.family == "ensemble":
         return DeepEnsemble(config, members=m.members, device=m.device)
     return MCDropout(config, device=m.device)
 
 
-def evidence(
-    model: Any, family: str, x: torch.Tensor, y: torch.Tensor, evidence_options: EvidenceOptions
-) -> tuple[float, str]:
-    """``(log Z, kind)``: the model's own evidence where it has one, else a post-hoc Laplace on its MAP network.
+class Evidence(NamedTuple):
+    log_z: float | None
+    """None when the family has no evidence (a deep ensemble)."""
+    kind: str
+
+
+def evidence(model: Any, family: str, x: torch.Tensor, y: torch.Tensor, evidence_options: EvidenceOptions) -> Evidence:
+    """The model's own evidence where it has one, else a post-hoc Laplace on its MAP network; none for a deep
+    ensemble, whose members are M point estimates of no one model (the mean of their log Z is no evidence).
 
     An all-weights KFAC falls back to the last layer for networks it does not cover (convolutions); the kind says
     which subset was used."""
     structure = evidence_options.structure
+    if family in NO_EVIDENCE_FAMILIES:
+        return Evidence(None, NO_EVIDENCE)
     if family == "vi":
-        return model.log_evidence(), "ELBO (lower bound)"
+        return Evidence(model.log_evidence(), "ELBO (lower bound)")
     if family == "laplace":
-        return model.log_evidence(), f"Laplace log Z ({model.laplace.subset}, {structure})"
-    networks = [member.network for member in model.members] if family == "ensemble" else [model.network]
-    subset = laplace_subset(networks[0], evidence_options.subset, structure)
-    laplace_kind = f"Laplace log Z ({subset}, {structure})"
-    device = networks[0].parameters().__next__().device
-    x, y = x.to(device), y.to(device)
-    values = [fit_laplace(net, x, y, subset=subset, structure=structure).log_evidence() for net in networks]
-    if family == "ensemble":
-        return sum(values) / len(values), f"{laplace_kind}, mean over members"
-    return values[0], laplace_kind
+        return Evidence(model.log_evidence(), f"Laplace log Z ({model.laplace.subset}, {structure})")
+    subset = laplace_subset(model.network, evidence_options.subset, structure)
+    device = next(model.network.parameters()).device
+    laplace = fit_laplace(model.network, x.to(device), y.to(device), subset=subset, structure=structure)
+    return Evidence(laplace.log_evidence(), f"Laplace log Z ({subset}, {structure})")
+
+
+def selection_criterion(specs: Sequence[CandidateSpec]) -> Literal["evidence", "validation_nll", "none"]:
+    """How a round with these candidates selects: ``evidence`` (Bayes factors) when every candidate has one,
+    ``none`` for a single candidate without one (nothing to compare), else ``validation_nll`` for all of them."""
+    if all(s.model.family not in NO_EVIDENCE_FAMILIES for s in specs):
+        return "evidence"
+    return "none" if len(specs) == 1 else "validation_nll"
+
+
+def validation_rows(ids: Sequence[str], seed: int, fraction: float = VALIDATION_FRACTION) -> np.ndarray:
+    """Sorted positions of the held-out validation items: a seeded ``fraction`` of the labels (at least one, and
+    at least one left to fit), chosen by item id, so the same items whatever order the labels come in."""
+    n = len(ids)
+    if n < 2:
+        raise ValueError(f"selecting by validation NLL needs at least 2 labels to split, got {n}")
+    n_held = min(n - 1, max(1, round(fraction * n)))
+    by_id = np.asarray(sorted(range(n), key=lambda i: ids[i]), dtype=np.int64)
+    return np.sort(by_id[np.random.default_rng([seed, 7]).permutation(n)[:n_held]])
 
 
 def fit_candidate(
@@ -196,34 +290,142 @@ def fit_candidate(
     n_classes: int,
     seed: int,
     previous: dict[str, Any] | None = None,
+    held_out: np.ndarray | None = None,
+    samples: int = 20,
+    prior_payload: dict[str, Any] | None = None,
 ) -> FittedCandidate:
     """Fit one candidate on ``(x, y)``; with ``previous`` (a :func:`candidate_payload`) update its beliefs on new
     ids only.
 
     A belief update's evidence is accumulated: ``log p(D) = log p(D_old) + log p(D_new | D_old)``, the second term
     being the Laplace evidence (or ELBO) of the update, so candidates stay comparable on all data seen.
+    ``held_out`` (positions, :func:`validation_rows`): fit on the other rows and report the mean NLL of the
+    held-out ones under the predictive that scores the pool (``samples`` draws, seeded by ``seed``).
+    ``prior_payload`` (:func:`load_checkpoint` of ``spec.model.prior_from``): a fresh fit starts from that saved
+    posterior of an earlier campaign as its prior, for ``spec.model.steps`` steps on all of ``(x, y)``.
     """
     family = spec.model.family
     start = time.perf_counter()
+    if held_out is not None:
+        if previous is not None:
+            raise ValueError("a held-out validation split is for retraining; a belief update has none")
+        keep = np.ones(len(ids), dtype=bool)
+        keep[held_out] = False
+        rows, held = torch.from_numpy(np.flatnonzero(keep)), torch.from_numpy(np.asarray(held_out, dtype=np.int64))
+        fitted = fit_candidate(
+            spec,
+            evidence_options,
+            x[rows],
+            y[rows],
+            [ids[i] for i in rows.tolist()],
+            feature_shape=feature_shape,
+            n_classes=n_classes,
+            seed=seed,
+            prior_payload=prior_payload,
+        )
+        probs = pool_predict(fitted.model, x[held], samples, seed=seed).mean(0)
+        fitted.validation_nll = nll(probs, y[held])
+        fitted.train_seconds = time.perf_counter() - start
+        return fitted
     labels = dict(zip(ids, y.tolist(), strict=True))
     relabelled = _relabelled(previous, labels) if previous is not None else []
     if previous is None or relabelled:
-        model = build_model(spec, feature_shape, n_classes, seed, evidence_options).fit(x, y)
+        model = build_model(spec, feature_shape, n_classes, seed, evidence_options)
+        tuning = None
+        if prior_payload is not None:
+            _start_from(model, spec, prior_payload)
+            model.fit(x, y, prior=_prior_of(model, family), steps=spec.model.steps)
+        elif _tunes_on_validation(spec, evidence_options):
+            build = functools.partial(build_model, spec, feature_shape, n_classes, seed, evidence_options)
+            tuning = _tune_prior_scale(build, x, y, validation_rows(ids, seed))
+            model.fit(x, y)
+            model.laplace.prior_precision = tuning.scale * model.laplace.prior_precision
+        else:
+            model.fit(x, y)
         seconds = time.perf_counter() - start
         log_z, kind = evidence(model, family, x, y, evidence_options)
-        return FittedCandidate(spec.name, family, model, log_z, kind, seconds, labels, len(ids), len(relabelled))
+        return FittedCandidate(
+            spec.name,
+            family,
+            model,
+            log_z,
+            kind,
+            seconds,
+            labels,
+            len(ids),
+            len(relabelled),
+            elbo=_elbo(model),
+            prior_tuning=tuning,
+        )
     model = load_model(previous, spec.model.device)
     seen = previous["trained_on"]
     new = [i for i, item in enumerate(ids) if item not in seen]
     log_z = previous["log_evidence"]
     if new:
-        posterior = model.posterior()
-        prior = prior_from_posterior(posterior) if family == "laplace" else posterior
-        model.fit(x[new], y[new], prior=prior, steps=spec.model.update_steps or spec.model.steps)  # today's options
+        steps = spec.model.update_steps or spec.model.steps  # today's options
+        model.fit(x[new], y[new], prior=_prior_of(model, family), steps=steps)
         log_z += model.log_evidence()
     seconds = time.perf_counter() - start
     kind = previous["evidence_kind"]
-    return FittedCandidate(spec.name, family, model, log_z, kind, seconds, {**seen, **labels}, len(new))
+    elbo = _elbo(model) if new else None
+    return FittedCandidate(spec.name, family, model, log_z, kind, seconds, {**seen, **labels}, len(new), elbo=elbo)
+
+
+def _tunes_on_validation(spec: CandidateSpec, evidence_options: EvidenceOptions) -> bool:
+    m = spec.model
+    return (
+        evidence_options.prior_tuning == "validation"
+        and m.family == "laplace"
+        and m.stated_stds() == (None, ())
+        and m.prior_from is None
+    )
+
+
+def _tune_prior_scale(
+    build: Callable[[], LaplaceClassifier], x: torch.Tensor, y: torch.Tensor, held_out: np.ndarray
+) -> PriorTuning:
+    """The validation grid search of the prior's scale: a new candidate (``build()``) fitted without the held-out
+    rows (its prior tuned on the evidence as usual), then :func:`tune_prior_on_validation` on them. The caller
+    applies the scale to the candidate fitted on every label, so no label is left out of the final model."""
+    held = torch.from_numpy(held_out)
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[held] = False
+    split = build().fit(x[keep], y[keep])
+    return tune_prior_on_validation(split.laplace, x[held].to(split.device), y[held].to(split.device))
+
+
+def _prior_of(model: Any, family: str) -> Any:
+    """The model's posterior in the form its ``fit(prior=...)`` takes."""
+    posterior = model.posterior()
+    return prior_from_posterior(posterior) if family == "laplace" else posterior
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A saved candidate (:func:`candidate_payload`, e.g. ``models/<campaign>/candidates/<name>.pt`` of a
+    workspace), loaded with ``weights_only=True``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as error:  # missing, or not a weights-only torch file
+        raise ValueError(f"prior_from {path}: cannot load a saved posterior ({error})") from None
+
+
+def _start_from(model: Any, spec: CandidateSpec, payload: dict[str, Any]) -> None:
+    """Load a saved posterior into ``model`` after checking that it is of the same family and layer shapes."""
+    source = spec.model.prior_from or "the given checkpoint"
+    if payload.get("family") != spec.model.family:
+        raise ValueError(
+            f"prior from {source}: the saved posterior is of family {payload.get('family')!r}, "
+            f"expected {spec.model.family!r} (candidate {spec.name!r})"
+        )
+    check_prior_shapes(payload["state"]["network"], model.network.state_dict(), source)
+    try:
+        model.load_state_dict(payload["state"])
+    except ValueError as error:  # e.g. a Laplace of another subset or structure
+        raise ValueError(f"prior from {source}: {error}") from None
+
+
+def _elbo(model: Any) -> ELBOParts | None:
+    return model.elbo_terms if isinstance(model, MeanFieldVI) else None
 
 
 def _relabelled(previous: dict[str, Any], labels: dict[str, int]) -> list[str]:
@@ -243,6 +445,8 @@ def candidate_payload(fitted: FittedCandidate, round_: int) -> dict[str, Any]:
         "trained_on": fitted.trained_on,
         "log_evidence": fitted.log_evidence,
         "evidence_kind": fitted.evidence_kind,
+        "validation_nll": fitted.validation_nll,
+        "prior_tuning": None if fitted.prior_tuning is None else dataclasses.asdict(fitted.prior_tuning),
         "state": fitted.model.state_dict(),
     }
 
@@ -263,8 +467,48 @@ def check_comparable(candidates: list[FittedCandidate]) -> None:
 
 
 def rank_candidates(fitted: list[FittedCandidate]) -> list[RankedCandidate]:
-    """The Bayes-factor table of comparable candidates, selected (highest log evidence) first."""
-    check_comparable(fitted)
+    """The candidates, selected first: by Bayes factors when every one has a (comparable) evidence, else by
+    validation NLL, which every candidate then needs (:func:`fit_candidate` with ``held_out``)."""
     by_name = {f.name: f for f in fitted}
-    table = bayes_factor_table({name: f.log_evidence for name, f in by_name.items()})
+    if all(f.log_evidence is not None for f in fitted):
+        check_comparable(fitted)
+        table = bayes_factor_table({name: f.log_evidence for name, f in by_name.items()})
+    elif len(fitted) == 1:
+        only = fitted[0]
+        row = BayesFactorRow(only.name, None, None, "selected (the only candidate)", True, "none", only.validation_nll)
+        table = [row]
+    else:
+        missing = [f.name for f in fitted if f.validation_nll is None]
+        if missing:
+            no_evidence = [f.name for f in fitted if f.log_evidence is None]
+            raise ValueError(
+                f"candidate(s) {no_evidence} have no evidence, so candidates are compared by validation NLL, but "
+                f"{missing} were fitted without a held-out split (see learner.candidates.select_candidates)"
+            )
+        table = validation_table(
+            {name: f.validation_nll for name, f in by_name.items()},
+            {name: f.log_evidence for name, f in by_name.items()},
+        )
     return [RankedCandidate(row, by_name[row.candidate]) for row in table]
+
+
+FitAll = Callable[[Sequence[CandidateSpec], "np.ndarray | None"], list[FittedCandidate]]
+
+
+def select_candidates(
+    specs: Sequence[CandidateSpec], fit_all: FitAll, ids: Sequence[str], seed: int
+) -> list[RankedCandidate]:
+    """Fit every candidate with ``fit_all(specs, held_out)`` and rank them by :func:`selection_criterion`.
+
+    By validation NLL: every candidate is fitted without the held-out items (:func:`validation_rows`), then the
+    selected one is fitted again on every label (its ``validation_nll`` and the time of both fits kept); the
+    others stay as fitted for the comparison. ``fit_all`` lets a caller fit concurrently (Prefect tasks)."""
+    held_out = validation_rows(ids, seed) if selection_criterion(specs) == "validation_nll" else None
+    ranked = rank_candidates(fit_all(specs, held_out))
+    if held_out is None:
+        return ranked
+    best = ranked[0]
+    [refit] = fit_all([next(s for s in specs if s.name == best.fitted.name)], None)
+    refit.validation_nll = best.fitted.validation_nll
+    refit.train_seconds += best.fitted.train_seconds
+    return [RankedCandidate(best.row, refit), *ranked[1:]]

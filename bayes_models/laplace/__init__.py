@@ -3,7 +3,8 @@
 ``Laplace(net, "classification", subset="last_layer", structure="kfac").fit(x, y)`` →
 ``optimize_prior_precision()`` → ``predict(x)`` / ``predictive_samples(x, S)`` → ``log_evidence()``;
 ``posterior()`` is the next round's prior: ``fit(x_new, y_new, prior=prior_from_posterior(posterior))``.
-``marglik_training(net, x, y, ...)`` trains a network and its layer-wise prior precisions together (Immer et al. 2021).
+``marglik_training(net, x, y, ...)`` trains a network and its layer-wise prior precisions together (Immer et al. 2021);
+``tune_prior_on_validation(laplace, x_val, y_val)`` tunes the prior precision on a validation split's NLL instead.
 """
 
 from bayes_models.laplace.belief import (
@@ -19,8 +20,10 @@ from bayes_models.laplace.diag import DiagPrecision
 from bayes_models.laplace.full import DensePrecision
 from bayes_models.laplace.kfac import KronBlock, KronPrecision
 from bayes_models.laplace.marglik import MarglikFit, marglik_training
+from bayes_models.laplace.tuning import PRIOR_SCALES, PriorTuning, tune_prior_on_validation
 
 __all__ = [
+    "PRIOR_SCALES",
     "DensePrecision",
     "DiagPrecision",
     "GaussianBelief",
@@ -30,6 +33,7 @@ __all__ = [
     "LaplaceClassifier",
     "LaplaceConfig",
     "MarglikFit",
+    "PriorTuning",
     "as_precision",
     "fit_laplace",
     "laplace_subset",
@@ -37,4 +41,5 @@ __all__ = [
     "marglik_training",
     "precision_from_state_dict",
     "prior_from_posterior",
+    "tune_prior_on_validation",
 ]

@@ -25,6 +25,7 @@ from bayes_models.laplace.belief import GaussianBelief, map_with_gaussian_prior
 from bayes_models.laplace.core import Laplace
 from bayes_models.laplace.kfac import covers
 from bayes_models.laplace.marglik import marglik_training
+from bayes_models.priors import group_values
 from bayes_models.training import TrainingConfig, train_map
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,22 @@ class LaplaceConfig(TrainingConfig):
     marglik_steps: int = 20
     """Adam steps on ``log δ`` per update."""
     marglik_lr: float = 0.1
+    prior_std: float | None = None
+    """A stated Gaussian prior ``N(0, prior_std²)`` on every weight: trained under and evidence computed under it,
+    never tuned (``training`` is then not used). ``None``: the prior is tuned (``training``)."""
+    layer_prior_std: tuple[tuple[str, float], ...] = ()
+    """Stated prior std per layer group (a module name or dotted prefix, e.g. ``"head"``; the most specific wins);
+    layers no group covers take ``prior_std``, or 1.0 when it is ``None``."""
+
+    def __post_init__(self) -> None:
+        stds = ([] if self.prior_std is None else [("prior_std", self.prior_std)]) + list(self.layer_prior_std)
+        bad = [(name, std) for name, std in stds if not std > 0]
+        if bad:
+            raise ValueError(f"a prior std must be positive, got {bad}")
+
+    @property
+    def stated_prior(self) -> bool:
+        return self.prior_std is not None or bool(self.layer_prior_std)
 
 
 def laplace_subset(network: nn.Module, subset: str, structure: str) -> str:
@@ -104,6 +121,12 @@ class LaplaceClassifier:
         x, y = x.to(self.device, torch.float32), y.to(self.device, torch.long)
         generator = torch.Generator().manual_seed(c.seed)
         subset = laplace_subset(self.network, c.subset, c.structure)
+        if prior is None and c.stated_prior:
+            if not covers(self.network):
+                raise ValueError("a stated prior std for the laplace family needs a network of nn.Linear layers only")
+            with seeded(c.seed, self.device):
+                self.laplace = self._marglik(x, y, steps, subset, generator, fixed=self.stated_precision())
+            return self
         marglik = prior is None and c.training == "marglik"
         if marglik and not covers(self.network):
             log.warning("marglik training needs an all-weights KFAC (nn.Linear layers only): MAP training instead")
@@ -141,10 +164,24 @@ class LaplaceClassifier:
         )
         return self
 
+    def stated_precision(self) -> torch.Tensor:
+        """``δ_l = 1 / std_l²`` of the stated prior, one per layer (``Subnet(network, "all").groups`` order)."""
+        c = self.config
+        layers = [name for name, _, _ in Subnet(self.network, "all").groups]
+        stds = group_values(layers, 1.0 if c.prior_std is None else c.prior_std, c.layer_prior_std)
+        return torch.tensor([std**-2 for std in stds], dtype=torch.float64)
+
     def _marglik(
-        self, x: torch.Tensor, y: torch.Tensor, steps: int, subset: str, generator: torch.Generator
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        steps: int,
+        subset: str,
+        generator: torch.Generator,
+        fixed: torch.Tensor | None = None,
     ) -> Laplace:
-        """Marginal-likelihood training; the Laplace of ``subset`` × ``structure`` under the trained prior."""
+        """Marginal-likelihood training; the Laplace of ``subset`` × ``structure`` under the trained prior.
+        ``fixed`` (one precision per layer): the MAP under that prior, which is not tuned."""
         c = self.config
         every = max(1, steps // c.marglik_updates)
         result = marglik_training(
@@ -158,8 +195,9 @@ class LaplaceClassifier:
             every=every,
             hyper_steps=c.marglik_steps,
             hyper_lr=c.marglik_lr,
-            prior_precision=c.prior_precision,
-            prior_structure=c.prior_structure,
+            prior_precision=c.prior_precision if fixed is None else fixed,
+            prior_structure=c.prior_structure if fixed is None else "layerwise",
+            tune_prior=fixed is None,
             generator=generator,
         )
         if (subset, c.structure) == ("all", "kfac"):

@@ -16,7 +16,6 @@ final ``δ``, the prior the network was trained with as refined at the last upda
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -57,16 +56,19 @@ def marglik_training(
     every: int,
     hyper_steps: int = 20,
     hyper_lr: float = 0.1,
-    prior_precision: float = 1.0,
+    prior_precision: float | torch.Tensor = 1.0,
     prior_structure: str = "layerwise",
+    tune_prior: bool = True,
     likelihood: str = "classification",
     sigma_noise: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> MarglikFit:
     """Train ``network`` in place for ``steps`` Adam minibatch steps under a tuned Gaussian prior (module docstring).
 
-    ``prior_precision`` is the starting ``δ``; hyperparameter updates follow steps ``s ≥ burnin`` with
-    ``s % every == 0``. Regression uses a Gaussian likelihood of fixed noise std ``sigma_noise``.
+    ``prior_precision`` is the starting ``δ`` (a scalar, or one per layer with ``"layerwise"``); hyperparameter
+    updates follow steps ``s ≥ burnin`` with ``s % every == 0``. ``tune_prior=False``: no updates, the weights are
+    the MAP under the given prior (a prior the user stated). Regression uses a Gaussian likelihood of fixed noise std
+    ``sigma_noise``.
     """
     check_option("likelihood", likelihood, LIKELIHOODS)
     check_option("prior_structure", prior_structure, PRIOR_STRUCTURES)
@@ -77,7 +79,10 @@ def marglik_training(
     own = dict(network.named_parameters())
     groups = [[own[name] for name in names] for _, _, names in subnet.groups]
     shape = (len(groups),) if prior_structure == "layerwise" else ()
-    log_delta = torch.full(shape, math.log(prior_precision), device=subnet.device, dtype=subnet.dtype)
+    start = torch.as_tensor(prior_precision, dtype=subnet.dtype).to(subnet.device)
+    if start.dim() > 0 and start.shape != shape:
+        raise ValueError(f"prior_precision has shape {tuple(start.shape)}; {prior_structure} needs {shape}")
+    log_delta = start.log().expand(shape).clone()
     log_delta.requires_grad_()
     hyper_optimizer = torch.optim.Adam([log_delta], lr=hyper_lr)
     optimizer = torch.optim.Adam(subnet.params, lr=lr)
@@ -105,7 +110,7 @@ def marglik_training(
             optimizer.step()
             losses.append(loss.detach())
             laplace = None
-            if step >= burnin and step % every == 0:
+            if tune_prior and step >= burnin and step % every == 0:
                 laplace = laplace_at(log_delta.detach().exp())
                 for _ in range(hyper_steps):
                     hyper_optimizer.zero_grad(set_to_none=True)

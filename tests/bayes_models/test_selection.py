@@ -38,3 +38,16 @@ def test_ties_keep_user_order_and_bad_values_are_named():
     assert bayes_factor_table({"a": -1.0, "b": -1.0})[0].candidate == "a"
     with pytest.raises(ValueError, match=r"\['b'\]"):
         bayes_factor_table({"a": -1.0, "b": math.nan})
+
+
+def test_validation_table_ranks_by_lowest_nll_and_compares_no_evidence():
+    from bayes_models.selection import validation_table
+
+    table = validation_table({"ens": 0.41, "small": 0.52, "wide": 0.41}, {"ens": None, "small": -80.0, "wide": -70.0})
+    assert [row.candidate for row in table] == ["ens", "wide", "small"]  # a tie keeps the user's order
+    assert [row.selected for row in table] == [True, False, False]
+    assert all(row.criterion == "validation_nll" and row.log_bayes_factor is None for row in table)
+    assert [row.log_evidence for row in table] == [None, -70.0, -80.0]
+    assert table[2].reading == "validation NLL +0.11 nats/item"
+    with pytest.raises(ValueError, match=r"\['ens'\]"):
+        validation_table({"ens": math.inf, "small": 0.5})

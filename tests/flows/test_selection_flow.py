@@ -141,3 +141,80 @@ def test_a_relabelled_item_makes_the_belief_update_retrain(tmp_path):
     assert payload["trained_on"][item] == (old + 1) % 3 and len(payload["trained_on"]) == 24
     _, runs = _round_runs(settings)
     assert [run.data.metrics["n_relabelled/laplace"] for run in runs] == [0, 0, 1]
+
+
+def test_a_round_with_an_ensemble_logs_validation_nll_and_no_bayes_factor(tmp_path):
+    """An ensemble has no evidence: the round selects by validation NLL, logs it per candidate with the criterion,
+    and logs no Bayes factor (nor an evidence for the ensemble). The Laplace candidate's prior is tuned on validation
+    NLL too (``selection.prior_tuning: validation``), and the round logs that tuning."""
+    from flows.rounds import simulate_campaign
+
+    candidates = [
+        {"name": "ens", "family": "ensemble", "members": 2},
+        {"name": "lap", "family": "laplace", "hidden": 16, "depth": 1},
+    ]
+    settings = _settings(
+        tmp_path / "w",
+        campaign={"rounds": 1, "k": 6, "initial": 15},
+        selection={"candidates": candidates, "prior_tuning": "validation"},
+    )
+    [result] = simulate_campaign(settings)
+    client, [run] = _round_runs(settings)
+    metrics = run.data.metrics
+    nlls = {name: metrics[f"validation_nll/{name}"] for name in ("ens", "lap")}
+    assert result["selected"] == run.data.tags["beliefloop.selected"] == min(nlls, key=nlls.get)
+    assert run.data.params["selection_criterion"] == "validation_nll"
+    assert run.data.params["prior_tuning"] == "validation"
+    assert not any(key.startswith("log_bayes_factor/") for key in metrics)
+    assert "log_evidence/ens" not in metrics and math.isfinite(metrics["log_evidence/lap"])
+    assert metrics[f"n_fitted/{result['selected']}"] == 15  # refitted on every label after the comparison
+    assert metrics[f"n_fitted/{max(nlls, key=nlls.get)}"] == 12  # 3 of 15 held out
+    assert metrics["prior_scale/lap"] > 0 and "prior_scale/ens" not in metrics
+    assert metrics["prior_validation_nll/lap"] <= metrics["prior_evidence_validation_nll/lap"]
+    table_path = client.download_artifacts(run.info.run_id, "bayes_factors.csv", str(tmp_path))
+    with open(table_path) as handle:
+        table = {row["candidate"]: row for row in csv.DictReader(handle)}
+    assert {row["criterion"] for row in table.values()} == {"validation_nll"}
+    assert table["ens"]["log_evidence"] == table["ens"]["log_bayes_factor"] == ""
+    assert float(table["lap"]["validation_nll"]) == pytest.approx(nlls["lap"], rel=1e-6)
+
+
+def test_a_vi_round_logs_the_elbo_parts_of_each_candidate(tmp_path):
+    """``vi_kl/<candidate>`` and ``vi_expected_log_lik/<candidate>`` in MLflow are the saved candidate's ELBO terms,
+    and their difference is the ELBO logged as its (bound on the) evidence. A later campaign with ``prior_from`` this
+    workspace starts each candidate from its saved posterior."""
+    from flows.rounds import simulate_campaign
+
+    candidates = [{"name": "v8", "hidden": 8, "depth": 1}, {"name": "v16", "hidden": 16, "depth": 1}]
+    settings = _settings(
+        tmp_path / "w",
+        campaign={"rounds": 1, "k": 6, "initial": 12},
+        model={"family": "vi", "steps": 60},
+        selection={"candidates": candidates},
+    )
+    simulate_campaign(settings)
+    _, [run] = _round_runs(settings)
+    metrics = run.data.metrics
+    for name in ("v8", "v16"):
+        kl, ell = metrics[f"vi_kl/{name}"], metrics[f"vi_expected_log_lik/{name}"]
+        assert kl > 0 and ell < 0
+        assert metrics[f"log_evidence/{name}"] == pytest.approx(ell - kl, abs=1e-9)
+        saved = torch.load(
+            settings.models_dir / settings.campaign_name / "candidates" / f"{name}.pt", weights_only=True
+        )
+        assert saved["state"]["elbo"] == {"expected_log_lik": ell, "kl": kl}
+
+    # A second campaign takes the first one's saved posteriors as its priors (model.prior_from: <workspace>).
+    later = _settings(
+        tmp_path / "w2",
+        campaign={"rounds": 1, "k": 6, "initial": 12, "seed": 1},
+        model={"family": "vi", "steps": 60, "prior_from": str(tmp_path / "w")},
+        selection={"candidates": candidates},
+    )
+    simulate_campaign(later)
+    for name in ("v8", "v16"):
+        earlier = torch.load(settings.models_dir / settings.campaign_name / "candidates" / f"{name}.pt")
+        now = torch.load(later.models_dir / later.campaign_name / "candidates" / f"{name}.pt")
+        for part in ("weight", "bias"):
+            prior = now["state"]["network"][f"head.1.prior_{part}_mu"]
+            assert torch.equal(prior, earlier["state"]["network"][f"head.1.{part}_mu"])

@@ -99,3 +99,40 @@ def test_reading_settings_does_not_import_torch():
 
     code = "import sys, flows.settings; flows.settings.load_settings(None, {}); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def test_stated_priors_reach_each_candidate_and_nonsense_is_refused_by_key(tmp_path):
+    from flows.models import candidate_specs
+
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "model: {family: vi, prior_precision: 4.0, prior_layer_std: {head: 2.0}}\n"
+        "selection:\n  candidates:\n    - {name: gauss}\n"
+        "    - {name: mix, prior_mixture: {pi: 0.5, sigma1: 1.0, sigma2: 0.0025}, prior_layer_std: {head.1: 3.0}}\n"
+    )
+    gauss, mix = candidate_specs(load_settings(params))
+    assert gauss.model.stated_stds() == (0.5, (("head", 2.0),)) and gauss.model.prior_mixture is None
+    assert mix.model.stated_stds() == (0.5, (("head.1", 3.0),))
+    assert mix.model.prior_mixture == {"pi": 0.5, "sigma1": 1.0, "sigma2": 0.0025}
+
+    def refused(overrides, message):
+        with pytest.raises(SettingsError, match=message):
+            load_settings(None, overrides)
+
+    refused({"model": {"family": "vi", "prior_std": -1.0}}, r"model\.prior_std: Input should be greater than 0")
+    refused({"model": {"prior_layer_std": {"head": 0}}}, r"model\.prior_layer_std\.head: Input should be greater")
+    refused({"model": {"family": "vi", "prior_mixture": {"pi": 1.5, "sigma1": 1, "sigma2": 0.1}}}, r"prior_mixture\.pi")
+    refused({"model": {"family": "vi", "prior_std": 1.0, "prior_precision": 1.0}}, "model: give prior_std or prior")
+    refused(
+        {"model": {"family": "laplace", "prior_mixture": {"pi": 0.5, "sigma1": 1, "sigma2": 0.1}}},
+        r"model: prior_mixture \(the scale mixture\) needs family vi, got 'laplace'",
+    )
+    refused(
+        {
+            "model": {"family": "vi", "prior_std": 0.3},
+            "selection": {"candidates": [{"name": "d", "family": "ensemble"}]},
+        },
+        r"selection\.candidates\[d\]: \['prior_std'\] need family laplace or vi, got 'ensemble'",
+    )
+    refused({"model": {"prior_std": 1.0}}, r"\['prior_std'\] need family laplace or vi, got 'mc_dropout'")
+    refused({"model": {"family": "laplace", "prior_from": str(tmp_path / "none")}}, "no such checkpoint file or work")

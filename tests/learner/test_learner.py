@@ -1,6 +1,7 @@
 """ActiveLearner on a small real data set: shapes, seeds, inputs, the evidence table, teaching, saving, streaming."""
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -174,3 +175,86 @@ def test_auto_evidence_subset_is_all_weights_only_for_marglik_trained_candidates
     assert EvidenceOptions.for_candidates("auto", "kfac", [laplace]).subset == "all"
     assert EvidenceOptions.for_candidates("auto", "kfac", [laplace, dropout]).subset == "last_layer"
     assert EvidenceOptions.for_candidates("all", "diag", [dropout]) == EvidenceOptions("all", "diag")
+
+
+def test_a_round_with_an_ensemble_selects_every_candidate_by_validation_nll(wine):
+    """An ensemble has no evidence: the round compares all candidates by the NLL of a held-out split, refits the
+    selected one on every label, and reports no Bayes factor (never the mean of the members' log Z)."""
+    from bayes_models.metrics import nll
+    from learner import validation_rows
+
+    x, y, _, _, held = wine
+    candidates = [{"name": "ens", "family": "ensemble", "members": 2}, {"name": "drop", "hidden": 16, "depth": 1}]
+    learner = _learner(candidates=candidates, seed=3).fit(x, y)
+    table = learner.evidence_table().set_index("candidate")
+    assert set(table.criterion) == {"validation_nll"} and table.log_bayes_factor.isna().all()
+    assert table.loc["ens", "kind"] == "none" and pd.isna(table.loc["ens", "log_evidence"])
+    assert math.isfinite(table.loc["drop", "log_evidence"])  # shown, not compared
+    assert table.selected.tolist() == [True, False]
+    assert table.validation_nll.iloc[0] <= table.validation_nll.iloc[1]
+
+    # The held-out items and each NLL, recomputed independently from the unselected candidate's own model.
+    ids = [f"{i:012d}" for i in range(len(y))]
+    held_out = validation_rows(ids, seed=3001)  # round 1 of seed 3
+    assert len(held_out) == round(0.2 * len(y))
+    assert sorted(ids[i] for i in held_out) == sorted(ids[::-1][i] for i in validation_rows(ids[::-1], 3001))
+    other = learner.ranked[1].fitted
+    assert other.n_fitted == len(y) - len(held_out) and not set(other.trained_on) & {ids[i] for i in held_out}
+    consistent = {"consistent": True} if other.family == "mc_dropout" else {}  # the pool's predictive
+    probs = other.model.predictive_samples(torch.from_numpy(x[held_out]), 8, seed=3001, **consistent)
+    expected = nll(probs.mean(0), torch.from_numpy(y[held_out]))
+    assert table.loc[other.name, "validation_nll"] == pytest.approx(expected, rel=1e-6)
+    assert learner.selected.n_fitted == len(y)  # refitted on every label
+
+    restored = ActiveLearner.from_state_dict(learner.state_dict())
+    assert restored.evidence_table().candidate.tolist() == table.index.tolist()
+    assert learner.predict_proba(held).shape == (len(held), 3)
+
+
+def test_a_lone_ensemble_is_selected_without_a_split_or_an_evidence(wine):
+    x, y, _, _, _ = wine
+    learner = _learner(model="ensemble", candidates=None, members=2).fit(x, y)
+    row = learner.evidence_table().iloc[0]
+    assert (row.criterion, row.kind, row.n_fitted) == ("none", "none", len(y))
+    assert pd.isna(row.log_evidence) and pd.isna(row.log_bayes_factor)
+
+
+def test_prior_from_a_saved_posterior_and_clear_errors_on_other_shapes_or_families(wine, tmp_path):
+    from learner import candidate_payload
+
+    x, y, pool, pool_y, _ = wine
+    spec = {"name": "v", "hidden": 8, "depth": 1}
+    earlier = _learner(model="vi", candidates=[spec]).fit(pool[:60], pool_y[:60])
+    path = tmp_path / "v.pt"
+    torch.save(candidate_payload(earlier.selected, 1), path)
+    saved = earlier.selected.model.posterior()["head.1.weight"]
+
+    later = _learner(model="vi", candidates=[{**spec, "prior_from": str(path)}]).fit(x, y)
+    layer = later.selected.model.layers["head.1"]  # the saved posterior is the prior of the fresh fit
+    assert torch.allclose(layer.prior_weight_mu, saved[0]) and torch.allclose(layer.prior_weight_sigma, saved[1])
+    fresh = _learner(model="vi", candidates=[spec]).fit(x, y)
+    assert later.selected.log_evidence != fresh.selected.log_evidence
+
+    wider = _learner(model="vi", candidates=[{**spec, "hidden": 16, "prior_from": str(path)}])
+    shapes = r"layer 'features\.0\.weight' has shape \(8, 13\) in the saved posterior, expected \(16, 13\)"
+    message = f"prior from {re.escape(str(path))}: {shapes}"
+    with pytest.raises(ValueError, match=message):
+        wider.fit(x, y)
+    with pytest.raises(ValueError, match="saved posterior is of family 'vi', expected 'laplace'"):
+        _learner(model="laplace", candidates=[{**spec, "prior_from": str(path)}]).fit(x, y)
+
+
+def test_prior_tuned_on_validation_scales_the_evidence_prior_of_the_fit_on_every_label(wine):
+    x, y, _, _, _ = wine
+    spec = [{"name": "lap", "hidden": 8, "depth": 1}]
+    tuned = _learner(model="laplace", candidates=spec, prior_tuning="validation").fit(x, y)
+    plain = _learner(model="laplace", candidates=spec).fit(x, y)
+    tuning = tuned.selected.prior_tuning
+    assert tuning.validation_nll <= tuning.evidence_nll and tuning.scale in tuning.scales
+    assert plain.selected.prior_tuning is None and tuned.selected.n_fitted == len(y)
+    evidence_prior = plain.selected.model.laplace.prior_precision  # the same network, fitted on every label
+    torch.testing.assert_close(tuned.selected.model.laplace.prior_precision, tuning.scale * evidence_prior)
+    assert tuned.evidence_table().prior_scale[0] == tuning.scale
+    assert ActiveLearner.from_state_dict(tuned.state_dict()).selected.prior_tuning == tuning
+    with pytest.raises(ValueError, match="prior_tuning must be 'evidence' or 'validation'"):
+        _learner(prior_tuning="grid")

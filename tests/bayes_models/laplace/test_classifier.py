@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from bayes_models.laplace import GaussianBelief, LaplaceClassifier, LaplaceConfig
@@ -46,3 +47,34 @@ def test_belief_update_accumulates_precision():
     old, new = prior.precision.to_dense(), posterior.precision.to_dense()
     assert torch.trace(new) > torch.trace(old)
     assert torch.logdet(new) > torch.logdet(old)
+
+
+def test_a_stated_prior_is_trained_under_and_its_evidence_is_the_dense_one():
+    """A stated prior std per layer group is used as given (not tuned): ``δ_l = 1/std_l²``, and ``log Z`` equals the
+    dense float64 Laplace evidence of the trained network under that prior (model in float32: rel. 1e-4)."""
+    import copy
+    import dataclasses
+
+    from tests.bayes_models.laplace.conftest import ggn, log_evidence, log_lik, params_of, rel
+
+    x, y = _blobs(60, 5)
+    config = LaplaceConfig(
+        (2,), 3, hidden=6, depth=2, steps=200, subset="all", structure="full", prior_std=0.5,
+        layer_prior_std=(("head", 2.0), ("head.4", 4.0)),
+    )  # fmt: skip
+    model = LaplaceClassifier(config, device="cpu").fit(x, y)
+    layers = {"features.0": 0.5**-2, "head.1": 2.0**-2, "head.4": 4.0**-2}
+    assert model.laplace.prior_precision.tolist() == list(layers.values())
+
+    network = copy.deepcopy(model.network).double().eval()
+    _, theta = params_of(network)
+    delta = torch.cat([torch.full((p.numel(),), layers[n.rsplit(".", 1)[0]]) for n, p in network.named_parameters()])
+    prior = torch.diag(delta.double())
+    post = ggn(network, x.double(), "classification") + prior
+    reference = log_evidence(log_lik(network, x.double(), y, "classification"), theta, prior, post)
+    assert rel(model.log_evidence(), reference) < 1e-4
+
+    tight = LaplaceClassifier(dataclasses.replace(config, prior_std=0.05, layer_prior_std=()), device="cpu").fit(x, y)
+    assert params_of(tight.network)[1].norm() < 0.5 * theta.norm()  # the prior shapes the fit
+    with pytest.raises(ValueError, match=r"prior std must be positive, got \[\('head', -1\.0\)\]"):
+        LaplaceConfig((2,), 3, layer_prior_std=(("head", -1.0),))
