@@ -76,6 +76,9 @@ queue = sa.Table(
     sa.Column("predicted", sa.Integer),
     sa.Column("status", sa.Enum(*QUEUE_STATUSES, name="queue_status"), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("probability", sa.Float),  # predictive probability of the predicted class
+    sa.Column("epistemic", sa.Float),  # mutual information (BALD) of the item's predictive
+    sa.Column("aleatoric", sa.Float),  # expected entropy
 )
 
 rounds = sa.Table(
@@ -96,11 +99,18 @@ class StoreError(ValueError):
 
 @dataclass(frozen=True)
 class QueueEntry:
+    """One queued item: the acquisition's score and, when a model scored it, its predicted class with that class's
+    predictive probability and the epistemic (mutual information) and aleatoric (expected entropy) parts of its
+    predictive entropy."""
+
     item_id: str
     rank: int
     score: float | None
     acquisition: str
     predicted: int | None = None
+    probability: float | None = None
+    epistemic: float | None = None
+    aleatoric: float | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +159,31 @@ def _standing_labels(conn: sa.Connection, campaign: str, item_ids: Sequence[str]
     return {r.item_id: r.label for r in conn.execute(query)}
 
 
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Add the nullable columns a database made by an older version lacks (``table.column`` names returned).
+
+    Tables are only ever extended by nullable columns, so an existing workspace opens without loss: its rows keep
+    their values and read ``None`` in the new columns. Two processes upgrading at once is fine: a column the other
+    one added meanwhile is taken as added.
+    """
+    added = []
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in sa.inspect(engine).get_columns(table.name)}
+        for column in (c for c in table.columns if c.name not in present):
+            if not column.nullable:
+                raise StoreError(f"table {table.name!r} lacks the required column {column.name!r}; cannot upgrade")
+            kind = column.type.compile(dialect=engine.dialect)
+            try:
+                with engine.begin() as conn:
+                    conn.execute(sa.text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
+            except sa.exc.DBAPIError:
+                if column.name not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
+                    raise
+                continue
+            added.append(f"{table.name}.{column.name}")
+    return added
+
+
 def sqlite_file(url: str) -> Path | None:
     """The database file of a SQLite URL (``sqlite:///path``); None for other databases."""
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
@@ -165,6 +200,7 @@ class LabelStore:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        add_missing_columns(self.engine)
 
     @classmethod
     def for_workspace(cls, workspace: Path) -> LabelStore:
@@ -403,6 +439,9 @@ class LabelStore:
                             "score": e.score,
                             "acquisition": e.acquisition,
                             "predicted": e.predicted,
+                            "probability": e.probability,
+                            "epistemic": e.epistemic,
+                            "aleatoric": e.aleatoric,
                             "status": "pending",
                             "created_at": now,
                         }
@@ -428,6 +467,9 @@ class LabelStore:
                     score=r.score,
                     acquisition=r.acquisition,
                     predicted=r.predicted,
+                    probability=r.probability,
+                    epistemic=r.epistemic,
+                    aleatoric=r.aleatoric,
                     round=r.round,
                     status=r.status,
                     created_at=r.created_at,

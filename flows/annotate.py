@@ -117,7 +117,16 @@ def create_app(
             "campaign": campaign,
             "classes": classes,
             "pending": [
-                {"item_id": q.item_id, "round": q.round, "rank": q.rank, "score": q.score, "predicted": q.predicted}
+                {
+                    "item_id": q.item_id,
+                    "round": q.round,
+                    "rank": q.rank,
+                    "score": q.score,
+                    "epistemic": q.epistemic,
+                    "aleatoric": q.aleatoric,
+                    "predicted": q.predicted,
+                    "probability": q.probability,
+                }
                 for q in queue
                 if q.status == "pending"
             ],

@@ -502,11 +502,16 @@ def queue_list(
     from flows.console import console
 
     classes = store.classes(name)
-    table = Table("round", "rank", "item", "score", "acquisition", "predicted", "status", title=f"queue of {name}")
+    columns = ("round", "rank", "item", "score", "epistemic", "aleatoric", "acquisition", "predicted", "p", "status")
+    table = Table(*columns, title=f"queue of {name}")
     for q in entries:
         predicted = classes[q.predicted] if q.predicted is not None and q.predicted >= 0 else "-"
-        score = f"{q.score:.4f}" if q.score is not None else "-"
-        table.add_row(str(q.round), str(q.rank), q.item_id, score, q.acquisition, predicted, q.status)
+        score, epistemic, aleatoric, p = (
+            f"{v:.4f}" if v is not None else "-" for v in (q.score, q.epistemic, q.aleatoric, q.probability)
+        )
+        table.add_row(
+            str(q.round), str(q.rank), q.item_id, score, epistemic, aleatoric, q.acquisition, predicted, p, q.status
+        )
     console.print(table)
 
 

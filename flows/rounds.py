@@ -218,11 +218,12 @@ def score_pool(model, features: FeatureStore, pool: dict[str, int], settings: Se
     if query.scores is None:
         entries = [QueueEntry(item, rank, None, query.acquisition) for rank, item in enumerate(query.ids, start=1)]
     else:
+        columns = zip(
+            query.ids, query.scores, query.predicted, query.probability, query.epistemic, query.aleatoric, strict=True
+        )
         entries = [
-            QueueEntry(item, rank, float(score), query.acquisition, int(predicted))
-            for rank, (item, score, predicted) in enumerate(
-                zip(query.ids, query.scores, query.predicted, strict=True), start=1
-            )
+            QueueEntry(item, rank, float(score), query.acquisition, int(predicted), float(p), float(e), float(a))
+            for rank, (item, score, predicted, p, e, a) in enumerate(columns, start=1)
         ]
     return PoolScores(query, entries)
 
@@ -249,7 +250,8 @@ def log_round(
     scoring."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        fields = ("round", "rank", "item_id", "score", "acquisition", "predicted", "status")
+        fields = ("round", "rank", "item_id", "score", "acquisition", "predicted", "probability", "epistemic")
+        fields += ("aleatoric", "status")
         paths = [_write_csv({f: [getattr(q, f) for q in queued] for f in fields}, tmp_path / "queued_batch.csv")]
         if query.n_scored:
             paths.append(

@@ -153,3 +153,39 @@ def test_a_withdrawn_label_does_not_hide_an_item_from_the_pool(store):
     assert "a" not in store.unlabeled_pool("c")
     store.retract_label("c", "a", annotator="import")
     assert "a" in store.unlabeled_pool("c")
+
+
+def test_a_database_of_the_older_schema_opens_without_loss_and_gains_the_queue_parts(tmp_path):
+    """A workspace made before the queue kept the predicted class's probability and the uncertainty parts."""
+    path = tmp_path / "labels.db"
+    with sa.create_engine(f"sqlite:///{path}").begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE queue (campaign VARCHAR NOT NULL, round INTEGER NOT NULL, item_id VARCHAR NOT NULL, "
+                "rank INTEGER NOT NULL, score FLOAT, acquisition VARCHAR NOT NULL, predicted INTEGER, "
+                "status VARCHAR(7) NOT NULL, created_at DATETIME NOT NULL, PRIMARY KEY (campaign, round, item_id))"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO queue VALUES ('c', 1, 'a', 1, 0.5, 'bald', 2, 'pending', '2026-01-01 00:00:00'), "
+                "('c', 1, 'b', 2, 0.25, 'bald', 0, 'skipped', '2026-01-01 00:00:00')"
+            )
+        )
+    store = LabelStore(f"sqlite:///{path}")
+    old = store.queued("c", round_=1)
+    assert [(q.item_id, q.rank, q.score, q.predicted, q.status) for q in old] == [
+        ("a", 1, 0.5, 2, "pending"),
+        ("b", 2, 0.25, 0, "skipped"),
+    ]
+    assert {(q.probability, q.epistemic, q.aleatoric) for q in old} == {(None, None, None)}
+    store.create_campaign("c", "toy", ["cat", "dog", "eel"])
+    store.add_items("c", ["x"], ["pool"], [0])
+    entry = QueueEntry("x", 1, 0.3, "bald", 1, probability=0.7, epistemic=0.3, aleatoric=0.4)
+    store.enqueue("c", 2, [entry])
+    stored = store.queued("c", round_=2)[0]
+    assert (stored.predicted, stored.probability, stored.epistemic, stored.aleatoric) == (1, 0.7, 0.3, 0.4)
+    store.close()
+    again = LabelStore(f"sqlite:///{path}")  # opening an upgraded database again changes nothing
+    assert [q.item_id for q in again.queued("c")] == ["a", "b", "x"]
+    again.close()

@@ -39,10 +39,15 @@ def _png_size(data: bytes) -> tuple[int, int]:
 def test_page_shows_the_first_pending_item_with_prediction_score_image_and_progress(client, queued_workspace):
     first = _pending(queued_workspace)[0]
     assert first.acquisition == "bald" and first.predicted is not None
+    assert 0.1 <= first.probability <= 1 and first.aleatoric >= 0
+    assert first.epistemic == pytest.approx(first.score, abs=1e-9)  # BALD's score is the epistemic part
     page = client.get("/")
     assert page.status_code == 200
     assert f'data-item-id="{html.escape(first.item_id)}"' in page.text
     assert f"{first.score:.4f}" in page.text and "0 of 8</strong> this round (round 1)" in page.text
+    assert f'class="probability">{first.probability:.3f}<' in page.text
+    assert f'class="epistemic">{first.epistemic:.4f}<' in page.text
+    assert f'class="aleatoric">{first.aleatoric:.4f}<' in page.text
     predicted = re.search(r'class="predicted">([^<]+)<', page.text).group(1)
     assert predicted == LabelStore.for_workspace(queued_workspace).classes(CAMPAIGN)[first.predicted]
     assert page.text.count("data-label=") == 10 and 'data-action="skip"' in page.text
