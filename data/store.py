@@ -11,6 +11,7 @@ their item id and reason, and the good rows are all written — or, on a databas
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 SPLITS = ("pool", "test", "seed")
+LABEL_POLICIES = ("latest", "majority")
 QUEUE_STATUSES = ("pending", "labeled", "skipped")
 
 metadata = sa.MetaData()
@@ -124,6 +126,33 @@ class QueuedItem(QueueEntry):
 class LabelAnswer:
     item_id: str
     label: int
+
+
+@dataclass(frozen=True)
+class LabelSnapshot:
+    """The training labels under a policy, read in one statement, and how the annotators agreed.
+
+    Each annotator's vote on an item is their latest standing (not withdrawn) answer. ``latest``: the item's
+    latest standing answer by anyone; ``majority``: the most common vote, an item whose top votes tie left out
+    (``n_tied``) until another answer resolves it. ``upto`` is the last answer (``labels.id``) read: answers
+    recorded after it wait for the next read.
+    """
+
+    labels: dict[str, int]
+    upto: int
+    n_answered: int
+    """Items with at least one standing answer."""
+    n_multiple: int
+    """Items with standing answers by at least two annotators."""
+    n_conflicting: int
+    """Items whose annotators' votes differ."""
+    n_tied: int
+    """Items ``majority`` leaves out because their top votes tie (0 under ``latest``)."""
+
+    @property
+    def disagreement_rate(self) -> float:
+        """Share of the items answered by several annotators whose votes differ (0 when there are none)."""
+        return self.n_conflicting / self.n_multiple if self.n_multiple else 0.0
 
 
 @dataclass
@@ -393,11 +422,45 @@ class LabelStore:
                 )
         return answer.label
 
-    def current_labels(self, campaign: str) -> dict[str, int]:
-        """Latest standing label of every labeled item (append order decides; earlier and withdrawn answers stay
-        in history)."""
+    def current_labels(self, campaign: str, policy: str = "latest") -> dict[str, int]:
+        """Training label of every labeled item under ``policy`` (see :class:`LabelSnapshot`); earlier and withdrawn
+        answers stay in history."""
+        return self.label_snapshot(campaign, policy).labels
+
+    def label_snapshot(self, campaign: str, policy: str = "latest", *, upto: int | None = None) -> LabelSnapshot:
+        """The labels under ``policy`` (one of ``LABEL_POLICIES``) and the annotators' agreement, from the standing
+        answers read in one statement — of those up to answer id ``upto`` when given, to see what an earlier read
+        saw."""
+        if policy not in LABEL_POLICIES:
+            raise StoreError(f"unknown label policy {policy!r}; expected one of {list(LABEL_POLICIES)}")
+        query = (
+            sa.select(labels.c.id, labels.c.item_id, labels.c.label, labels.c.annotator)
+            .where(labels.c.campaign == campaign, labels.c.id.not_in(sa.select(retractions.c.label_id)))
+            .order_by(labels.c.id)
+        )
+        if upto is not None:
+            query = query.where(labels.c.id <= upto)
+        latest: dict[str, tuple[int, int]] = {}  # item -> (id, label) of its latest answer
+        votes: dict[str, dict[str, int]] = {}  # item -> annotator -> their latest answer
         with self.engine.connect() as conn:
-            return _standing_labels(conn, campaign)
+            for r in conn.execute(query):
+                latest[r.item_id] = (r.id, r.label)
+                votes.setdefault(r.item_id, {})[r.annotator] = r.label
+        order = sorted(latest, key=lambda item: latest[item][0])  # items in the order of their latest answer
+        counts = {item: Counter(votes[item].values()).most_common() for item in order}
+        tied = {item for item, c in counts.items() if len(c) > 1 and c[0][1] == c[1][1]}
+        if policy == "majority":
+            chosen = {item: c[0][0] for item, c in counts.items() if item not in tied}
+        else:
+            chosen, tied = {item: latest[item][1] for item in order}, set()
+        return LabelSnapshot(
+            labels=chosen,
+            upto=upto if upto is not None else max((i for i, _ in latest.values()), default=0),
+            n_answered=len(votes),
+            n_multiple=sum(len(by) > 1 for by in votes.values()),
+            n_conflicting=sum(len(c) > 1 for c in counts.values()),
+            n_tied=len(tied),
+        )
 
     def answers_by(self, campaign: str, annotator: str) -> set[tuple[str, int]]:
         """Every ``(item_id, label)`` that ``annotator`` ever recorded in the campaign (superseded ones too)."""

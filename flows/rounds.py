@@ -358,8 +358,17 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
             store, features, campaign, round_, settings.campaign.oracle_noise, settings.campaign.seed
         )
         logger.info("oracle answered %d items", answered)
-    labeled = store.current_labels(campaign)
-    metrics: dict[str, float] = {"n_labeled": len(labeled)}
+    snapshot = store.label_snapshot(campaign, settings.labels.policy)  # later answers wait for the next round
+    labeled = snapshot.labels
+    metrics: dict[str, float] = {
+        "n_labeled": len(labeled),
+        "disagreement_rate": snapshot.disagreement_rate,
+        "n_conflicting_items": snapshot.n_conflicting,
+    }
+    if settings.labels.policy == "majority":
+        metrics["n_tied_items"] = snapshot.n_tied
+        if snapshot.n_tied:
+            logger.info("%d items with tied answers are left out of training until resolved", snapshot.n_tied)
     model, selection, checkpoint = None, None, None
     if len(labeled) >= settings.campaign.min_labels or (oracle and labeled):
         selection = select_model(settings, features, labeled, round_)
@@ -403,7 +412,12 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
     )
     kill_point("after_logging")
     tracker.finish(run_id)
-    summary = {"round": round_, **metrics, "selected": selection.selected.fitted.name if selection else None}
+    summary = {
+        "round": round_,
+        **metrics,
+        "selected": selection.selected.fitted.name if selection else None,
+        "labels_upto": snapshot.upto,
+    }
     store.finish_round(campaign, round_, summary)
     return summary
 

@@ -189,3 +189,36 @@ def test_a_database_of_the_older_schema_opens_without_loss_and_gains_the_queue_p
     again = LabelStore(f"sqlite:///{path}")  # opening an upgraded database again changes nothing
     assert [q.item_id for q in again.queued("c")] == ["a", "b", "x"]
     again.close()
+
+
+def test_label_policies_with_several_annotators(store):
+    """``latest``: the latest answer by anyone; ``majority``: one vote per annotator (their latest), ties left out."""
+    store.enqueue("c", 1, _entries(["a", "b", "c"]))
+    for annotator, answers in (
+        ("ada", {"a": 0, "b": 1, "c": 2}),
+        ("bob", {"a": 0, "b": 2, "c": 1}),
+        ("cy", {"a": 1}),
+        ("ada", {"c": 1}),  # ada changes her mind: still one vote, now agreeing with bob
+    ):
+        report = store.record_labels("c", [LabelAnswer(i, label) for i, label in answers.items()], annotator=annotator)
+        assert report.rejected == []
+    assert store.current_labels("c") == {"a": 1, "b": 2, "c": 1}
+    majority = store.label_snapshot("c", "majority")
+    assert majority.labels == {"a": 0, "c": 1}  # b: ada 1 vs bob 2, a tie, waits for another answer
+    assert (majority.n_answered, majority.n_multiple, majority.n_conflicting, majority.n_tied) == (3, 3, 2, 1)
+    assert majority.disagreement_rate == pytest.approx(2 / 3)
+    assert store.label_snapshot("c").n_tied == 0 and store.label_snapshot("c").n_conflicting == 2
+
+    store.record_labels("c", [LabelAnswer("b", 2)], annotator="cy")  # the tie resolved
+    store.retract_label("c", "a", annotator="cy")  # and cy's dissent on a withdrawn
+    resolved = store.label_snapshot("c", "majority")
+    assert resolved.labels == {"a": 0, "b": 2, "c": 1} and resolved.n_tied == 0
+    assert (resolved.n_conflicting, resolved.disagreement_rate) == (1, pytest.approx(1 / 3))
+    assert store.label_snapshot("c", "majority", upto=majority.upto).labels == {"a": 0, "c": 1}
+    with pytest.raises(StoreError, match="unknown label policy 'vote'"):
+        store.label_snapshot("c", "vote")
+
+
+def test_no_answers_no_disagreement(store):
+    snapshot = store.label_snapshot("c", "majority")
+    assert (snapshot.labels, snapshot.upto, snapshot.disagreement_rate, snapshot.n_conflicting) == ({}, 0, 0.0, 0)

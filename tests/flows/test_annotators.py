@@ -1,0 +1,58 @@
+"""Several annotators on a real campaign: the label policy a round trains on and the agreement it logs to MLflow."""
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from data.store import LabelAnswer, LabelStore
+from flows.tracking import ROUND
+
+CAMPAIGN = "digits8"
+
+
+def _round_args(store: LabelStore, workspace: Path, tmp_path: Path, extra: str = "") -> list[str]:
+    """``beliefloop round`` arguments for the session campaign, its params plus ``extra`` YAML."""
+    dataset = Path(store.dataset_of(CAMPAIGN))
+    params = tmp_path / "params.yaml"
+    params.write_text(dataset.with_name("params.yaml").read_text() + extra)
+    return ["round", "--dataset", str(dataset), "--workspace", str(workspace), "--params", str(params)]
+
+
+def _round_run_metrics(workspace: Path, round_: int) -> dict[str, float]:
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(CAMPAIGN)
+    (run,) = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{ROUND}` = '{round_}'")
+    return run.data.metrics
+
+
+def test_majority_policy_trains_on_agreed_answers_and_logs_the_disagreement(queued_workspace, beliefloop, tmp_path):
+    store = LabelStore.for_workspace(queued_workspace)
+    p = [q.item_id for q in store.queued(CAMPAIGN, status="pending")]
+    n_imported = len(store.current_labels(CAMPAIGN))
+    answers = {
+        "ada": {p[0]: 4, p[1]: 1, p[2]: 3, p[3]: 7},
+        "bob": {p[0]: 4, p[1]: 2, p[2]: 5},
+        "cy": {p[1]: 1},
+    }
+    for annotator, given in answers.items():
+        report = store.record_labels(CAMPAIGN, [LabelAnswer(i, c) for i, c in given.items()], annotator=annotator)
+        assert report.rejected == []
+    beliefloop(*_round_args(store, queued_workspace, tmp_path, "labels:\n  policy: majority\n"))
+
+    # p0 agreed, p1 two votes to one, p2 a tie (left out), p3 one answer; p1 and p2 conflict, of 3 answered by several.
+    expected = {"n_labeled": n_imported + 3, "n_conflicting_items": 2, "n_tied_items": 1}
+    metrics = _round_run_metrics(queued_workspace, 2)
+    assert {key: metrics[key] for key in expected} == expected
+    assert metrics["disagreement_rate"] == pytest.approx(2 / 3)
+    summary = store.round_metrics(CAMPAIGN)[-1]
+    assert {key: summary[key] for key in expected} == expected
+    assert store.current_labels(CAMPAIGN, "majority") == {
+        **{i: c for i, c in store.current_labels(CAMPAIGN).items() if i not in p},
+        p[0]: 4,
+        p[1]: 1,
+        p[3]: 7,
+    }
+    # Round 1, before anyone answered, logged no disagreement.
+    first = _round_run_metrics(queued_workspace, 1)
+    assert (first["disagreement_rate"], first["n_conflicting_items"]) == (0.0, 0.0)
