@@ -343,7 +343,8 @@ class LabelStore:
         annotator: str,
         require_queued: bool = True,
     ) -> LabelReport:
-        """Append answers in one transaction; refuse unknown items, unknown classes and out-of-queue items.
+        """Append answers in one transaction; refuse unknown items, unknown classes, out-of-queue and skipped items
+        (until the skip is undone).
 
         An answer to a queued item marks it ``labeled`` and is recorded with that queue entry's round
         (``require_queued=False`` admits labels that arrive with the data, recorded as round 0).
@@ -360,6 +361,11 @@ class LabelStore:
                     .group_by(queue.c.item_id)
                 )
             }
+            skipped = set(
+                conn.execute(
+                    sa.select(queue.c.item_id).where(queue.c.campaign == campaign, queue.c.status == "skipped")
+                ).scalars()
+            )
             rows, now = [], _now()
             for answer in answers:
                 if answer.item_id not in known:
@@ -370,6 +376,13 @@ class LabelStore:
                     )
                 elif require_queued and answer.item_id not in queued:
                     report.rejected.append((answer.item_id, "item was never queued for labeling"))
+                elif answer.item_id in skipped:
+                    report.rejected.append(
+                        (
+                            answer.item_id,
+                            "item was skipped; undo the skip first (beliefloop unskip, or the page's undo)",
+                        )
+                    )
                 else:
                     rows.append(
                         {

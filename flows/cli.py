@@ -413,6 +413,19 @@ def skip(
 
 
 @app.command()
+def unskip(
+    item: Annotated[str, typer.Option("--item", help="Item id.")],
+    workspace: WorkspaceOpt = None,
+    campaign: CampaignOpt = None,
+    params: ParamsOpt = None,
+) -> None:
+    """Undo a skip: the item is pending again and can be labelled."""
+    _, store, name = _open_campaign(params, workspace, campaign)
+    store.unskip(name, item)
+    typer.echo(f"{item} is pending again in campaign {name}")
+
+
+@app.command()
 def annotate(
     workspace: WorkspaceOpt = None,
     campaign: CampaignOpt = None,

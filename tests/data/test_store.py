@@ -222,3 +222,16 @@ def test_label_policies_with_several_annotators(store):
 def test_no_answers_no_disagreement(store):
     snapshot = store.label_snapshot("c", "majority")
     assert (snapshot.labels, snapshot.upto, snapshot.disagreement_rate, snapshot.n_conflicting) == ({}, 0, 0.0, 0)
+
+
+def test_a_skipped_item_cannot_be_labelled_until_the_skip_is_undone(store):
+    store.enqueue("c", 1, _entries(["a", "b"]))
+    store.skip("c", "a")
+    report = store.record_labels("c", [LabelAnswer("a", 1), LabelAnswer("b", 2)], annotator="ada")
+    assert report.accepted == ["b"] and report.rejected[0][0] == "a" and "skipped" in report.rejected[0][1]
+    late = store.record_labels("c", [LabelAnswer("a", 1)], annotator="import", require_queued=False)
+    assert late.accepted == [] and "undo the skip" in late.rejected[0][1]
+    assert "a" not in store.unlabeled_pool("c") and store.current_labels("c") == {"b": 2}
+    store.unskip("c", "a")
+    assert store.record_labels("c", [LabelAnswer("a", 1)], annotator="ada").accepted == ["a"]
+    assert store.queued("c", round_=1)[0].status == "labeled"

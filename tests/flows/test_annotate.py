@@ -84,6 +84,11 @@ def test_bad_answers_are_refused_with_the_item_and_the_reason(client, queued_wor
     no_name = client.post("/api/labels", json={"item_id": first.item_id, "label": 1, "annotator": ""})
     assert no_name.status_code == 422
     assert client.post("/api/skip", json={"item_id": "img-000"}).status_code == 409  # a seed item, never queued
+    assert client.post("/api/skip", json={"item_id": first.item_id}).is_success
+    skipped = client.post("/api/labels", json={"item_id": first.item_id, "label": 1, "annotator": "ada"})
+    assert skipped.status_code == 422 and f"item {first.item_id!r}: item was skipped" in skipped.json()["detail"]
+    assert first.item_id not in [q["item_id"] for q in client.get("/api/queue").json()["pending"]]
+    assert client.post("/api/undo", json={"item_id": first.item_id, "action": "skip", "annotator": "ada"}).is_success
     nothing = client.post("/api/undo", json={"item_id": first.item_id, "action": "label", "annotator": "bob"})
     assert nothing.status_code == 409 and "no answer by 'bob'" in nothing.json()["detail"]
     assert len(_pending(queued_workspace)) == 8

@@ -56,3 +56,23 @@ def test_majority_policy_trains_on_agreed_answers_and_logs_the_disagreement(queu
     # Round 1, before anyone answered, logged no disagreement.
     first = _round_run_metrics(queued_workspace, 1)
     assert (first["disagreement_rate"], first["n_conflicting_items"]) == (0.0, 0.0)
+
+
+def test_labelling_a_skipped_item_is_refused_until_unskip(queued_workspace, beliefloop, tmp_path):
+    store = LabelStore.for_workspace(queued_workspace)
+    item = store.queued(CAMPAIGN, status="pending")[0].item_id
+    common = ["--workspace", str(queued_workspace)]
+    beliefloop("skip", "--item", item, *common)
+    refused = beliefloop("label", "--item", item, "--label", "3", *common, check=False)
+    assert refused.returncode == 1 and f"rejected {item}: item was skipped; undo the skip first" in refused.stderr
+    answers = tmp_path / "answers.csv"
+    answers.write_text(f"item_id,label\n{item},3\n")
+    imported = beliefloop("queue", "import", str(answers), *common, check=False)
+    assert imported.returncode == 1 and f"line 2 {item}: rejected: item was skipped" in imported.stderr
+    assert store.label_history(CAMPAIGN, item) == []
+
+    assert f"{item} is pending again" in beliefloop("unskip", "--item", item, *common).stdout
+    beliefloop("label", "--item", item, "--label", "3", "--annotator", "ada", *common)
+    assert store.label_history(CAMPAIGN, item) == [(3, "ada", 1)]
+    again = beliefloop("unskip", "--item", item, *common, check=False)
+    assert again.returncode == 2 and f"item {item!r} has no skipped queue entry" in again.stderr
