@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from data import open_feature_store
 from data.store import LabelStore
-from flows.annotate import create_app
+from flows.annotate import create_app, letter_keys
 
 CAMPAIGN = "digits8"
 
@@ -136,3 +136,23 @@ def test_the_command_beyond_loopback_prints_a_token_and_refuses_requests_without
     assert len(token) >= 24
     assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 401
     assert httpx.get(f"http://127.0.0.1:{port}/", params={"token": token}).status_code == 200
+
+
+def test_arrows_page_through_the_pending_items_in_rank_order(client, queued_workspace):
+    pending = [q.item_id for q in _pending(queued_workspace)]
+    for offset, expected in ((1, 1), (7, 7), (99, 7), (-3, 0)):
+        card = client.get("/item", params={"offset": offset}).text
+        assert f'data-item-id="{html.escape(pending[expected])}"' in card and f'data-offset="{expected}"' in card
+    assert f"{8} of 8</span>" in client.get("/item", params={"offset": 7}).text
+
+
+def test_a_class_gets_its_first_letter_as_key_only_when_unambiguous(queued_workspace):
+    LabelStore.for_workspace(queued_workspace).extend_classes(CAMPAIGN, ["noise"])
+    with TestClient(_app(queued_workspace), base_url="http://127.0.0.1") as c:
+        card = c.get("/item").text
+    assert '<button type="button" data-label="10" data-key="n"><kbd>n</kbd> noise</button>' in card
+    assert card.count("data-key=") == 1
+    assert letter_keys(["cat", "dog", "Eel"]) == ["c", "d", "e"]
+    # c is shared, s and u are skip and undo, a digit or sign is not a letter, é is not on every keyboard
+    assert letter_keys(["cat", "cow", "sheep", "unicorn", "7up", "-", "élan", "Zebra"]) == [None] * 7 + ["z"]
+    assert letter_keys([str(d) for d in range(10)]) == [None] * 10  # digits keep their 1–9
