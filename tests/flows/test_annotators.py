@@ -1,11 +1,18 @@
 """Several annotators on a real campaign: the label policy a round trains on and the agreement it logs to MLflow."""
 
+import itertools
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
+import httpx
 import pytest
+import sqlalchemy as sa
 from mlflow.tracking import MlflowClient
 
-from data.store import LabelAnswer, LabelStore
+from data.store import LabelAnswer, LabelStore, labels
 from flows.tracking import ROUND
 
 CAMPAIGN = "digits8"
@@ -76,3 +83,72 @@ def test_labelling_a_skipped_item_is_refused_until_unskip(queued_workspace, beli
     assert store.label_history(CAMPAIGN, item) == [(3, "ada", 1)]
     again = beliefloop("unskip", "--item", item, *common, check=False)
     assert again.returncode == 2 and f"item {item!r} has no skipped queue entry" in again.stderr
+
+
+def test_four_annotators_answer_through_the_page_while_a_round_runs(
+    queued_workspace, serve_annotate, beliefloop, tmp_path
+):
+    """Four threads post answers to a real ``beliefloop annotate`` server before, during and after a real round.
+
+    Every answer is stored once, in each annotator's order; the round trains on the answers of its one read
+    (``labels_upto``) and the rest stand for the next round.
+    """
+    store = LabelStore.for_workspace(queued_workspace)
+    items = [q.item_id for q in store.queued(CAMPAIGN, status="pending")]
+    before = store.label_snapshot(CAMPAIGN).upto
+    _, port = serve_annotate(queued_workspace)
+    round_args = _round_args(store, queued_workspace, tmp_path)
+    round_done = threading.Event()
+    sent: dict[str, list[tuple[str, int]]] = {}
+    failures: list[str] = []
+
+    def annotate(k: int) -> None:
+        name, answered = f"annotator-{k}", []
+        sent[name] = answered
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            for step in itertools.count():
+                if round_done.is_set():
+                    return
+                item, label = items[(step + 2 * k) % len(items)], (step // len(items) + k) % 10
+                response = client.post("/api/labels", json={"item_id": item, "label": label, "annotator": name})
+                if response.status_code != 200:
+                    failures.append(f"{name} {item}: {response.status_code} {response.text}")
+                    return
+                answered.append((item, label))
+                time.sleep(0.2)  # four people answering fast, without starving the round of the CPU
+
+    threads = [threading.Thread(target=annotate, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    while sum(map(len, sent.values())) < 8 and not failures:  # answers exist before the round starts
+        time.sleep(0.05)
+    command = [sys.executable, "-m", "flows", *round_args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    round_done.set()
+    for thread in threads:
+        thread.join(60)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert failures == []
+
+    # No answer lost or doubled: each annotator's stored answers are exactly what it was told were stored, in order.
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(labels.c.id, labels.c.annotator, labels.c.item_id, labels.c.label)
+            .where(labels.c.campaign == CAMPAIGN, labels.c.id > before)
+            .order_by(labels.c.id)
+        ).all()
+    assert {name: [(r.item_id, r.label) for r in rows if r.annotator == name] for name in sent} == sent
+    assert len(rows) == sum(map(len, sent.values()))
+
+    # The round read the answers once: what it trained on is the snapshot up to its read; later ones waited.
+    summary = store.round_metrics(CAMPAIGN)[-1]
+    upto = summary["labels_upto"]
+    assert before < upto < rows[-1].id
+    seen = store.label_snapshot(CAMPAIGN, upto=upto)
+    assert (summary["n_labeled"], summary["n_conflicting_items"]) == (len(seen.labels), seen.n_conflicting)
+    assert summary["disagreement_rate"] == pytest.approx(seen.disagreement_rate)
+    beliefloop(*round_args)
+    last = store.round_metrics(CAMPAIGN)[-1]
+    everything = store.label_snapshot(CAMPAIGN)
+    assert (last["round"], last["labels_upto"], last["n_labeled"]) == (3, rows[-1].id, len(everything.labels))
+    assert last["n_conflicting_items"] == everything.n_conflicting
