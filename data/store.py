@@ -23,6 +23,8 @@ from sqlalchemy.engine import Engine
 
 SPLITS = ("pool", "test", "seed")
 LABEL_POLICIES = ("latest", "majority")
+MAX_LOOKUP_IDS = 500
+"""A write of at most this many items looks up only those items; a larger batch reads the campaign's ids once."""
 QUEUE_STATUSES = ("pending", "labeled", "skipped")
 
 metadata = sa.MetaData()
@@ -81,6 +83,7 @@ queue = sa.Table(
     sa.Column("probability", sa.Float),  # predictive probability of the predicted class
     sa.Column("epistemic", sa.Float),  # mutual information (BALD) of the item's predictive
     sa.Column("aleatoric", sa.Float),  # expected entropy
+    sa.Index("ix_queue_campaign_item", "campaign", "item_id"),
 )
 
 rounds = sa.Table(
@@ -189,7 +192,8 @@ def _standing_labels(conn: sa.Connection, campaign: str, item_ids: Sequence[str]
 
 
 def add_missing_columns(engine: Engine) -> list[str]:
-    """Add the nullable columns a database made by an older version lacks (``table.column`` names returned).
+    """Add the nullable columns and the indexes a database made by an older version lacks (``table.column`` names
+    of the columns added are returned).
 
     Tables are only ever extended by nullable columns, so an existing workspace opens without loss: its rows keep
     their values and read ``None`` in the new columns. Two processes upgrading at once is fine: a column the other
@@ -210,6 +214,12 @@ def add_missing_columns(engine: Engine) -> list[str]:
                     raise
                 continue
             added.append(f"{table.name}.{column.name}")
+        for index in table.indexes:
+            try:
+                index.create(engine, checkfirst=True)
+            except sa.exc.DBAPIError:  # created by another process meanwhile
+                if index.name not in {i["name"] for i in sa.inspect(engine).get_indexes(table.name)}:
+                    raise
     return added
 
 
@@ -350,20 +360,33 @@ class LabelStore:
         (``require_queued=False`` admits labels that arrive with the data, recorded as round 0).
         """
         report = LabelReport()
+        answers = list(answers)
         n_classes = len(self.classes(campaign))
+        ids = list(dict.fromkeys(a.item_id for a in answers))
+
+        def among(column: sa.Column) -> sa.ColumnElement[bool]:
+            """Rows of the batch's items only: a page's single answer reads a few rows, not the campaign's."""
+            return column.in_(ids) if len(ids) <= MAX_LOOKUP_IDS else sa.true()
+
         with self.engine.begin() as conn:
-            known = set(conn.execute(sa.select(items.c.item_id).where(items.c.campaign == campaign)).scalars())
+            known = set(
+                conn.execute(
+                    sa.select(items.c.item_id).where(items.c.campaign == campaign, among(items.c.item_id))
+                ).scalars()
+            )
             queued = {
                 r.item_id: r.round
                 for r in conn.execute(
                     sa.select(queue.c.item_id, sa.func.max(queue.c.round).label("round"))
-                    .where(queue.c.campaign == campaign)
+                    .where(queue.c.campaign == campaign, among(queue.c.item_id))
                     .group_by(queue.c.item_id)
                 )
             }
             skipped = set(
                 conn.execute(
-                    sa.select(queue.c.item_id).where(queue.c.campaign == campaign, queue.c.status == "skipped")
+                    sa.select(queue.c.item_id).where(
+                        queue.c.campaign == campaign, queue.c.status == "skipped", among(queue.c.item_id)
+                    )
                 ).scalars()
             )
             rows, now = [], _now()

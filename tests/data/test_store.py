@@ -3,7 +3,7 @@
 import pytest
 import sqlalchemy as sa
 
-from data.store import LabelAnswer, LabelStore, QueueEntry, StoreError, queue
+from data.store import MAX_LOOKUP_IDS, LabelAnswer, LabelStore, QueueEntry, StoreError, queue
 
 
 @pytest.fixture()
@@ -185,6 +185,7 @@ def test_a_database_of_the_older_schema_opens_without_loss_and_gains_the_queue_p
     store.enqueue("c", 2, [entry])
     stored = store.queued("c", round_=2)[0]
     assert (stored.predicted, stored.probability, stored.epistemic, stored.aleatoric) == (1, 0.7, 0.3, 0.4)
+    assert "ix_queue_campaign_item" in {i["name"] for i in sa.inspect(store.engine).get_indexes("queue")}
     store.close()
     again = LabelStore(f"sqlite:///{path}")  # opening an upgraded database again changes nothing
     assert [q.item_id for q in again.queued("c")] == ["a", "b", "x"]
@@ -235,3 +236,17 @@ def test_a_skipped_item_cannot_be_labelled_until_the_skip_is_undone(store):
     store.unskip("c", "a")
     assert store.record_labels("c", [LabelAnswer("a", 1)], annotator="ada").accepted == ["a"]
     assert store.queued("c", round_=1)[0].status == "labeled"
+
+
+@pytest.mark.parametrize("n_items", [3, MAX_LOOKUP_IDS + 10])
+def test_small_and_large_batches_check_items_alike(store, n_items):
+    """A page's answer looks up its own items, an import of many reads the campaign's once: the same outcome."""
+    ids = [f"p{i}" for i in range(n_items)]
+    store.add_items("c", ids, ["pool"] * n_items, list(range(10, 10 + n_items)))
+    store.enqueue("c", 1, _entries(ids[1:]))
+    store.skip("c", ids[2])
+    batch = [LabelAnswer(i, 1) for i in [*ids, "ghost"]]
+    report = store.record_labels("c", batch, annotator="ada")
+    assert dict(report.rejected).keys() == {"p0", "p2", "ghost"}
+    assert "never queued" in dict(report.rejected)["p0"] and "skipped" in dict(report.rejected)["p2"]
+    assert report.accepted == ids[1:2] + ids[3:] and len(store.current_labels("c")) == n_items - 2
