@@ -1,9 +1,10 @@
 """The persistent label store and labeling queue (SQLAlchemy; SQLite with WAL by default, any URL works).
 
 Tables follow ``DESIGN.md``: ``items`` (which rows of the feature store belong to a campaign, and their split),
-``labels`` (append-only answers; the latest per item wins, disagreements are kept), ``retractions`` (answers
-withdrawn by an undo: the answer stays in ``labels``, marked withdrawn here), ``queue`` (what was asked, unique
-on campaign + round + item) and ``rounds`` (bookkeeping that makes a crashed round resumable).
+``labels`` (append-only answers; the training label per item follows a policy, latest or majority, and
+disagreements are kept), ``retractions`` (answers withdrawn by an undo: the answer stays in ``labels``, marked
+withdrawn here), ``queue`` (what was asked, unique on campaign + round + item) and ``rounds`` (bookkeeping that
+makes a crashed round resumable).
 Every public write is one transaction: a batch of labels is validated row by row, bad rows are reported with
 their item id and reason, and the good rows are all written — or, on a database error, none.
 """
