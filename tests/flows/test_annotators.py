@@ -110,7 +110,11 @@ def test_four_annotators_answer_through_the_page_while_a_round_runs(
                 if round_done.is_set():
                     return
                 item, label = items[(step + 2 * k) % len(items)], (step // len(items) + k) % 10
-                response = client.post("/api/labels", json={"item_id": item, "label": label, "annotator": name})
+                try:
+                    response = client.post("/api/labels", json={"item_id": item, "label": label, "annotator": name})
+                except httpx.HTTPError as error:  # reported, not lost in the thread
+                    failures.append(f"{name} {item}: {error!r}")
+                    return
                 if response.status_code != 200:
                     failures.append(f"{name} {item}: {response.status_code} {response.text}")
                     return
