@@ -1,9 +1,10 @@
 """The persistent label store and labeling queue (SQLAlchemy; SQLite with WAL by default, any URL works).
 
 Tables follow ``DESIGN.md``: ``items`` (which rows of the feature store belong to a campaign, and their split),
-``labels`` (append-only answers; the latest per item wins, disagreements are kept), ``retractions`` (answers
-withdrawn by an undo: the answer stays in ``labels``, marked withdrawn here), ``queue`` (what was asked, unique
-on campaign + round + item) and ``rounds`` (bookkeeping that makes a crashed round resumable).
+``labels`` (append-only answers; the training label per item follows a policy, latest or majority, and
+disagreements are kept), ``retractions`` (answers withdrawn by an undo: the answer stays in ``labels``, marked
+withdrawn here), ``queue`` (what was asked, unique on campaign + round + item) and ``rounds`` (bookkeeping that
+makes a crashed round resumable).
 Every public write is one transaction: a batch of labels is validated row by row, bad rows are reported with
 their item id and reason, and the good rows are all written — or, on a database error, none.
 """
@@ -11,6 +12,7 @@ their item id and reason, and the good rows are all written — or, on a databas
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +23,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 SPLITS = ("pool", "test", "seed")
+LABEL_POLICIES = ("latest", "majority")
+MAX_LOOKUP_IDS = 500
+"""A write of at most this many items looks up only those items; a larger batch reads the campaign's ids once."""
 QUEUE_STATUSES = ("pending", "labeled", "skipped")
 
 metadata = sa.MetaData()
@@ -76,6 +81,10 @@ queue = sa.Table(
     sa.Column("predicted", sa.Integer),
     sa.Column("status", sa.Enum(*QUEUE_STATUSES, name="queue_status"), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("probability", sa.Float),  # predictive probability of the predicted class
+    sa.Column("epistemic", sa.Float),  # mutual information (BALD) of the item's predictive
+    sa.Column("aleatoric", sa.Float),  # expected entropy
+    sa.Index("ix_queue_campaign_item", "campaign", "item_id"),
 )
 
 rounds = sa.Table(
@@ -96,11 +105,18 @@ class StoreError(ValueError):
 
 @dataclass(frozen=True)
 class QueueEntry:
+    """One queued item: the acquisition's score and, when a model scored it, its predicted class with that class's
+    predictive probability and the epistemic (mutual information) and aleatoric (expected entropy) parts of its
+    predictive entropy."""
+
     item_id: str
     rank: int
     score: float | None
     acquisition: str
     predicted: int | None = None
+    probability: float | None = None
+    epistemic: float | None = None
+    aleatoric: float | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +130,33 @@ class QueuedItem(QueueEntry):
 class LabelAnswer:
     item_id: str
     label: int
+
+
+@dataclass(frozen=True)
+class LabelSnapshot:
+    """The training labels under a policy, read in one statement, and how the annotators agreed.
+
+    Each annotator's vote on an item is their latest standing (not withdrawn) answer. ``latest``: the item's
+    latest standing answer by anyone; ``majority``: the most common vote, an item whose top votes tie left out
+    (``n_tied``) until another answer resolves it. ``upto`` is the last answer (``labels.id``) read: answers
+    recorded after it wait for the next read.
+    """
+
+    labels: dict[str, int]
+    upto: int
+    n_answered: int
+    """Items with at least one standing answer."""
+    n_multiple: int
+    """Items with standing answers by at least two annotators."""
+    n_conflicting: int
+    """Items whose annotators' votes differ."""
+    n_tied: int
+    """Items ``majority`` leaves out because their top votes tie (0 under ``latest``)."""
+
+    @property
+    def disagreement_rate(self) -> float:
+        """Share of the items answered by several annotators whose votes differ (0 when there are none)."""
+        return self.n_conflicting / self.n_multiple if self.n_multiple else 0.0
 
 
 @dataclass
@@ -149,6 +192,38 @@ def _standing_labels(conn: sa.Connection, campaign: str, item_ids: Sequence[str]
     return {r.item_id: r.label for r in conn.execute(query)}
 
 
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Add the nullable columns and the indexes a database made by an older version lacks (``table.column`` names
+    of the columns added are returned).
+
+    Tables are only ever extended by nullable columns, so an existing workspace opens without loss: its rows keep
+    their values and read ``None`` in the new columns. Two processes upgrading at once is fine: a column the other
+    one added meanwhile is taken as added.
+    """
+    added = []
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in sa.inspect(engine).get_columns(table.name)}
+        for column in (c for c in table.columns if c.name not in present):
+            if not column.nullable:
+                raise StoreError(f"table {table.name!r} lacks the required column {column.name!r}; cannot upgrade")
+            kind = column.type.compile(dialect=engine.dialect)
+            try:
+                with engine.begin() as conn:
+                    conn.execute(sa.text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
+            except sa.exc.DBAPIError:
+                if column.name not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
+                    raise
+                continue
+            added.append(f"{table.name}.{column.name}")
+        for index in table.indexes:
+            try:
+                index.create(engine, checkfirst=True)
+            except sa.exc.DBAPIError:  # created by another process meanwhile
+                if index.name not in {i["name"] for i in sa.inspect(engine).get_indexes(table.name)}:
+                    raise
+    return added
+
+
 def sqlite_file(url: str) -> Path | None:
     """The database file of a SQLite URL (``sqlite:///path``); None for other databases."""
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
@@ -165,6 +240,7 @@ class LabelStore:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        add_missing_columns(self.engine)
 
     @classmethod
     def for_workspace(cls, workspace: Path) -> LabelStore:
@@ -278,23 +354,42 @@ class LabelStore:
         annotator: str,
         require_queued: bool = True,
     ) -> LabelReport:
-        """Append answers in one transaction; refuse unknown items, unknown classes and out-of-queue items.
+        """Append answers in one transaction; refuse unknown items, unknown classes, out-of-queue and skipped items
+        (until the skip is undone).
 
         An answer to a queued item marks it ``labeled`` and is recorded with that queue entry's round
         (``require_queued=False`` admits labels that arrive with the data, recorded as round 0).
         """
         report = LabelReport()
+        answers = list(answers)
         n_classes = len(self.classes(campaign))
+        ids = list(dict.fromkeys(a.item_id for a in answers))
+
+        def among(column: sa.Column) -> sa.ColumnElement[bool]:
+            """Rows of the batch's items only: a page's single answer reads a few rows, not the campaign's."""
+            return column.in_(ids) if len(ids) <= MAX_LOOKUP_IDS else sa.true()
+
         with self.engine.begin() as conn:
-            known = set(conn.execute(sa.select(items.c.item_id).where(items.c.campaign == campaign)).scalars())
+            known = set(
+                conn.execute(
+                    sa.select(items.c.item_id).where(items.c.campaign == campaign, among(items.c.item_id))
+                ).scalars()
+            )
             queued = {
                 r.item_id: r.round
                 for r in conn.execute(
                     sa.select(queue.c.item_id, sa.func.max(queue.c.round).label("round"))
-                    .where(queue.c.campaign == campaign)
+                    .where(queue.c.campaign == campaign, among(queue.c.item_id))
                     .group_by(queue.c.item_id)
                 )
             }
+            skipped = set(
+                conn.execute(
+                    sa.select(queue.c.item_id).where(
+                        queue.c.campaign == campaign, queue.c.status == "skipped", among(queue.c.item_id)
+                    )
+                ).scalars()
+            )
             rows, now = [], _now()
             for answer in answers:
                 if answer.item_id not in known:
@@ -305,6 +400,13 @@ class LabelStore:
                     )
                 elif require_queued and answer.item_id not in queued:
                     report.rejected.append((answer.item_id, "item was never queued for labeling"))
+                elif answer.item_id in skipped:
+                    report.rejected.append(
+                        (
+                            answer.item_id,
+                            "item was skipped; undo the skip first (beliefloop unskip, or the page's undo)",
+                        )
+                    )
                 else:
                     rows.append(
                         {
@@ -357,11 +459,45 @@ class LabelStore:
                 )
         return answer.label
 
-    def current_labels(self, campaign: str) -> dict[str, int]:
-        """Latest standing label of every labeled item (append order decides; earlier and withdrawn answers stay
-        in history)."""
+    def current_labels(self, campaign: str, policy: str = "latest") -> dict[str, int]:
+        """Training label of every labeled item under ``policy`` (see :class:`LabelSnapshot`); earlier and withdrawn
+        answers stay in history."""
+        return self.label_snapshot(campaign, policy).labels
+
+    def label_snapshot(self, campaign: str, policy: str = "latest", *, upto: int | None = None) -> LabelSnapshot:
+        """The labels under ``policy`` (one of ``LABEL_POLICIES``) and the annotators' agreement, from the standing
+        answers read in one statement — of those up to answer id ``upto`` when given, to see what an earlier read
+        saw."""
+        if policy not in LABEL_POLICIES:
+            raise StoreError(f"unknown label policy {policy!r}; expected one of {list(LABEL_POLICIES)}")
+        query = (
+            sa.select(labels.c.id, labels.c.item_id, labels.c.label, labels.c.annotator)
+            .where(labels.c.campaign == campaign, labels.c.id.not_in(sa.select(retractions.c.label_id)))
+            .order_by(labels.c.id)
+        )
+        if upto is not None:
+            query = query.where(labels.c.id <= upto)
+        latest: dict[str, tuple[int, int]] = {}  # item -> (id, label) of its latest answer
+        votes: dict[str, dict[str, int]] = {}  # item -> annotator -> their latest answer
         with self.engine.connect() as conn:
-            return _standing_labels(conn, campaign)
+            for r in conn.execute(query):
+                latest[r.item_id] = (r.id, r.label)
+                votes.setdefault(r.item_id, {})[r.annotator] = r.label
+        order = sorted(latest, key=lambda item: latest[item][0])  # items in the order of their latest answer
+        counts = {item: Counter(votes[item].values()).most_common() for item in order}
+        tied = {item for item, c in counts.items() if len(c) > 1 and c[0][1] == c[1][1]}
+        if policy == "majority":
+            chosen = {item: c[0][0] for item, c in counts.items() if item not in tied}
+        else:
+            chosen, tied = {item: latest[item][1] for item in order}, set()
+        return LabelSnapshot(
+            labels=chosen,
+            upto=upto if upto is not None else max((i for i, _ in latest.values()), default=0),
+            n_answered=len(votes),
+            n_multiple=sum(len(by) > 1 for by in votes.values()),
+            n_conflicting=sum(len(c) > 1 for c in counts.values()),
+            n_tied=len(tied),
+        )
 
     def answers_by(self, campaign: str, annotator: str) -> set[tuple[str, int]]:
         """Every ``(item_id, label)`` that ``annotator`` ever recorded in the campaign (superseded ones too)."""
@@ -403,6 +539,9 @@ class LabelStore:
                             "score": e.score,
                             "acquisition": e.acquisition,
                             "predicted": e.predicted,
+                            "probability": e.probability,
+                            "epistemic": e.epistemic,
+                            "aleatoric": e.aleatoric,
                             "status": "pending",
                             "created_at": now,
                         }
@@ -428,6 +567,9 @@ class LabelStore:
                     score=r.score,
                     acquisition=r.acquisition,
                     predicted=r.predicted,
+                    probability=r.probability,
+                    epistemic=r.epistemic,
+                    aleatoric=r.aleatoric,
                     round=r.round,
                     status=r.status,
                     created_at=r.created_at,

@@ -54,6 +54,19 @@ class Undo(BaseModel):
     annotator: str = Field(min_length=1, max_length=100)
 
 
+RESERVED_KEYS = ("s", "u")
+"""Keys of the page's own actions (skip, undo), never a class's letter."""
+
+
+def letter_keys(classes: list[str]) -> list[str | None]:
+    """The key of each class beyond the digits: its first letter (lower case) when no other class starts with it
+    and it is not one of ``RESERVED_KEYS``; ``None`` otherwise (a name starting with a digit or sign, say)."""
+    firsts = [name[:1].lower() for name in classes]
+    return [
+        f if f.isalpha() and f.isascii() and f not in RESERVED_KEYS and firsts.count(f) == 1 else None for f in firsts
+    ]
+
+
 def progress(queue: list[QueuedItem], round_: int | None) -> Progress:
     """Answered (labeled or skipped) and queued items of ``round_`` (default: the latest round)."""
     round_ = round_ if round_ is not None else max((q.round for q in queue), default=0)
@@ -83,13 +96,21 @@ def create_app(
                 return JSONResponse({"detail": "missing or wrong token"}, status_code=401)
             return await call_next(request)
 
-    def item_context(request: Request) -> dict:
+    keys = letter_keys(classes)
+
+    def item_context(request: Request, offset: int = 0) -> dict:
+        """The pending item at ``offset`` in (round, rank) order (the last one beyond the end), for the arrows."""
         queue = store.queued(campaign)
-        item = next((q for q in queue if q.status == "pending"), None)
+        pending = [q for q in queue if q.status == "pending"]
+        offset = min(max(offset, 0), max(len(pending) - 1, 0))
+        item = pending[offset] if pending else None
         context = {
             "campaign": campaign,
             "classes": classes,
+            "keys": keys,
             "item": item,
+            "offset": offset,
+            "n_pending": len(pending),
             "progress": progress(queue, item.round if item else None),
         }
         if item is not None:
@@ -106,9 +127,10 @@ def create_app(
         return TEMPLATES.TemplateResponse(request, "annotate.html", {**item_context(request), "token": token or ""})
 
     @app.get("/item", response_class=HTMLResponse)
-    def next_item(request: Request):
-        """The first pending item in (round, rank) order, as the fragment the page swaps in."""
-        return TEMPLATES.TemplateResponse(request, "item.html", item_context(request))
+    def next_item(request: Request, offset: int = 0):
+        """The pending item at ``offset`` (default the first) in (round, rank) order, as the fragment the page
+        swaps in."""
+        return TEMPLATES.TemplateResponse(request, "item.html", item_context(request, offset))
 
     @app.get("/api/queue")
     def pending() -> dict:
@@ -117,7 +139,16 @@ def create_app(
             "campaign": campaign,
             "classes": classes,
             "pending": [
-                {"item_id": q.item_id, "round": q.round, "rank": q.rank, "score": q.score, "predicted": q.predicted}
+                {
+                    "item_id": q.item_id,
+                    "round": q.round,
+                    "rank": q.rank,
+                    "score": q.score,
+                    "epistemic": q.epistemic,
+                    "aleatoric": q.aleatoric,
+                    "predicted": q.predicted,
+                    "probability": q.probability,
+                }
                 for q in queue
                 if q.status == "pending"
             ],

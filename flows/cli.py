@@ -413,6 +413,19 @@ def skip(
 
 
 @app.command()
+def unskip(
+    item: Annotated[str, typer.Option("--item", help="Item id.")],
+    workspace: WorkspaceOpt = None,
+    campaign: CampaignOpt = None,
+    params: ParamsOpt = None,
+) -> None:
+    """Undo a skip: the item is pending again and can be labelled."""
+    _, store, name = _open_campaign(params, workspace, campaign)
+    store.unskip(name, item)
+    typer.echo(f"{item} is pending again in campaign {name}")
+
+
+@app.command()
 def annotate(
     workspace: WorkspaceOpt = None,
     campaign: CampaignOpt = None,
@@ -497,16 +510,30 @@ def queue_list(
         rows = queue_rows(entries, store.classes(name))
         typer.echo(json.dumps(rows, indent=1) if fmt == "json" else rows_csv(rows, QUEUE_COLUMNS), nl=fmt == "json")
         return
-    from rich.table import Table
+    from rich.table import Column, Table
 
     from flows.console import console
 
+    def number(value: float | None) -> str:
+        return f"{value:.3f}" if value is not None else "-"
+
     classes = store.classes(name)
-    table = Table("round", "rank", "item", "score", "acquisition", "predicted", "status", title=f"queue of {name}")
+    acquisitions = sorted({q.acquisition for q in entries})
+    one = acquisitions[0] if len(acquisitions) == 1 else None  # named once in the header instead of on every row
+    item = Column("item", no_wrap=True, min_width=min(max((len(q.item_id) for q in entries), default=4), 40))
+    headers = ["round", "rank", item, *(() if one else ("acquisition",)), f"{one} score" if one else "score"]
+    table = Table(
+        *headers, Column("epi/ale", no_wrap=True), Column("predicted", min_width=8), "status",
+        title=f"queue of {name}", box=None, pad_edge=False,
+        caption="epi/ale: epistemic (mutual information) / aleatoric (expected entropy); predicted: class (p)",
+    )  # fmt: skip
     for q in entries:
         predicted = classes[q.predicted] if q.predicted is not None and q.predicted >= 0 else "-"
-        score = f"{q.score:.4f}" if q.score is not None else "-"
-        table.add_row(str(q.round), str(q.rank), q.item_id, score, q.acquisition, predicted, q.status)
+        if q.probability is not None:
+            predicted += f" ({q.probability:.2f})"
+        parts = f"{number(q.epistemic)}/{number(q.aleatoric)}" if q.epistemic is not None else "-"
+        acquisition = () if one else (q.acquisition,)
+        table.add_row(str(q.round), str(q.rank), q.item_id, *acquisition, number(q.score), parts, predicted, q.status)
     console.print(table)
 
 

@@ -20,7 +20,18 @@ from data.store import LabelAnswer, LabelStore, QueuedItem
 from flows.item_views import feature_table, image_png
 
 EXPORT_FORMATS = ("csv", "jsonl", "label-studio")
-QUEUE_COLUMNS = ("item_id", "predicted", "score", "acquisition", "round", "rank", "status")
+QUEUE_COLUMNS = (
+    "item_id",
+    "predicted",
+    "probability",
+    "score",
+    "epistemic",
+    "aleatoric",
+    "acquisition",
+    "round",
+    "rank",
+    "status",
+)
 EXPORT_COLUMNS = ("item_id", "label", "annotator", *QUEUE_COLUMNS[1:])
 """A CSV export leaves ``label`` and ``annotator`` blank for people to fill in."""
 
@@ -54,7 +65,10 @@ def queue_rows(entries: list[QueuedItem], classes: list[str]) -> list[dict]:
         {
             "item_id": q.item_id,
             "predicted": classes[q.predicted] if q.predicted is not None else None,
+            "probability": q.probability,
             "score": q.score,
+            "epistemic": q.epistemic,
+            "aleatoric": q.aleatoric,
             "acquisition": q.acquisition,
             "round": q.round,
             "rank": q.rank,

@@ -233,11 +233,12 @@ def score_pool(model, features: FeatureStore, pool: dict[str, int], settings: Se
     if query.scores is None:
         entries = [QueueEntry(item, rank, None, query.acquisition) for rank, item in enumerate(query.ids, start=1)]
     else:
+        columns = zip(
+            query.ids, query.scores, query.predicted, query.probability, query.epistemic, query.aleatoric, strict=True
+        )
         entries = [
-            QueueEntry(item, rank, float(score), query.acquisition, int(predicted))
-            for rank, (item, score, predicted) in enumerate(
-                zip(query.ids, query.scores, query.predicted, strict=True), start=1
-            )
+            QueueEntry(item, rank, float(score), query.acquisition, int(predicted), float(p), float(e), float(a))
+            for rank, (item, score, predicted, p, e, a) in enumerate(columns, start=1)
         ]
     return PoolScores(query, entries)
 
@@ -264,7 +265,8 @@ def log_round(
     scoring."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        fields = ("round", "rank", "item_id", "score", "acquisition", "predicted", "status")
+        fields = ("round", "rank", "item_id", "score", "acquisition", "predicted", "probability", "epistemic")
+        fields += ("aleatoric", "status")
         paths = [_write_csv({f: [getattr(q, f) for q in queued] for f in fields}, tmp_path / "queued_batch.csv")]
         if query.n_scored:
             paths.append(
@@ -382,8 +384,17 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
             store, features, campaign, round_, settings.campaign.oracle_noise, settings.campaign.seed
         )
         logger.info("oracle answered %d items", answered)
-    labeled = store.current_labels(campaign)
-    metrics: dict[str, float] = {"n_labeled": len(labeled)}
+    snapshot = store.label_snapshot(campaign, settings.labels.policy)  # later answers wait for the next round
+    labeled = snapshot.labels
+    metrics: dict[str, float] = {
+        "n_labeled": len(labeled),
+        "disagreement_rate": snapshot.disagreement_rate,
+        "n_conflicting_items": snapshot.n_conflicting,
+    }
+    if settings.labels.policy == "majority":
+        metrics["n_tied_items"] = snapshot.n_tied
+        if snapshot.n_tied:
+            logger.info("%d items with tied answers are left out of training until resolved", snapshot.n_tied)
     model, selection, checkpoint = None, None, None
     if len(labeled) >= settings.campaign.min_labels or (oracle and labeled):
         selection = select_model(settings, features, labeled, round_)
@@ -440,7 +451,12 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
     )
     kill_point("after_logging")
     tracker.finish(run_id)
-    summary = {"round": round_, **metrics, "selected": selection.selected.fitted.name if selection else None}
+    summary = {
+        "round": round_,
+        **metrics,
+        "selected": selection.selected.fitted.name if selection else None,
+        "labels_upto": snapshot.upto,
+    }
     store.finish_round(campaign, round_, summary)
     return summary
 

@@ -222,6 +222,13 @@ class RepresentationSettings(_Section):
     auto_min_pool: int = Field(1000, ge=1)
 
 
+class LabelsSettings(_Section):
+    policy: Literal["latest", "majority"] = "latest"
+    """The training label of an item several annotators answered: ``latest`` (the latest answer by anyone) or
+    ``majority`` (each annotator's latest answer is one vote; the most common wins, a tie leaves the item out of
+    training until another answer resolves it)."""
+
+
 class StoreSettings(_Section):
     url: str | None = None
     """SQLAlchemy URL of the label store; default ``sqlite:///<workspace>/labels.db``."""
@@ -265,6 +272,7 @@ class Settings(BaseSettings):
     representation: RepresentationSettings = RepresentationSettings()
     update: Literal["retrain", "belief"] = "retrain"
     """``belief``: a round starts from the previous round's posterior as its prior and fits only the new labels."""
+    labels: LabelsSettings = LabelsSettings()
     store: StoreSettings = StoreSettings()
     tracking: TrackingSettings = TrackingSettings()
 

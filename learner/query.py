@@ -33,8 +33,9 @@ class QueryResult:
     """A queried batch, best first, with what the pool's scoring left.
 
     ``scores`` are the acquisition's (BatchBALD: each pick's own BALD); ``epistemic`` (BALD, mutual information)
-    and ``aleatoric`` (expected entropy) are each item's parts of its predictive entropy. A cold start (no model)
-    has ``None`` for the scores, parts and predictions.
+    and ``aleatoric`` (expected entropy) are each item's parts of its predictive entropy; ``probability`` is the
+    predictive probability of the ``predicted`` class. A cold start (no model) has ``None`` for the scores, parts
+    and predictions.
     """
 
     ids: list[str]
@@ -44,6 +45,7 @@ class QueryResult:
     epistemic: np.ndarray | None
     aleatoric: np.ndarray | None
     predicted: np.ndarray | None
+    probability: np.ndarray | None
     acquisition: str
     pool_size: int
     n_scored: int
@@ -119,7 +121,7 @@ def random_batch(ids: Sequence[str], k: int, rng: np.random.Generator, n_classes
     edges = np.linspace(0.0, np.log(max(n_classes, 2)), HIST_BINS + 1)
     empty = np.zeros(HIST_BINS, np.int64)
     return QueryResult(
-        [str(ids[i]) for i in chosen], chosen, None, None, None, None, "random", len(ids), 0, empty, empty, edges
+        [str(ids[i]) for i in chosen], chosen, None, None, None, None, None, "random", len(ids), 0, empty, empty, edges
     )
 
 
@@ -151,6 +153,7 @@ def pick_batch(
     else:
         positions, scores = list(range(len(top_ids))), np.asarray(top_scores, dtype=np.float64)
     chosen = probs[:, positions]
+    predictive = chosen.mean(0)
     ids = [top_ids[p] for p in positions]
     return QueryResult(
         ids,
@@ -158,7 +161,8 @@ def pick_batch(
         scores,
         bald(chosen).numpy(),
         expected_entropy(chosen).numpy(),
-        chosen.mean(0).argmax(-1).numpy(),
+        predictive.argmax(-1).numpy(),
+        predictive.max(-1).values.numpy(),
         acquisition,
         pool_size,
         sum(r.n_scored for r in results),

@@ -3,7 +3,7 @@
 import pytest
 import sqlalchemy as sa
 
-from data.store import LabelAnswer, LabelStore, QueueEntry, StoreError, queue
+from data.store import MAX_LOOKUP_IDS, LabelAnswer, LabelStore, QueueEntry, StoreError, queue
 
 
 @pytest.fixture()
@@ -153,3 +153,100 @@ def test_a_withdrawn_label_does_not_hide_an_item_from_the_pool(store):
     assert "a" not in store.unlabeled_pool("c")
     store.retract_label("c", "a", annotator="import")
     assert "a" in store.unlabeled_pool("c")
+
+
+def test_a_database_of_the_older_schema_opens_without_loss_and_gains_the_queue_parts(tmp_path):
+    """A workspace made before the queue kept the predicted class's probability and the uncertainty parts."""
+    path = tmp_path / "labels.db"
+    with sa.create_engine(f"sqlite:///{path}").begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE queue (campaign VARCHAR NOT NULL, round INTEGER NOT NULL, item_id VARCHAR NOT NULL, "
+                "rank INTEGER NOT NULL, score FLOAT, acquisition VARCHAR NOT NULL, predicted INTEGER, "
+                "status VARCHAR(7) NOT NULL, created_at DATETIME NOT NULL, PRIMARY KEY (campaign, round, item_id))"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO queue VALUES ('c', 1, 'a', 1, 0.5, 'bald', 2, 'pending', '2026-01-01 00:00:00'), "
+                "('c', 1, 'b', 2, 0.25, 'bald', 0, 'skipped', '2026-01-01 00:00:00')"
+            )
+        )
+    store = LabelStore(f"sqlite:///{path}")
+    old = store.queued("c", round_=1)
+    assert [(q.item_id, q.rank, q.score, q.predicted, q.status) for q in old] == [
+        ("a", 1, 0.5, 2, "pending"),
+        ("b", 2, 0.25, 0, "skipped"),
+    ]
+    assert {(q.probability, q.epistemic, q.aleatoric) for q in old} == {(None, None, None)}
+    store.create_campaign("c", "toy", ["cat", "dog", "eel"])
+    store.add_items("c", ["x"], ["pool"], [0])
+    entry = QueueEntry("x", 1, 0.3, "bald", 1, probability=0.7, epistemic=0.3, aleatoric=0.4)
+    store.enqueue("c", 2, [entry])
+    stored = store.queued("c", round_=2)[0]
+    assert (stored.predicted, stored.probability, stored.epistemic, stored.aleatoric) == (1, 0.7, 0.3, 0.4)
+    assert "ix_queue_campaign_item" in {i["name"] for i in sa.inspect(store.engine).get_indexes("queue")}
+    store.close()
+    again = LabelStore(f"sqlite:///{path}")  # opening an upgraded database again changes nothing
+    assert [q.item_id for q in again.queued("c")] == ["a", "b", "x"]
+    again.close()
+
+
+def test_label_policies_with_several_annotators(store):
+    """``latest``: the latest answer by anyone; ``majority``: one vote per annotator (their latest), ties left out."""
+    store.enqueue("c", 1, _entries(["a", "b", "c"]))
+    for annotator, answers in (
+        ("ada", {"a": 0, "b": 1, "c": 2}),
+        ("bob", {"a": 0, "b": 2, "c": 1}),
+        ("cy", {"a": 1}),
+        ("ada", {"c": 1}),  # ada changes her mind: still one vote, now agreeing with bob
+    ):
+        report = store.record_labels("c", [LabelAnswer(i, label) for i, label in answers.items()], annotator=annotator)
+        assert report.rejected == []
+    assert store.current_labels("c") == {"a": 1, "b": 2, "c": 1}
+    majority = store.label_snapshot("c", "majority")
+    assert majority.labels == {"a": 0, "c": 1}  # b: ada 1 vs bob 2, a tie, waits for another answer
+    assert (majority.n_answered, majority.n_multiple, majority.n_conflicting, majority.n_tied) == (3, 3, 2, 1)
+    assert majority.disagreement_rate == pytest.approx(2 / 3)
+    assert store.label_snapshot("c").n_tied == 0 and store.label_snapshot("c").n_conflicting == 2
+
+    store.record_labels("c", [LabelAnswer("b", 2)], annotator="cy")  # the tie resolved
+    store.retract_label("c", "a", annotator="cy")  # and cy's dissent on a withdrawn
+    resolved = store.label_snapshot("c", "majority")
+    assert resolved.labels == {"a": 0, "b": 2, "c": 1} and resolved.n_tied == 0
+    assert (resolved.n_conflicting, resolved.disagreement_rate) == (1, pytest.approx(1 / 3))
+    assert store.label_snapshot("c", "majority", upto=majority.upto).labels == {"a": 0, "c": 1}
+    with pytest.raises(StoreError, match="unknown label policy 'vote'"):
+        store.label_snapshot("c", "vote")
+
+
+def test_no_answers_no_disagreement(store):
+    snapshot = store.label_snapshot("c", "majority")
+    assert (snapshot.labels, snapshot.upto, snapshot.disagreement_rate, snapshot.n_conflicting) == ({}, 0, 0.0, 0)
+
+
+def test_a_skipped_item_cannot_be_labelled_until_the_skip_is_undone(store):
+    store.enqueue("c", 1, _entries(["a", "b"]))
+    store.skip("c", "a")
+    report = store.record_labels("c", [LabelAnswer("a", 1), LabelAnswer("b", 2)], annotator="ada")
+    assert report.accepted == ["b"] and report.rejected[0][0] == "a" and "skipped" in report.rejected[0][1]
+    late = store.record_labels("c", [LabelAnswer("a", 1)], annotator="import", require_queued=False)
+    assert late.accepted == [] and "undo the skip" in late.rejected[0][1]
+    assert "a" not in store.unlabeled_pool("c") and store.current_labels("c") == {"b": 2}
+    store.unskip("c", "a")
+    assert store.record_labels("c", [LabelAnswer("a", 1)], annotator="ada").accepted == ["a"]
+    assert store.queued("c", round_=1)[0].status == "labeled"
+
+
+@pytest.mark.parametrize("n_items", [3, MAX_LOOKUP_IDS + 10])
+def test_small_and_large_batches_check_items_alike(store, n_items):
+    """A page's answer looks up its own items, an import of many reads the campaign's once: the same outcome."""
+    ids = [f"p{i}" for i in range(n_items)]
+    store.add_items("c", ids, ["pool"] * n_items, list(range(10, 10 + n_items)))
+    store.enqueue("c", 1, _entries(ids[1:]))
+    store.skip("c", ids[2])
+    batch = [LabelAnswer(i, 1) for i in [*ids, "ghost"]]
+    report = store.record_labels("c", batch, annotator="ada")
+    assert dict(report.rejected).keys() == {"p0", "p2", "ghost"}
+    assert "never queued" in dict(report.rejected)["p0"] and "skipped" in dict(report.rejected)["p2"]
+    assert report.accepted == ids[1:2] + ids[3:] and len(store.current_labels("c")) == n_items - 2

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from data import open_feature_store
 from data.store import LabelStore
-from flows.annotate import create_app
+from flows.annotate import create_app, letter_keys
 
 CAMPAIGN = "digits8"
 
@@ -39,10 +39,15 @@ def _png_size(data: bytes) -> tuple[int, int]:
 def test_page_shows_the_first_pending_item_with_prediction_score_image_and_progress(client, queued_workspace):
     first = _pending(queued_workspace)[0]
     assert first.acquisition == "bald" and first.predicted is not None
+    assert 0.1 <= first.probability <= 1 and first.aleatoric >= 0
+    assert first.epistemic == pytest.approx(first.score, abs=1e-9)  # BALD's score is the epistemic part
     page = client.get("/")
     assert page.status_code == 200
     assert f'data-item-id="{html.escape(first.item_id)}"' in page.text
     assert f"{first.score:.4f}" in page.text and "0 of 8</strong> this round (round 1)" in page.text
+    assert f'class="probability">{first.probability:.3f}<' in page.text
+    assert f'class="epistemic">{first.epistemic:.4f}<' in page.text
+    assert f'class="aleatoric">{first.aleatoric:.4f}<' in page.text
     predicted = re.search(r'class="predicted">([^<]+)<', page.text).group(1)
     assert predicted == LabelStore.for_workspace(queued_workspace).classes(CAMPAIGN)[first.predicted]
     assert page.text.count("data-label=") == 10 and 'data-action="skip"' in page.text
@@ -79,6 +84,11 @@ def test_bad_answers_are_refused_with_the_item_and_the_reason(client, queued_wor
     no_name = client.post("/api/labels", json={"item_id": first.item_id, "label": 1, "annotator": ""})
     assert no_name.status_code == 422
     assert client.post("/api/skip", json={"item_id": "img-000"}).status_code == 409  # a seed item, never queued
+    assert client.post("/api/skip", json={"item_id": first.item_id}).is_success
+    skipped = client.post("/api/labels", json={"item_id": first.item_id, "label": 1, "annotator": "ada"})
+    assert skipped.status_code == 422 and f"item {first.item_id!r}: item was skipped" in skipped.json()["detail"]
+    assert first.item_id not in [q["item_id"] for q in client.get("/api/queue").json()["pending"]]
+    assert client.post("/api/undo", json={"item_id": first.item_id, "action": "skip", "annotator": "ada"}).is_success
     nothing = client.post("/api/undo", json={"item_id": first.item_id, "action": "label", "annotator": "bob"})
     assert nothing.status_code == 409 and "no answer by 'bob'" in nothing.json()["detail"]
     assert len(_pending(queued_workspace)) == 8
@@ -126,3 +136,23 @@ def test_the_command_beyond_loopback_prints_a_token_and_refuses_requests_without
     assert len(token) >= 24
     assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 401
     assert httpx.get(f"http://127.0.0.1:{port}/", params={"token": token}).status_code == 200
+
+
+def test_arrows_page_through_the_pending_items_in_rank_order(client, queued_workspace):
+    pending = [q.item_id for q in _pending(queued_workspace)]
+    for offset, expected in ((1, 1), (7, 7), (99, 7), (-3, 0)):
+        card = client.get("/item", params={"offset": offset}).text
+        assert f'data-item-id="{html.escape(pending[expected])}"' in card and f'data-offset="{expected}"' in card
+    assert f"{8} of 8</span>" in client.get("/item", params={"offset": 7}).text
+
+
+def test_a_class_gets_its_first_letter_as_key_only_when_unambiguous(queued_workspace):
+    LabelStore.for_workspace(queued_workspace).extend_classes(CAMPAIGN, ["noise"])
+    with TestClient(_app(queued_workspace), base_url="http://127.0.0.1") as c:
+        card = c.get("/item").text
+    assert '<button type="button" data-label="10" data-key="n"><kbd>n</kbd> noise</button>' in card
+    assert card.count("data-key=") == 1
+    assert letter_keys(["cat", "dog", "Eel"]) == ["c", "d", "e"]
+    # c is shared, s and u are skip and undo, a digit or sign is not a letter, é is not on every keyboard
+    assert letter_keys(["cat", "cow", "sheep", "unicorn", "7up", "-", "élan", "Zebra"]) == [None] * 7 + ["z"]
+    assert letter_keys([str(d) for d in range(10)]) == [None] * 10  # digits keep their 1–9

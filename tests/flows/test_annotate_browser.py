@@ -40,6 +40,10 @@ def test_label_by_click_and_key_skip_undo_then_a_round_ingests_exactly_those(
         shows(pending[0])
         page.fill("#name", "ada")
         page.click("#name-form button")
+        page.keyboard.press("ArrowRight")  # the arrows move between pending items without answering
+        shows(pending[1])
+        page.keyboard.press("ArrowLeft")
+        shows(pending[0])
         for item_id, label in zip(pending[:3], (4, 0, 9), strict=True):  # three answers by click
             shows(item_id)
             page.click(f"#card button[data-label='{label}']")

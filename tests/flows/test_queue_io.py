@@ -123,7 +123,10 @@ def test_queue_list_for_scripts_keeps_whole_ids(queued_workspace, beliefloop, sc
     assert listed[0] == {
         "item_id": pending[0].item_id,
         "predicted": str(pending[0].predicted),
+        "probability": pending[0].probability,
         "score": pending[0].score,
+        "epistemic": pending[0].epistemic,
+        "aleatoric": pending[0].aleatoric,
         "acquisition": "bald",
         "round": 1,
         "rank": pending[0].rank,

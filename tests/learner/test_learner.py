@@ -11,7 +11,8 @@ from sklearn.datasets import load_wine
 
 from acquisition import bald, expected_entropy, predictive_entropy
 from bayes_models.selection import kass_raftery
-from learner import ActiveLearner
+from learner import ActiveLearner, round_seed
+from learner.query import pool_predict
 
 CANDIDATES = [{"name": "h8", "hidden": 8, "depth": 1}, {"name": "h32", "hidden": 32}]
 
@@ -36,6 +37,13 @@ def test_query_shapes_and_parts(wine):
     batch = learner.query(pool, k=7)
     assert len(batch.ids) == len(batch.indices) == 7 and len(set(batch.indices.tolist())) == 7
     assert batch.scores.shape == batch.epistemic.shape == batch.aleatoric.shape == batch.predicted.shape == (7,)
+    # The predicted class and its probability: the pool's predictive (same draws as the scoring) averaged over S.
+    mean_probs = pool_predict(
+        learner.selected.model, torch.from_numpy(pool[batch.indices]), 8, seed=round_seed(learner.seed, learner.round)
+    )
+    mean_probs = mean_probs.double().mean(0).numpy()
+    assert batch.predicted.tolist() == mean_probs.argmax(1).tolist()
+    assert batch.probability.tolist() == pytest.approx(mean_probs.max(1).tolist(), abs=1e-6)
     assert batch.ids == [f"{i:012d}" for i in batch.indices]  # items without ids are named by position
     assert batch.scores.tolist() == pytest.approx(batch.epistemic.tolist(), abs=1e-12)  # BALD's score is its MI
     assert list(batch.scores) == sorted(batch.scores, reverse=True)
