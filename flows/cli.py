@@ -44,19 +44,27 @@ class _App(typer.Typer):
             def friendly(*f_args, **f_kwargs):
                 from data import DatasetError, FeatureStoreError
                 from data.store import StoreError
+                from flows.failures import fault_message
                 from flows.settings import SettingsError
 
                 try:
                     return function(*f_args, **f_kwargs)
-                except (
-                    DatasetError,
-                    FeatureStoreError,
-                    StoreError,
-                    SettingsError,
-                    CommandError,
-                    typer.BadParameter,
-                ) as error:
+                except Exception as error:
                     if _state["debug"]:
+                        raise
+                    fault = fault_message(error)
+                    if fault is not None:  # the environment failed, not the input: exit 3, retry later
+                        typer.secho(f"error: {fault}", fg="red", err=True)
+                        raise typer.Exit(3) from None
+                    user_errors = (
+                        DatasetError,
+                        FeatureStoreError,
+                        StoreError,
+                        SettingsError,
+                        CommandError,
+                        typer.BadParameter,
+                    )
+                    if not isinstance(error, user_errors):
                         raise
                     typer.secho(f"error: {error}", fg="red", err=True)
                     raise typer.Exit(2) from None
@@ -115,6 +123,8 @@ def _prefect_defaults() -> None:
         os.environ.setdefault(key, value)
     # Also when MLflow was imported (and its logger configured) before this ran, as in a process that runs several.
     logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
+    if not _state["debug"]:  # each retry of an unreachable tracking server; the failure is reported in one line
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 @contextmanager
@@ -177,14 +187,13 @@ def _warm_up(settings, *, campaign: bool = True) -> None:
     """
     import torch._dynamo  # noqa: F401  (torch.optim imports it on the first optimiser step: seconds)
 
-    from data.store import LabelStore
-    from flows.campaign_setup import model_feature_store
+    from flows.campaign_setup import model_feature_store, open_label_store
     from flows.rounds import labeling_round  # noqa: F401  (torch, MLflow, the models)
     from flows.tracking import tracking_client
 
     model_feature_store(settings)
     if campaign:
-        LabelStore(settings.store_url).close()  # creates the label store
+        open_label_store(settings).close()  # creates the label store
         tracking_client(settings.tracking_uri)
 
 
@@ -201,12 +210,13 @@ def _open_campaign(params: Path | None, workspace: Path | None, campaign: str | 
     """
     settings = _settings(params, {"workspace": workspace, "campaign": {"name": campaign}})
     _check_workspace(settings.workspace)
-    from data.store import LabelStore, sqlite_file
+    from data.store import sqlite_file
+    from flows.campaign_setup import open_label_store
 
     path = sqlite_file(settings.store_url)
     if path is not None and not path.exists():
         raise CommandError(f"no label store {path}: start a campaign first (beliefloop round or simulate)")
-    store = LabelStore(settings.store_url)
+    store = open_label_store(settings)
     return settings, store, _resolve_campaign(settings, store, campaign)
 
 
@@ -316,13 +326,12 @@ def run_round(
         },
     }
     settings = _live_settings(params, overrides)
-    from data.store import LabelStore
-    from flows.campaign_setup import prepare_campaign
+    from flows.campaign_setup import open_label_store, prepare_campaign
     from flows.console import pool_exhausted, print_header, print_round
 
     def warm_up() -> None:
         _warm_up(settings)
-        prepare_campaign(settings, LabelStore(settings.store_url), simulate=False)
+        prepare_campaign(settings, open_label_store(settings), simulate=False)
 
     with _flow_context(meanwhile=warm_up):
         from flows.rounds import run_round
