@@ -25,6 +25,8 @@ from sqlalchemy.engine import Engine
 
 SPLITS = ("pool", "test", "seed")
 QUEUE_STATUSES = ("pending", "labeled", "skipped")
+ROUND_STATUSES = ("running", "done", "failed")
+"""``failed``: a round found abandoned (``beliefloop doctor --repair``); like ``running``, the next round resumes it."""
 
 metadata = sa.MetaData()
 
@@ -86,7 +88,7 @@ rounds = sa.Table(
     metadata,
     sa.Column("campaign", sa.String, primary_key=True),
     sa.Column("round", sa.Integer, primary_key=True),
-    sa.Column("status", sa.Enum("running", "done", name="round_status"), nullable=False),
+    sa.Column("status", sa.Enum(*ROUND_STATUSES, name="round_status"), nullable=False),
     sa.Column("metrics", sa.Text),  # JSON object of the round's summary metrics
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
@@ -219,6 +221,9 @@ class LabelStore:
     @_retry_busy
     def _create_tables(self) -> None:
         metadata.create_all(self.engine)
+        if self.engine.dialect.name == "postgresql":  # a store created before rounds could be marked failed
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("ALTER TYPE round_status ADD VALUE IF NOT EXISTS 'failed'")
 
     @classmethod
     def for_workspace(cls, workspace: Path) -> LabelStore:
@@ -550,6 +555,12 @@ class LabelStore:
                 conn.execute(
                     rounds.insert().values(campaign=campaign, round=round_, status="running", started_at=_now())
                 )
+            elif status == "failed":  # re-run
+                conn.execute(
+                    rounds.update()
+                    .where(rounds.c.campaign == campaign, rounds.c.round == round_)
+                    .values(status="running")
+                )
 
     @_retry_busy
     def finish_round(self, campaign: str, round_: int, metrics: dict[str, float]) -> None:
@@ -595,8 +606,8 @@ class LabelStore:
 
     @_retry_busy
     def unfinished_rounds(self, campaign: str) -> list[int]:
-        """Rounds started and not finished: running now, or crashed (the next round call resumes them)."""
-        query = sa.select(rounds.c.round).where(rounds.c.campaign == campaign, rounds.c.status == "running")
+        """Rounds started and not finished: running now, crashed or marked failed (the next round call resumes them)."""
+        query = sa.select(rounds.c.round).where(rounds.c.campaign == campaign, rounds.c.status != "done")
         with self.engine.connect() as conn:
             return sorted(conn.execute(query).scalars())
 
@@ -605,7 +616,24 @@ class LabelStore:
         """The round to run: an unfinished one (resume after a crash) or the one after the last."""
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(rounds.c.round, rounds.c.status).where(rounds.c.campaign == campaign)).all()
-        unfinished = [r.round for r in rows if r.status == "running"]
+        unfinished = [r.round for r in rows if r.status != "done"]
         if unfinished:
             return min(unfinished)
         return max((r.round for r in rows), default=0) + 1
+
+    @_retry_busy
+    def running_rounds(self, campaign: str) -> list[int]:
+        """Rounds recorded as ``running``: in progress now, or left so by a crashed process."""
+        query = sa.select(rounds.c.round).where(rounds.c.campaign == campaign, rounds.c.status == "running")
+        with self.engine.connect() as conn:
+            return sorted(conn.execute(query).scalars())
+
+    @_retry_busy
+    def mark_round_failed(self, campaign: str, round_: int) -> None:
+        """Record a ``running`` round as abandoned (``failed``); the next round resumes it."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                rounds.update()
+                .where(rounds.c.campaign == campaign, rounds.c.round == round_, rounds.c.status == "running")
+                .values(status="failed", finished_at=_now())
+            )

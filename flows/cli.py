@@ -636,6 +636,48 @@ def prepare(dataset: DatasetOpt = None, workspace: WorkspaceOpt = None, params: 
 
 
 @app.command()
+def doctor(
+    workspace: WorkspaceOpt = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Fix what loses nothing: abandoned rounds and runs, stale queue rows, ...")
+    ] = False,
+    fmt: Annotated[str, typer.Option("--format", help="table | json (json for scripts).")] = "table",
+    params: ParamsOpt = None,
+) -> None:
+    """Check a workspace (label store, rounds, MLflow runs, checkpoints, feature stores); exit 1 if problems remain."""
+    if fmt not in ("table", "json"):
+        raise typer.BadParameter(f"unknown format {fmt!r}; expected one of ['table', 'json']")
+    settings = _settings(params, {"workspace": workspace})
+    _check_workspace(settings.workspace)
+    from rich.table import Table
+
+    from data.store import sqlite_file
+    from flows.campaign_setup import open_label_store
+    from flows.console import console
+    from flows.doctor import diagnose
+
+    path = sqlite_file(settings.store_url)
+    if path is not None and not path.exists():
+        raise CommandError(f"no label store {path}: nothing to check")
+    _prefect_defaults()  # quiet MLflow
+    report = diagnose(settings, open_label_store(settings), repair=repair)
+    if fmt == "json":
+        from dataclasses import asdict
+
+        typer.echo(json.dumps([asdict(f) for f in report.findings], indent=1))
+        raise typer.Exit(1 if report.problems else 0)
+    table = Table("check", "subject", "status", "detail", title=f"doctor: {settings.workspace}")
+    styles = {"ok": "green", "repaired": "yellow", "problem": "red"}
+    for f in report.findings:
+        table.add_row(f.check, f.subject, f"[{styles[f.status]}]{f.status}[/]", f.detail)
+    console.print(table)
+    left = len(report.problems)
+    typer.echo(f"{left} problem(s) left" if left else "no problems")
+    if left:
+        raise typer.Exit(1)
+
+
+@app.command()
 def ui(
     workspace: WorkspaceOpt = None,
     port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,

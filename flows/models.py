@@ -51,11 +51,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return payload
 
 
-def _set_aside(path: Path, error: CheckpointError) -> Path:
-    """Move an unreadable checkpoint out of the way as ``<name>.corrupt`` (kept for inspection, never loaded)."""
+def set_aside(path: Path, error: CheckpointError, *, quiet: bool = False) -> Path:
+    """Move an unreadable checkpoint out of the way as ``<name>.corrupt`` (kept for inspection, never loaded) and
+    say so unless ``quiet``."""
     aside = path.with_name(f"{path.name}.corrupt")
     path.replace(aside)
-    console.print(f"warning: {error}; moved to {aside.name}", soft_wrap=True)
+    if not quiet:
+        console.print(f"warning: {error}; moved to {aside.name}", soft_wrap=True)
     return aside
 
 
@@ -72,7 +74,7 @@ def save_candidate(directory: Path, fitted: FittedCandidate, round_: int) -> Pat
             if read_checkpoint(path).get("round", 0) < round_:
                 path.replace(_previous(path))
         except CheckpointError as error:
-            _set_aside(path, error)
+            set_aside(path, error)
     tmp = path.with_suffix(".tmp")
     torch.save(candidate_payload(fitted, round_), tmp)
     tmp.replace(path)
@@ -95,7 +97,7 @@ def load_candidate(directory: Path, name: str, family: str, round_: int) -> dict
         try:
             payload = read_checkpoint(saved)
         except CheckpointError as error:
-            _set_aside(saved, error)
+            set_aside(saved, error)
             unreadable = True
             continue
         if payload.get("round", 0) < round_:
