@@ -99,11 +99,45 @@ def _csv_text(draw_columns, rows, raw) -> str:
     return buffer.getvalue()
 
 
-CSV = st.builds(
-    _csv_text,
-    COLUMNS,
-    st.lists(st.lists(CELLS, min_size=0, max_size=7), max_size=12),
-    st.one_of(st.none(), st.none(), st.text(max_size=200)),
+NUMBER = st.one_of(st.floats(-1e6, 1e6).map(repr), st.integers(-5, 5).map(str))
+LABEL = st.sampled_from(["cat", "dog", "7", "0", "1", "2", "-1", ""])
+
+
+@st.composite
+def plausible_tables(draw) -> dict[str, list]:
+    """A table that is nearly right: numeric features, a label column, sometimes id and split, a few odd cells."""
+    n = draw(st.integers(1, 10))
+    columns = {f"x{j}": draw(st.lists(NUMBER, min_size=n, max_size=n)) for j in range(draw(st.integers(1, 3)))}
+    columns["label"] = draw(st.lists(LABEL, min_size=n, max_size=n))
+    if draw(st.booleans()):
+        columns["split"] = draw(
+            st.lists(st.sampled_from(["train", "test", "test", "TEST", ""]), min_size=n, max_size=n)
+        )
+    if draw(st.booleans()):
+        columns["id"] = draw(st.lists(st.sampled_from(["a", "b", "c", "d", "", "a b"]), min_size=n, max_size=n))
+    for _ in range(draw(st.integers(0, 2))):  # odd cells
+        column = draw(st.sampled_from(sorted(columns)))
+        columns[column][draw(st.integers(0, n - 1))] = draw(CELLS)
+    return columns
+
+
+def _table_csv(columns: dict[str, list]) -> str:
+    names = list(columns)
+    rows = [
+        [str(columns[c][i]).replace(",", ";").replace("\n", " ") for c in names] for i in range(len(columns[names[0]]))
+    ]
+    return _csv_text(names, [[f'"{cell}"' if '"' not in cell else cell for cell in row] for row in rows], None)
+
+
+CSV = st.one_of(
+    st.builds(
+        _csv_text,
+        COLUMNS,
+        st.lists(st.lists(CELLS, min_size=0, max_size=7), max_size=12),
+        st.one_of(st.none(), st.none(), st.text(max_size=200)),
+    ),
+    plausible_tables().map(_table_csv),
+    plausible_tables().map(_table_csv),
 )
 
 
@@ -133,8 +167,21 @@ PARQUET_COLUMN = st.one_of(
 )
 
 
+def _typed(columns: dict[str, list]) -> dict[str, list]:
+    """A plausible table with numbers as numbers (Parquet keeps types)."""
+    typed = {}
+    for name, values in columns.items():
+        try:
+            typed[name] = [float(v) for v in values] if name.startswith("x") else values
+        except ValueError:
+            typed[name] = values
+    return typed
+
+
 @st.composite
 def parquet_frames(draw) -> tuple[dict, int | None]:
+    if draw(st.booleans()):
+        return _typed(draw(plausible_tables())), draw(st.one_of(st.none(), st.none(), st.none(), st.integers(0, 4000)))
     names = draw(st.lists(st.sampled_from(["label", "id", "split", "x0", "x1", "x2", "z"]), min_size=1, unique=True))
     columns = {name: draw(PARQUET_COLUMN) for name in names}
     if draw(st.booleans()):  # most frames have columns of one length

@@ -353,15 +353,27 @@ class LabelStore:
         report = LabelReport()
         n_classes = len(self.classes(campaign))
         with self.engine.begin() as conn:
-            known = set(conn.execute(sa.select(items.c.item_id).where(items.c.campaign == campaign)).scalars())
-            queued = {
-                r.item_id: r.round
-                for r in conn.execute(
-                    sa.select(queue.c.item_id, sa.func.max(queue.c.round).label("round"))
-                    .where(queue.c.campaign == campaign)
-                    .group_by(queue.c.item_id)
+            answers = list(answers)
+            # Only the batch's items are looked up (in chunks under SQLite's parameter limit): an answer's cost
+            # does not grow with the campaign (one answer against a 1M-item pool read every item id before).
+            ids = list(dict.fromkeys(a.item_id for a in answers))
+            known: set[str] = set()
+            queued: dict[str, int] = {}
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                known |= set(
+                    conn.execute(
+                        sa.select(items.c.item_id).where(items.c.campaign == campaign, items.c.item_id.in_(chunk))
+                    ).scalars()
                 )
-            }
+                queued |= {
+                    r.item_id: r.round
+                    for r in conn.execute(
+                        sa.select(queue.c.item_id, sa.func.max(queue.c.round).label("round"))
+                        .where(queue.c.campaign == campaign, queue.c.item_id.in_(chunk))
+                        .group_by(queue.c.item_id)
+                    )
+                }
             rows, now = [], _now()
             for answer in answers:
                 if answer.item_id not in known:
@@ -386,11 +398,13 @@ class LabelStore:
                     report.accepted.append(answer.item_id)
             if rows:
                 conn.execute(labels.insert(), rows)
-                conn.execute(
-                    queue.update()
-                    .where(queue.c.campaign == campaign, queue.c.item_id.in_(report.accepted))
-                    .values(status="labeled")
-                )
+                accepted = list(dict.fromkeys(report.accepted))
+                for start in range(0, len(accepted), 500):
+                    conn.execute(
+                        queue.update()
+                        .where(queue.c.campaign == campaign, queue.c.item_id.in_(accepted[start : start + 500]))
+                        .values(status="labeled")
+                    )
         return report
 
     @_retry_busy
