@@ -397,7 +397,11 @@ def label(
 
     _, store, name = _open_campaign(params, workspace, campaign)
     classes = store.classes(name)
-    index = classes.index(label_) if label_ in classes else (int(label_) if label_.lstrip("-").isdigit() else None)
+    index = (
+        classes.index(label_)
+        if label_ in classes
+        else (int(label_) if label_.lstrip("-").isascii() and label_.lstrip("-").isdigit() else None)
+    )
     if index is None:
         raise typer.BadParameter(f"unknown class {label_!r}; expected one of {classes} or an index")
     report = store.record_labels(name, [LabelAnswer(item, index)], annotator=annotator or getpass.getuser())

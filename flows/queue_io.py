@@ -121,7 +121,8 @@ def read_answers(path: Path, classes: list[str], annotator: str | None, default_
 def _class_index(value: str, classes: list[str]) -> int | None:
     if value in classes:
         return classes.index(value)
-    return int(value) if value.isdigit() and int(value) < len(classes) else None
+    # ASCII digits only: str.isdigit() also admits '¹' or '٣', which int() refuses (found by benchmarks/fuzz.py)
+    return int(value) if value.isascii() and value.isdigit() and int(value) < len(classes) else None
 
 
 def _answer(where: str, item_id: str, value: str, classes: list[str], annotator: str) -> ImportRow:

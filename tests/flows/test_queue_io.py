@@ -166,3 +166,16 @@ def test_malformed_label_studio_tasks_are_rows_with_a_problem_not_a_crash(tmp_pa
         ("task 5", "malformed task: annotations"),
     ]
     assert (rows[-1].item_id, rows[-1].label, rows[-1].annotator, rows[-1].problem) == ("b", 1, "label-studio/3", None)
+
+
+def test_a_label_of_non_ascii_digits_is_an_unknown_class_not_a_crash(tmp_path):
+    """'¹' passes str.isdigit() but not int(): the fuzzer's CSV that crashed the import."""
+    from flows.queue_io import read_answers
+
+    path = tmp_path / "answers.csv"
+    path.write_text("item_id,label\na,\u00b9\nb,1\n")
+    rows = read_answers(path, ["cat", "dog"], None, "me")
+    assert [(r.item_id, r.label, r.problem) for r in rows] == [
+        ("a", None, "unknown class '\u00b9'; expected one of ['cat', 'dog'] or an index"),
+        ("b", 1, None),
+    ]
