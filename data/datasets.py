@@ -225,6 +225,9 @@ def _load_npz(path: Path, *, allow_empty_test: bool = False, **scaling) -> Datas
         arrays["x_test"] = np.zeros((0, *np.shape(x_train)[1:]), dtype=x_train.dtype)
         arrays["y_test"] = np.zeros(0, dtype=np.int64)
     x_test = arrays["x_test"]
+    for key, x in (("x_train", x_train), ("x_test", x_test)):
+        if np.ndim(x) == 0:  # a scalar has no rows
+            raise DatasetError(f"{where}: {key} must be [N, D] vectors or [N, ...] images, got a scalar")
     n_train, n_test = len(x_train), len(x_test)
     y_train = arrays.get("y_train", np.full(n_train, -1, dtype=np.int64))
     ids_train = arrays["ids_train"] if "ids_train" in arrays else _row_ids("train", n_train)

@@ -52,6 +52,10 @@ class FeatureStoreError(DatasetError):
     """A feature store that is missing, corrupt, or would be silently replaced; the message names the file."""
 
 
+class FeatureStoreMissing(FeatureStoreError):
+    """An array file of an existing store (its ``meta.json`` is there) is missing or unreadable."""
+
+
 @dataclass(repr=False, eq=False)
 class FeatureStore:
     """An opened store: memory-mapped, read-only arrays and their metadata.
@@ -335,8 +339,10 @@ def _open_store(directory: Path) -> FeatureStore:
         path = directory / f"{name}.npy"
         try:
             arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise FeatureStoreMissing(f"{path}: missing from the feature store {directory}") from None
         except (OSError, ValueError) as error:
-            raise FeatureStoreError(f"{path}: cannot open: {error}") from error
+            raise FeatureStoreMissing(f"{path}: cannot open: {error}") from error
     expected = {
         "features": ((n, *meta["feature_shape"]), meta["dtype"]),
         "targets": ((n,), "int64"),

@@ -11,12 +11,15 @@ their item id and reason, and the good rows are all written — or, on a databas
 
 from __future__ import annotations
 
+import functools
 import json
+import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -27,6 +30,8 @@ LABEL_POLICIES = ("latest", "majority")
 MAX_LOOKUP_IDS = 500
 """A write of at most this many items looks up only those items; a larger batch reads the campaign's ids once."""
 QUEUE_STATUSES = ("pending", "labeled", "skipped")
+ROUND_STATUSES = ("running", "done", "failed")
+"""``failed``: a round found abandoned (``beliefloop doctor --repair``); like ``running``, the next round resumes it."""
 
 metadata = sa.MetaData()
 
@@ -92,7 +97,7 @@ rounds = sa.Table(
     metadata,
     sa.Column("campaign", sa.String, primary_key=True),
     sa.Column("round", sa.Integer, primary_key=True),
-    sa.Column("status", sa.Enum("running", "done", name="round_status"), nullable=False),
+    sa.Column("status", sa.Enum(*ROUND_STATUSES, name="round_status"), nullable=False),
     sa.Column("metrics", sa.Text),  # JSON object of the round's summary metrics
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
@@ -101,6 +106,44 @@ rounds = sa.Table(
 
 class StoreError(ValueError):
     """A write the store refuses; the message names the campaign and item."""
+
+
+class StoreBusyError(StoreError):
+    """The database stayed locked by another connection through every attempt; this call wrote nothing."""
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _is_busy(error: sa.exc.OperationalError) -> bool:
+    text = str(error.orig).lower()
+    return "database is locked" in text or "database is busy" in text or "database table is locked" in text
+
+
+def _retry_busy(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Re-run a store method whose transaction found the database locked, ``attempts`` times in all.
+
+    Safe because every public method is one transaction: a locked attempt rolled back and wrote nothing.
+    """
+
+    @functools.wraps(method)
+    def retrying(self: LabelStore, *args, **kwargs):
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return method(self, *args, **kwargs)
+            except sa.exc.OperationalError as error:
+                if not _is_busy(error):
+                    raise
+                if attempt == self.attempts:
+                    raise StoreBusyError(
+                        f"label store {self.url} stayed locked by another connection through {self.attempts} "
+                        f"attempts ({self.busy_timeout:g} s wait each); {method.__name__} wrote nothing"
+                    ) from error
+                time.sleep(min(0.5 * attempt, 2.0))
+        raise AssertionError("unreachable")
+
+    return retrying
 
 
 @dataclass(frozen=True)
@@ -171,12 +214,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def _sqlite_pragmas(busy_timeout: float) -> Callable:
+    def connect(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")  # first: setting WAL may wait too
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return connect
 
 
 def _standing_labels(conn: sa.Connection, campaign: str, item_ids: Sequence[str] | None = None) -> dict[str, int]:
@@ -230,17 +276,30 @@ def sqlite_file(url: str) -> Path | None:
 
 
 class LabelStore:
-    """Campaign state in one database. Safe to share between processes (transactions, WAL)."""
+    """Campaign state in one database. Safe to share between processes (transactions, WAL).
 
-    def __init__(self, url: str) -> None:
+    A SQLite database locked by another connection is waited for ``busy_timeout`` seconds (SQLite's busy
+    handler), and a call that still finds it locked is run again, ``attempts`` times in all; then
+    :class:`StoreBusyError`. Every public method is one transaction, so a failed attempt wrote nothing.
+    """
+
+    def __init__(self, url: str, *, busy_timeout: float = 30.0, attempts: int = 3) -> None:
         if (path := sqlite_file(url)) is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.url = url
+        self.busy_timeout, self.attempts = busy_timeout, max(1, attempts)
         self.engine: Engine = sa.create_engine(url)
         if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", _sqlite_pragmas(busy_timeout))
+        self._create_tables()
+
+    @_retry_busy
+    def _create_tables(self) -> None:
         metadata.create_all(self.engine)
         add_missing_columns(self.engine)
+        if self.engine.dialect.name == "postgresql":  # a store created before rounds could be marked failed
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("ALTER TYPE round_status ADD VALUE IF NOT EXISTS 'failed'")
 
     @classmethod
     def for_workspace(cls, workspace: Path) -> LabelStore:
@@ -250,6 +309,7 @@ class LabelStore:
         self.engine.dispose()
 
     # --- campaigns and items -------------------------------------------------------------------------------
+    @_retry_busy
     def create_campaign(self, campaign: str, dataset: str, classes: Sequence[str]) -> None:
         """Register a campaign; a second call with the same classes is a no-op, other classes an error."""
         with self.engine.begin() as conn:
@@ -270,6 +330,7 @@ class LabelStore:
                     f"campaign {campaign!r} exists with classes {json.loads(existing.classes)}, got {list(classes)}"
                 )
 
+    @_retry_busy
     def extend_classes(self, campaign: str, new_classes: Sequence[str]) -> list[str]:
         """Append the names in ``new_classes`` the campaign does not know to its classes; return all of them.
 
@@ -291,6 +352,7 @@ class LabelStore:
                 )
         return classes
 
+    @_retry_busy
     def dataset_of(self, campaign: str) -> str:
         """The dataset (name or path, as given when the campaign was created) whose feature store it uses."""
         with self.engine.connect() as conn:
@@ -299,10 +361,12 @@ class LabelStore:
             raise StoreError(f"unknown campaign {campaign!r}")
         return value
 
+    @_retry_busy
     def campaign_names(self) -> list[str]:
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(campaigns.c.campaign).order_by(campaigns.c.campaign)).scalars())
 
+    @_retry_busy
     def classes(self, campaign: str) -> list[str]:
         with self.engine.connect() as conn:
             value = conn.execute(sa.select(campaigns.c.classes).where(campaigns.c.campaign == campaign)).scalar()
@@ -310,6 +374,7 @@ class LabelStore:
             raise StoreError(f"unknown campaign {campaign!r}")
         return json.loads(value)
 
+    @_retry_busy
     def add_items(self, campaign: str, item_ids: Sequence[str], splits: Sequence[str], rows: Sequence[int]) -> int:
         """Insert items not yet known; an id already known with another split or row is an error."""
         if not len(item_ids) == len(splits) == len(rows):
@@ -338,6 +403,7 @@ class LabelStore:
                 conn.execute(items.insert(), new)
         return len(new)
 
+    @_retry_busy
     def item_rows(self, campaign: str, split: str | None = None) -> dict[str, int]:
         query = sa.select(items.c.item_id, items.c.row).where(items.c.campaign == campaign)
         if split is not None:
@@ -346,6 +412,7 @@ class LabelStore:
             return {r.item_id: r.row for r in conn.execute(query)}
 
     # --- labels --------------------------------------------------------------------------------------------
+    @_retry_busy
     def record_labels(
         self,
         campaign: str,
@@ -421,13 +488,16 @@ class LabelStore:
                     report.accepted.append(answer.item_id)
             if rows:
                 conn.execute(labels.insert(), rows)
-                conn.execute(
-                    queue.update()
-                    .where(queue.c.campaign == campaign, queue.c.item_id.in_(report.accepted))
-                    .values(status="labeled")
-                )
+                accepted = list(dict.fromkeys(report.accepted))
+                for start in range(0, len(accepted), 500):
+                    conn.execute(
+                        queue.update()
+                        .where(queue.c.campaign == campaign, queue.c.item_id.in_(accepted[start : start + 500]))
+                        .values(status="labeled")
+                    )
         return report
 
+    @_retry_busy
     def retract_label(self, campaign: str, item_id: str, *, annotator: str) -> int:
         """Withdraw ``annotator``'s latest standing answer for an item (an undo) and return its label.
 
@@ -464,6 +534,7 @@ class LabelStore:
         answers stay in history."""
         return self.label_snapshot(campaign, policy).labels
 
+    @_retry_busy
     def label_snapshot(self, campaign: str, policy: str = "latest", *, upto: int | None = None) -> LabelSnapshot:
         """The labels under ``policy`` (one of ``LABEL_POLICIES``) and the annotators' agreement, from the standing
         answers read in one statement — of those up to answer id ``upto`` when given, to see what an earlier read
@@ -499,6 +570,7 @@ class LabelStore:
             n_tied=len(tied),
         )
 
+    @_retry_busy
     def answers_by(self, campaign: str, annotator: str) -> set[tuple[str, int]]:
         """Every ``(item_id, label)`` that ``annotator`` ever recorded in the campaign (superseded ones too)."""
         query = sa.select(labels.c.item_id, labels.c.label).where(
@@ -507,6 +579,7 @@ class LabelStore:
         with self.engine.connect() as conn:
             return {(r.item_id, r.label) for r in conn.execute(query)}
 
+    @_retry_busy
     def label_history(self, campaign: str, item_id: str) -> list[tuple[int, str, int]]:
         """Every answer for one item, oldest first, as (label, annotator, round)."""
         with self.engine.connect() as conn:
@@ -520,6 +593,7 @@ class LabelStore:
             ]
 
     # --- queue ---------------------------------------------------------------------------------------------
+    @_retry_busy
     def enqueue(self, campaign: str, round_: int, entries: Sequence[QueueEntry]) -> list[QueuedItem]:
         """Queue a round's batch once: if the round already has a batch (a re-run), keep it and return it."""
         with self.engine.begin() as conn:
@@ -550,6 +624,7 @@ class LabelStore:
                 )
         return self.queued(campaign, round_=round_)
 
+    @_retry_busy
     def queued(self, campaign: str, *, round_: int | None = None, status: str | None = None) -> list[QueuedItem]:
         """Queue entries in (round, rank) order, of one round and / or one of ``QUEUE_STATUSES`` when given."""
         if status is not None and status not in QUEUE_STATUSES:
@@ -577,10 +652,12 @@ class LabelStore:
                 for r in conn.execute(query)
             ]
 
+    @_retry_busy
     def skip(self, campaign: str, item_id: str) -> None:
         """Mark a pending item as skipped: it leaves the pool and is never queued again."""
         self._move_queue_status(campaign, item_id, "pending", "skipped")
 
+    @_retry_busy
     def unskip(self, campaign: str, item_id: str) -> None:
         """Undo a skip: the item's skipped queue entries return to ``pending``."""
         self._move_queue_status(campaign, item_id, "skipped", "pending")
@@ -595,6 +672,7 @@ class LabelStore:
         if not updated:
             raise StoreError(f"item {item_id!r} has no {old} queue entry in campaign {campaign!r}")
 
+    @_retry_busy
     def unlabeled_pool(self, campaign: str) -> dict[str, int]:
         """Pool items that have no standing label and were never queued (pending or skipped): candidates to score."""
         asked = sa.select(queue.c.item_id).where(queue.c.campaign == campaign)
@@ -611,6 +689,7 @@ class LabelStore:
             return {r.item_id: r.row for r in conn.execute(query.order_by(items.c.row))}
 
     # --- rounds --------------------------------------------------------------------------------------------
+    @_retry_busy
     def start_round(self, campaign: str, round_: int) -> None:
         with self.engine.begin() as conn:
             status = conn.execute(
@@ -620,7 +699,14 @@ class LabelStore:
                 conn.execute(
                     rounds.insert().values(campaign=campaign, round=round_, status="running", started_at=_now())
                 )
+            elif status == "failed":  # re-run
+                conn.execute(
+                    rounds.update()
+                    .where(rounds.c.campaign == campaign, rounds.c.round == round_)
+                    .values(status="running")
+                )
 
+    @_retry_busy
     def finish_round(self, campaign: str, round_: int, metrics: dict[str, float]) -> None:
         with self.engine.begin() as conn:
             conn.execute(
@@ -629,6 +715,7 @@ class LabelStore:
                 .values(status="done", finished_at=_now(), metrics=json.dumps(metrics))
             )
 
+    @_retry_busy
     def round_metrics(self, campaign: str) -> list[dict[str, float]]:
         """Summary metrics of every finished round, in round order."""
         with self.engine.connect() as conn:
@@ -639,6 +726,7 @@ class LabelStore:
             ).scalars()
             return [json.loads(m) for m in rows]
 
+    @_retry_busy
     def answers_since_last_round(self, campaign: str) -> int | None:
         """Answers and withdrawals recorded since the last finished round started (``None`` before any round):
         what tells a scheduled round whether there is anything new to learn from."""
@@ -660,17 +748,36 @@ class LabelStore:
             ).scalar()
             return int(answered) + int(withdrawn)
 
+    @_retry_busy
     def unfinished_rounds(self, campaign: str) -> list[int]:
-        """Rounds started and not finished: running now, or crashed (the next round call resumes them)."""
-        query = sa.select(rounds.c.round).where(rounds.c.campaign == campaign, rounds.c.status == "running")
+        """Rounds started and not finished: running now, crashed or marked failed (the next round call resumes them)."""
+        query = sa.select(rounds.c.round).where(rounds.c.campaign == campaign, rounds.c.status != "done")
         with self.engine.connect() as conn:
             return sorted(conn.execute(query).scalars())
 
+    @_retry_busy
     def next_round(self, campaign: str) -> int:
         """The round to run: an unfinished one (resume after a crash) or the one after the last."""
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(rounds.c.round, rounds.c.status).where(rounds.c.campaign == campaign)).all()
-        unfinished = [r.round for r in rows if r.status == "running"]
+        unfinished = [r.round for r in rows if r.status != "done"]
         if unfinished:
             return min(unfinished)
         return max((r.round for r in rows), default=0) + 1
+
+    @_retry_busy
+    def running_rounds(self, campaign: str) -> list[int]:
+        """Rounds recorded as ``running``: in progress now, or left so by a crashed process."""
+        query = sa.select(rounds.c.round).where(rounds.c.campaign == campaign, rounds.c.status == "running")
+        with self.engine.connect() as conn:
+            return sorted(conn.execute(query).scalars())
+
+    @_retry_busy
+    def mark_round_failed(self, campaign: str, round_: int) -> None:
+        """Record a ``running`` round as abandoned (``failed``); the next round resumes it."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                rounds.update()
+                .where(rounds.c.campaign == campaign, rounds.c.round == round_, rounds.c.status == "running")
+                .values(status="failed", finished_at=_now())
+            )

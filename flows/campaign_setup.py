@@ -20,6 +20,11 @@ from data.store import LabelAnswer, LabelStore, StoreError, sqlite_file
 from flows.settings import Settings
 
 
+def open_label_store(settings: Settings) -> LabelStore:
+    """The campaign's label store, with the settings' lock waiting (``store.busy_timeout``, ``store.attempts``)."""
+    return LabelStore(settings.store_url, busy_timeout=settings.store.busy_timeout, attempts=settings.store.attempts)
+
+
 def feature_store_dir(settings: Settings, dataset: str | None = None) -> Path:
     """Folder of the imported feature store of ``dataset`` (a campaign's, see ``LabelStore.dataset_of``), by
     default of the settings' dataset."""
@@ -169,7 +174,7 @@ def campaign_test_rows(settings: Settings, features: FeatureStore) -> np.ndarray
     url = settings.store_url
     if (path := sqlite_file(url)) is not None and not path.exists():
         return np.asarray(features.rows_test, dtype=np.int64)
-    store = LabelStore(url)
+    store = open_label_store(settings)
     try:
         rows = store.item_rows(settings.campaign_name, "test")
     finally:

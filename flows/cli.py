@@ -44,19 +44,27 @@ class _App(typer.Typer):
             def friendly(*f_args, **f_kwargs):
                 from data import DatasetError, FeatureStoreError
                 from data.store import StoreError
+                from flows.failures import fault_message
                 from flows.settings import SettingsError
 
                 try:
                     return function(*f_args, **f_kwargs)
-                except (
-                    DatasetError,
-                    FeatureStoreError,
-                    StoreError,
-                    SettingsError,
-                    CommandError,
-                    typer.BadParameter,
-                ) as error:
+                except Exception as error:
                     if _state["debug"]:
+                        raise
+                    fault = fault_message(error)
+                    if fault is not None:  # the environment failed, not the input: exit 3, retry later
+                        typer.secho(f"error: {fault}", fg="red", err=True)
+                        raise typer.Exit(3) from None
+                    user_errors = (
+                        DatasetError,
+                        FeatureStoreError,
+                        StoreError,
+                        SettingsError,
+                        CommandError,
+                        typer.BadParameter,
+                    )
+                    if not isinstance(error, user_errors):
                         raise
                     typer.secho(f"error: {error}", fg="red", err=True)
                     raise typer.Exit(2) from None
@@ -115,6 +123,8 @@ def _prefect_defaults() -> None:
         os.environ.setdefault(key, value)
     # Also when MLflow was imported (and its logger configured) before this ran, as in a process that runs several.
     logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
+    if not _state["debug"]:  # each retry of an unreachable tracking server; the failure is reported in one line
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 @contextmanager
@@ -177,14 +187,13 @@ def _warm_up(settings, *, campaign: bool = True) -> None:
     """
     import torch._dynamo  # noqa: F401  (torch.optim imports it on the first optimiser step: seconds)
 
-    from data.store import LabelStore
-    from flows.campaign_setup import model_feature_store
+    from flows.campaign_setup import model_feature_store, open_label_store
     from flows.rounds import labeling_round  # noqa: F401  (torch, MLflow, the models)
     from flows.tracking import tracking_client
 
     model_feature_store(settings)
     if campaign:
-        LabelStore(settings.store_url).close()  # creates the label store
+        open_label_store(settings).close()  # creates the label store
         tracking_client(settings.tracking_uri)
 
 
@@ -201,12 +210,13 @@ def _open_campaign(params: Path | None, workspace: Path | None, campaign: str | 
     """
     settings = _settings(params, {"workspace": workspace, "campaign": {"name": campaign}})
     _check_workspace(settings.workspace)
-    from data.store import LabelStore, sqlite_file
+    from data.store import sqlite_file
+    from flows.campaign_setup import open_label_store
 
     path = sqlite_file(settings.store_url)
     if path is not None and not path.exists():
         raise CommandError(f"no label store {path}: start a campaign first (beliefloop round or simulate)")
-    store = LabelStore(settings.store_url)
+    store = open_label_store(settings)
     return settings, store, _resolve_campaign(settings, store, campaign)
 
 
@@ -316,13 +326,12 @@ def run_round(
         },
     }
     settings = _live_settings(params, overrides)
-    from data.store import LabelStore
-    from flows.campaign_setup import prepare_campaign
+    from flows.campaign_setup import open_label_store, prepare_campaign
     from flows.console import pool_exhausted, print_header, print_round
 
     def warm_up() -> None:
         _warm_up(settings)
-        prepare_campaign(settings, LabelStore(settings.store_url), simulate=False)
+        prepare_campaign(settings, open_label_store(settings), simulate=False)
 
     with _flow_context(meanwhile=warm_up):
         from flows.rounds import run_round
@@ -388,7 +397,11 @@ def label(
 
     _, store, name = _open_campaign(params, workspace, campaign)
     classes = store.classes(name)
-    index = classes.index(label_) if label_ in classes else (int(label_) if label_.lstrip("-").isdigit() else None)
+    index = (
+        classes.index(label_)
+        if label_ in classes
+        else (int(label_) if label_.lstrip("-").isascii() and label_.lstrip("-").isdigit() else None)
+    )
     if index is None:
         raise typer.BadParameter(f"unknown class {label_!r}; expected one of {classes} or an index")
     report = store.record_labels(name, [LabelAnswer(item, index)], annotator=annotator or getpass.getuser())
@@ -658,6 +671,48 @@ def prepare(dataset: DatasetOpt = None, workspace: WorkspaceOpt = None, params: 
 
     store = model_feature_store(settings)
     typer.echo(f"{store.directory}: {store.n_train} train + {store.n_test} test items, {len(store.classes)} classes")
+
+
+@app.command()
+def doctor(
+    workspace: WorkspaceOpt = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Fix what loses nothing: abandoned rounds and runs, stale queue rows, ...")
+    ] = False,
+    fmt: Annotated[str, typer.Option("--format", help="table | json (json for scripts).")] = "table",
+    params: ParamsOpt = None,
+) -> None:
+    """Check a workspace (label store, rounds, MLflow runs, checkpoints, feature stores); exit 1 if problems remain."""
+    if fmt not in ("table", "json"):
+        raise typer.BadParameter(f"unknown format {fmt!r}; expected one of ['table', 'json']")
+    settings = _settings(params, {"workspace": workspace})
+    _check_workspace(settings.workspace)
+    from rich.table import Table
+
+    from data.store import sqlite_file
+    from flows.campaign_setup import open_label_store
+    from flows.console import console
+    from flows.doctor import diagnose
+
+    path = sqlite_file(settings.store_url)
+    if path is not None and not path.exists():
+        raise CommandError(f"no label store {path}: nothing to check")
+    _prefect_defaults()  # quiet MLflow
+    report = diagnose(settings, open_label_store(settings), repair=repair)
+    if fmt == "json":
+        from dataclasses import asdict
+
+        typer.echo(json.dumps([asdict(f) for f in report.findings], indent=1))
+        raise typer.Exit(1 if report.problems else 0)
+    table = Table("check", "subject", "status", "detail", title=f"doctor: {settings.workspace}")
+    styles = {"ok": "green", "repaired": "yellow", "problem": "red"}
+    for f in report.findings:
+        table.add_row(f.check, f.subject, f"[{styles[f.status]}]{f.status}[/]", f.detail)
+    console.print(table)
+    left = len(report.problems)
+    typer.echo(f"{left} problem(s) left" if left else "no problems")
+    if left:
+        raise typer.Exit(1)
 
 
 @app.command()

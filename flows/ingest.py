@@ -29,7 +29,7 @@ from data import DatasetError, FeatureStore, load_dataset, open_feature_store
 from data.datasets import FILE_SUFFIXES
 from data.feature_store import append_rows, extend_classes
 from data.store import LabelAnswer, LabelStore, StoreError
-from flows.campaign_setup import feature_store_dir
+from flows.campaign_setup import feature_store_dir, open_label_store
 from flows.settings import Settings
 
 ANNOTATOR = "ingest"
@@ -108,7 +108,7 @@ def ingest(
     StoreError
         Unknown campaign, an unfinished round, unlabeled rows for a simulated campaign.
     """
-    store = LabelStore(settings.store_url)
+    store = open_label_store(settings)
     try:
         return _ingest(settings, store, Path(path), campaign, allow_new_classes, id_prefix, label_column, id_column)
     finally:

@@ -6,11 +6,14 @@ The candidates' logic (build, fit or belief-update, evidence, comparability) is 
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from flows.console import console
 from flows.settings import Settings
 from learner import ActiveLearner, CandidateSpec, EvidenceOptions, FittedCandidate, ModelOptions, candidate_payload
 from learner import candidate_specs as learner_candidate_specs
@@ -30,16 +33,47 @@ def candidate_specs(settings: Settings) -> list[CandidateSpec]:
     return learner_candidate_specs(model_options(settings), [c.model_dump() for c in settings.selection.candidates])
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read back with ``torch.load(weights_only=True)``; the message names the file."""
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A candidate checkpoint loaded with ``weights_only=True`` (no pickled code runs); :class:`CheckpointError`
+    when the file is truncated, corrupt or not a candidate's state."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        reason = re.split(r"\.\s", str(error).strip(), maxsplit=1)[0] or type(error).__name__
+        raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupt?): {reason}") from None
+    if not isinstance(payload, dict) or "family" not in payload:
+        raise CheckpointError(f"{path}: not a candidate checkpoint (expected a dict with 'family')")
+    return payload
+
+
+def set_aside(path: Path, error: CheckpointError, *, quiet: bool = False) -> Path:
+    """Move an unreadable checkpoint out of the way as ``<name>.corrupt`` (kept for inspection, never loaded) and
+    say so unless ``quiet``."""
+    aside = path.with_name(f"{path.name}.corrupt")
+    path.replace(aside)
+    if not quiet:
+        console.print(f"warning: {error}; moved to {aside.name}", soft_wrap=True)
+    return aside
+
+
 def save_candidate(directory: Path, fitted: FittedCandidate, round_: int) -> Path:
     """Write ``<directory>/<candidate>.pt`` (state dict + what it was trained on), the next round's starting point.
 
     The state an earlier round saved becomes ``<candidate>.previous.pt``: this round's starting point, should
-    it crash before finishing and run again (see :func:`load_candidate`).
+    it crash before finishing and run again (see :func:`load_candidate`). An unreadable one is set aside.
     """
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{fitted.name}.pt"
-    if path.exists() and _saved_round(path) < round_:
-        path.replace(_previous(path))
+    if path.exists():
+        try:
+            if read_checkpoint(path).get("round", 0) < round_:
+                path.replace(_previous(path))
+        except CheckpointError as error:
+            set_aside(path, error)
     tmp = path.with_suffix(".tmp")
     torch.save(candidate_payload(fitted, round_), tmp)
     tmp.replace(path)
@@ -48,14 +82,31 @@ def save_candidate(directory: Path, fitted: FittedCandidate, round_: int) -> Pat
 
 def load_candidate(directory: Path, name: str, family: str, round_: int) -> dict[str, Any] | None:
     """The state of candidate ``name`` that an earlier round than ``round_`` saved, if of the same family
-    (``weights_only`` load): a re-run of a round that crashed after saving starts where its first run started."""
+    (``weights_only`` load): a re-run of a round that crashed after saving starts where its first run started.
+
+    An unreadable checkpoint (truncated by a full disk or a copy) is set aside as ``<name>.corrupt`` and the
+    next one is tried (``.previous.pt``, whose posterior the update then extends by every label it has not seen);
+    with none left the candidate retrains on every label. Either way the terminal says which.
+    """
     path = directory / f"{name}.pt"
+    unreadable = False
     for saved in (path, _previous(path)):
-        if saved.exists():
-            payload = torch.load(saved, map_location="cpu", weights_only=True)
-            if payload.get("round", 0) < round_:
-                # A checkpoint from before labels were kept beside ids cannot tell a relabelled item: retrain.
-                return payload if payload["family"] == family and isinstance(payload["trained_on"], dict) else None
+        if not saved.exists():
+            continue
+        try:
+            payload = read_checkpoint(saved)
+        except CheckpointError as error:
+            set_aside(saved, error)
+            unreadable = True
+            continue
+        if payload.get("round", 0) < round_:
+            # A checkpoint from before labels were kept beside ids cannot tell a relabelled item: retrain.
+            usable = payload["family"] == family and isinstance(payload["trained_on"], dict)
+            if unreadable and usable:
+                console.print(f"candidate {name}: belief update from {saved.name} (round {payload.get('round', 0)})")
+            return payload if usable else None
+    if unreadable:
+        console.print(f"candidate {name}: no readable posterior left; retraining on every label")
     return None
 
 
@@ -78,10 +129,6 @@ def prior_checkpoint(path: Path, candidate: str) -> Path:
 
 def _previous(path: Path) -> Path:
     return path.with_name(f"{path.stem}.previous.pt")
-
-
-def _saved_round(path: Path) -> int:
-    return torch.load(path, map_location="cpu", weights_only=True).get("round", 0)
 
 
 def learner_for(settings: Settings, *, n_classes: int | None = None) -> ActiveLearner:

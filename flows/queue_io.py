@@ -135,7 +135,8 @@ def read_answers(path: Path, classes: list[str], annotator: str | None, default_
 def _class_index(value: str, classes: list[str]) -> int | None:
     if value in classes:
         return classes.index(value)
-    return int(value) if value.isdigit() and int(value) < len(classes) else None
+    # ASCII digits only: str.isdigit() also admits '¹' or '٣', which int() refuses (found by benchmarks/fuzz.py)
+    return int(value) if value.isascii() and value.isdigit() and int(value) < len(classes) else None
 
 
 def _answer(where: str, item_id: str, value: str, classes: list[str], annotator: str) -> ImportRow:
@@ -173,23 +174,48 @@ def _label_studio_answers(path: Path, text: str, classes: list[str], annotator: 
         raise ImportFileError(f"{path}: expected a Label Studio JSON export (a list of tasks)")
     rows = []
     for number, task in enumerate(tasks, start=1):
-        item_id = str((task.get("data") or {}).get("item_id") or "")
         where = f"task {task.get('id', number)}"
-        for annotation in task.get("annotations") or []:
+        data, annotations = task.get("data"), task.get("annotations") or []
+        item_id = data.get("item_id") if isinstance(data, dict) else None
+        if not isinstance(item_id, str | int) or isinstance(item_id, bool):
+            who = annotator or "label-studio"
+            rows.append(ImportRow(where, "", None, who, "malformed task: expected data.item_id, a string"))
+            continue
+        item_id = str(item_id)
+        if not isinstance(annotations, list):
+            rows.append(ImportRow(where, item_id, None, annotator or "label-studio", "malformed task: annotations"))
+            continue
+        for annotation in annotations:
+            if not isinstance(annotation, dict):
+                rows.append(ImportRow(where, item_id, None, annotator or "label-studio", "malformed annotation"))
+                continue
             who = annotator or f"label-studio/{_completed_by(annotation.get('completed_by'))}"
-            choices = [
-                choice
-                for result in annotation.get("result") or []
-                if result.get("type") == "choices"
-                for choice in (result.get("value") or {}).get("choices") or []
-            ]
+            choices = _choices(annotation.get("result") or [])
             if annotation.get("was_cancelled"):
                 rows.append(ImportRow(where, item_id, None, who, "annotation was cancelled"))
+            elif choices is None:
+                rows.append(ImportRow(where, item_id, None, who, "malformed annotation result"))
             elif len(choices) > 1:
                 rows.append(ImportRow(where, item_id, None, who, f"several choices {choices}; expected one"))
             else:
                 rows.append(_answer(where, item_id, str(choices[0]) if choices else "", classes, who))
     return rows
+
+
+def _choices(results: object) -> list | None:
+    """The choices of an annotation's ``result`` list; ``None`` when it is not shaped as Label Studio writes it."""
+    if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+        return None
+    choices = []
+    for result in results:
+        if result.get("type") != "choices":
+            continue
+        value = result.get("value") or {}
+        picked = value.get("choices") if isinstance(value, dict) else None
+        if not isinstance(picked, list | type(None)):
+            return None
+        choices += picked or []
+    return choices
 
 
 def _completed_by(value) -> str:

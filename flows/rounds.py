@@ -29,7 +29,7 @@ from data.faults import kill_point
 from data.pool import iter_pool_chunks
 from data.store import LabelAnswer, LabelStore, QueueEntry
 from flows import plots
-from flows.campaign_setup import campaign_test_rows, model_feature_store, prepare_campaign
+from flows.campaign_setup import campaign_test_rows, model_feature_store, open_label_store, prepare_campaign
 from flows.console import console, pool_exhausted, print_round
 from flows.models import candidate_specs, evidence_options, load_candidate, prior_checkpoint, save_candidate
 from flows.settings import Settings
@@ -371,12 +371,13 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
     started_at = time.time()
     logger = get_run_logger()
     campaign = settings.campaign_name
-    store = LabelStore(settings.store_url)
+    store = open_label_store(settings)
     features = model_feature_store(settings)
     round_ = store.next_round(campaign)
-    store.start_round(campaign, round_)
+    # The tracking store first: when it cannot be reached the round fails before the label store records it.
     tracker = CampaignTracker(settings.tracking_uri, settings.artifact_root, campaign)
     parent = tracker.campaign_run(settings.model_dump(mode="json"))
+    store.start_round(campaign, round_)
     run_id = tracker.round_run(parent, round_)
 
     if oracle:
@@ -518,7 +519,7 @@ def run_round(settings: Settings, *, oracle: bool = False) -> dict[str, float]:
 def simulate_campaign(settings: Settings) -> list[dict[str, float]]:
     """Rounds 1..``campaign.rounds`` with a simulated oracle; resumes where an earlier run stopped, and stops
     after a round that found the pool exhausted (or runs none when an earlier run ended so)."""
-    store = LabelStore(settings.store_url)
+    store = open_label_store(settings)
     prepare_campaign(settings, store, simulate=True)
     campaign = settings.campaign_name
     if _still_exhausted(store, campaign):

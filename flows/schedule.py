@@ -12,8 +12,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from data.store import LabelStore
-from flows.campaign_setup import prepare_campaign
+from flows.campaign_setup import open_label_store, prepare_campaign
 from flows.rounds import run_round
 from flows.settings import load_settings
 
@@ -27,7 +26,7 @@ def scheduled_round(
     Returns the round's summary, or ``{"skipped": True, ...}`` saying why nothing was done."""
     logger = get_run_logger()
     settings = load_settings(Path(params) if params else None, overrides)
-    store = LabelStore(settings.store_url)
+    store = open_label_store(settings)
     try:
         prepare_campaign(settings, store, simulate=False)
         new = store.answers_since_last_round(campaign)

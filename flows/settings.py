@@ -232,6 +232,10 @@ class LabelsSettings(_Section):
 class StoreSettings(_Section):
     url: str | None = None
     """SQLAlchemy URL of the label store; default ``sqlite:///<workspace>/labels.db``."""
+    busy_timeout: float = Field(30.0, gt=0)
+    """Seconds a SQLite write waits for another connection's lock before the attempt fails."""
+    attempts: int = Field(3, ge=1)
+    """Attempts of a label-store call that found the database locked, before the command gives up (one line)."""
 
 
 class TrackingSettings(_Section):

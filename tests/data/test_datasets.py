@@ -211,6 +211,10 @@ def test_npz_integer_labels_index_given_classes(tmp_path):
             {"x_train": np.zeros((2, 2)), "x_test": np.zeros((1, 2)), "y_test": [0], "y_trian": [0, 1]},
             r"unexpected keys \['y_trian'\]; known keys are",
         ),
+        (  # found by benchmarks/fuzz.py: was a TypeError
+            {"x_train": np.float32(0), "x_test": np.zeros((0, 1)), "y_test": np.zeros(0, dtype=np.int64)},
+            r"x_train must be \[N, D\] vectors or \[N, ...\] images, got a scalar",
+        ),
     ],
     ids=[
         "missing-key",
@@ -224,6 +228,7 @@ def test_npz_integer_labels_index_given_classes(tmp_path):
         "unknown-class",
         "bad-image-shape",
         "misspelt-key",
+        "scalar-features",
     ],
 )
 def test_bad_npz_names_file_and_problem(tmp_path, arrays, pattern):

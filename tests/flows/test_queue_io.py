@@ -138,3 +138,47 @@ def test_queue_list_for_scripts_keeps_whole_ids(queued_workspace, beliefloop, sc
     ]
     bad = beliefloop(*common, "--format", "yaml", check=False)
     assert bad.returncode == 2 and "unknown format 'yaml'" in bad.stderr
+
+
+def test_malformed_label_studio_tasks_are_rows_with_a_problem_not_a_crash(tmp_path):
+    """Shapes the fuzzer (benchmarks/fuzz.py) found crashing the import: each becomes a refused row, the good row
+    next to them is kept."""
+    from flows.queue_io import read_answers
+
+    good = {"type": "choices", "value": {"choices": ["dog"]}}
+    tasks = [
+        {"id": 1, "data": True, "annotations": []},
+        {"id": 2, "data": {"item_id": "a"}, "annotations": [{"result": [None]}]},
+        {"id": 3, "data": {"item_id": "a"}, "annotations": [{"result": True}]},
+        {
+            "id": 4,
+            "data": {"item_id": "a"},
+            "annotations": [{"result": [{"type": "choices", "value": {"choices": 1}}]}],
+        },
+        {"id": 5, "data": {"item_id": "a"}, "annotations": 7},
+        {"id": 6, "data": {"item_id": "b"}, "annotations": [{"completed_by": 3, "result": [good]}]},
+    ]
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(tasks))
+    rows = read_answers(path, ["cat", "dog"], None, "me")
+    assert [(r.where, r.problem) for r in rows[:-1]] == [
+        ("task 1", "malformed task: expected data.item_id, a string"),
+        ("task 2", "malformed annotation result"),
+        ("task 3", "malformed annotation result"),
+        ("task 4", "malformed annotation result"),
+        ("task 5", "malformed task: annotations"),
+    ]
+    assert (rows[-1].item_id, rows[-1].label, rows[-1].annotator, rows[-1].problem) == ("b", 1, "label-studio/3", None)
+
+
+def test_a_label_of_non_ascii_digits_is_an_unknown_class_not_a_crash(tmp_path):
+    """'¹' passes str.isdigit() but not int(): the fuzzer's CSV that crashed the import."""
+    from flows.queue_io import read_answers
+
+    path = tmp_path / "answers.csv"
+    path.write_text("item_id,label\na,\u00b9\nb,1\n")
+    rows = read_answers(path, ["cat", "dog"], None, "me")
+    assert [(r.item_id, r.label, r.problem) for r in rows] == [
+        ("a", None, "unknown class '\u00b9'; expected one of ['cat', 'dog'] or an index"),
+        ("b", 1, None),
+    ]

@@ -1,0 +1,48 @@
+"""Faults of a campaign's environment that a command reports in one line, saying that the labels are safe.
+
+Not bugs and not bad input: the label store locked by another connection, the MLflow tracking store out of
+reach, a full disk, a file of the workspace missing or unreadable. Each has had its bounded retries by then (the
+label store's ``store.attempts``, MLflow's ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, the logging task's Prefect
+retries); every label-store write is one transaction and a round is resumable, so nothing recorded is lost.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+
+LABELS_SAFE = (
+    "the labels are safe: every answer recorded so far is in the label store (each write is one transaction); "
+    "fix this and run the command again (an interrupted round resumes where it stopped)"
+)
+
+_MLFLOW_REQUEST = re.compile(r"API request to (\S+) failed with (?:timeout )?exception")
+
+
+def fault_message(error: BaseException) -> str | None:
+    """One line for an environmental fault (ending with :data:`LABELS_SAFE`), ``None`` for anything else."""
+    what = _describe(error)
+    return None if what is None else f"{what}; {LABELS_SAFE}"
+
+
+def _describe(error: BaseException) -> str | None:
+    from data.feature_store import FeatureStoreMissing
+    from data.store import StoreBusyError
+    from flows.models import CheckpointError
+
+    if isinstance(error, (StoreBusyError, FeatureStoreMissing, CheckpointError)):
+        return str(error)
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        where = f" writing {error.filename}" if error.filename else ""
+        return f"no space left on device{where} (after the step's retries)"
+    if type(error).__module__.startswith("sqlalchemy") and type(error).__name__ == "OperationalError":
+        return f"the label store failed: {str(getattr(error, 'orig', error)).splitlines()[0]}"
+    if type(error).__name__ in ("MlflowException", "RestException") and (match := _MLFLOW_REQUEST.search(str(error))):
+        from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
+
+        retries = MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()
+        return (
+            f"the MLflow tracking store is unreachable: {match.group(1)} did not answer after {retries} retries "
+            "(MLFLOW_HTTP_REQUEST_MAX_RETRIES)"
+        )
+    return None
