@@ -139,7 +139,7 @@ def test_a_failing_write_leaves_no_partial_folder(tmp_path, monkeypatch):
             lambda d: _edit_meta(d, n_test=5),
             r"features\.npy: expected float32 \(14, 1, 4, 5\) per meta\.json",
         ),
-        (lambda d: (d / "ids.npy").unlink(), r"ids\.npy: cannot open"),
+        (lambda d: (d / "ids.npy").unlink(), r"ids\.npy: missing from the feature store"),
         (lambda d: _truncate(d / "features.npy"), r"features\.npy: cannot open"),
         (lambda d: np.save(d / "targets.npy", np.full(12, 7)), r"targets\.npy: row 0 holds invalid label 7"),
     ],

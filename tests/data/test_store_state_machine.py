@@ -83,7 +83,14 @@ class LabelStoreMachine(RuleBasedStateMachine):
         return running[0] if running else None
 
     def _accept(self, item: str, label: int, who: str, require_queued: bool) -> bool:
-        return item in POOL + SEED and 0 <= label < len(CLASSES) and (not require_queued or item in self.asked())
+        """Known item and class, queued when required, and not skipped (a skip refuses answers until undone)."""
+        skipped = any(k[1] == item and status == "skipped" for k, status in self.queue.items())
+        return (
+            item in POOL + SEED
+            and 0 <= label < len(CLASSES)
+            and (not require_queued or item in self.asked())
+            and not skipped
+        )
 
     def _record(self, item: str, label: int, who: str) -> None:
         self.answers.append((item, label, who))
