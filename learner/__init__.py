@@ -19,7 +19,16 @@ from learner.candidates import (
     load_model,
     rank_candidates,
 )
-from learner.query import QueryResult, StreamPlan, pick_batch, pool_predict, query_pool, stream_plan, stream_scores
+from learner.query import (
+    QueryResult,
+    StreamPlan,
+    pick_batch,
+    pool_predict,
+    query_pool,
+    random_batch,
+    stream_plan,
+    stream_scores,
+)
 from learner.simulate import SimulatedRound, simulate
 
 __all__ = [
@@ -44,6 +53,7 @@ __all__ = [
     "pool_predict",
     "predict_proba",
     "query_pool",
+    "random_batch",
     "rank_candidates",
     "round_rng",
     "round_seed",

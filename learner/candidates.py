@@ -104,6 +104,9 @@ class FittedCandidate:
     n_relabelled: int = 0
     """Items whose label changed since the posterior was fitted; a belief update then retrains on everything,
     since the old posterior still holds the old labels."""
+    previous_classes: int | None = None
+    """Outputs of a saved posterior that had another class count than this fit (classes were added since): it
+    cannot be a prior for the wider network, so the candidate was retrained on everything instead."""
 
 
 @dataclass(frozen=True)
@@ -207,11 +210,15 @@ def fit_candidate(
     start = time.perf_counter()
     labels = dict(zip(ids, y.tolist(), strict=True))
     relabelled = _relabelled(previous, labels) if previous is not None else []
-    if previous is None or relabelled:
+    previous_classes = previous["state"]["config"]["n_classes"] if previous is not None else n_classes
+    if previous is None or relabelled or previous_classes != n_classes:
         model = build_model(spec, feature_shape, n_classes, seed, evidence_options).fit(x, y)
         seconds = time.perf_counter() - start
         log_z, kind = evidence(model, family, x, y, evidence_options)
-        return FittedCandidate(spec.name, family, model, log_z, kind, seconds, labels, len(ids), len(relabelled))
+        changed = previous_classes if previous_classes != n_classes else None
+        return FittedCandidate(
+            spec.name, family, model, log_z, kind, seconds, labels, len(ids), len(relabelled), changed
+        )
     model = load_model(previous, spec.model.device)
     seen = previous["trained_on"]
     new = [i for i, item in enumerate(ids) if item not in seen]

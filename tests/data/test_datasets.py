@@ -328,7 +328,12 @@ def test_csv_integer_labels_with_blanks(tmp_path):
 @pytest.mark.parametrize(
     ("text", "kwargs", "pattern"),
     [
-        ("a,b,y\n1,2,c\n", {}, r"label_column is required; columns are \['a', 'b', 'y'\]"),
+        (
+            "a,b,y\n1,2,c\n",
+            {},
+            r"no label column named \(label_column: the CLI's --label-column, or dataset.label_column\); "
+            r"columns are \['a', 'b', 'y'\]",
+        ),
         ("a,b,y\n1,2,c\n", {"label_column": "label"}, r"label column 'label' not found; columns are"),
         ("a,b,y\n1,2,c\n", {"label_column": "y", "id_column": "id"}, r"id column 'id' not found"),
         ("a,b,y\n1,2,c\n1,x,d\n", {"label_column": "y"}, r"feature column 'b' is not numeric .*e\.g\. 'x'"),
