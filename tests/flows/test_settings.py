@@ -99,3 +99,13 @@ def test_reading_settings_does_not_import_torch():
 
     code = "import sys, flows.settings; flows.settings.load_settings(None, {}); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def test_declared_classes_are_distinct_names(monkeypatch):
+    assert load_settings(None, {"dataset": {"classes": [" a", "b "]}}).dataset.classes == ["a", "b"]
+    with pytest.raises(SettingsError, match=r"dataset\.classes.*repeated: \['a'\]"):
+        load_settings(None, {"dataset": {"classes": ["a", "b", "a"]}})
+    with pytest.raises(SettingsError, match=r"dataset\.classes.*non-empty names"):
+        load_settings(None, {"dataset": {"classes": ["a", ""]}})
+    monkeypatch.setenv("BELIEFLOOP_DATASET__CLASSES", '["x", "y", "z"]')
+    assert load_settings().dataset.classes == ["x", "y", "z"]
