@@ -89,7 +89,7 @@ LabelColumnOpt = Annotated[
     str | None, typer.Option("--label-column", help="CSV/Parquet: the column holding labels (blank = unknown).")
 ]
 IdColumnOpt = Annotated[
-    str | None, typer.Option("--id-column", help="CSV/Parquet: a column of stable item ids [row-<i>].")
+    str | None, typer.Option("--id-column", help="CSV/Parquet: a column of stable item ids (default: row-<i>).")
 ]
 ClassesOpt = Annotated[
     str | None,
@@ -337,7 +337,7 @@ def run_round(
     id_column: IdColumnOpt = None,
     classes: ClassesOpt = None,
     test_fraction: TestFractionOpt = None,
-    k: Annotated[int | None, typer.Option("--k", help="Items queued per round.")] = None,
+    k: Annotated[int | None, typer.Option("--k", help="Pending items the round tops the queue up to.")] = None,
     acquisition: Annotated[str | None, typer.Option(help="bald, predictive_entropy, random, ...")] = None,
     workspace: WorkspaceOpt = None,
     campaign: CampaignOpt = None,

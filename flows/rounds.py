@@ -351,8 +351,8 @@ def select_model(settings: Settings, features: FeatureStore, labeled: dict[str, 
 def _few_test_items(n_test: int, min_test: int) -> str:
     what = "no test items: no test metrics" if n_test == 0 else f"test metrics stand on {n_test} test items"
     return (
-        f"{what} (campaign.min_test={min_test}); give a test split: a `split` column (train/test) in the "
-        "dataset, or labelled test rows with `beliefloop ingest`"
+        f"{what} (campaign.min_test={min_test}); add labelled test rows: `beliefloop ingest FILE` with a `split` "
+        "column saying test (a new campaign takes its dataset's `split` column)"
     )
 
 
