@@ -17,6 +17,7 @@ was expected versus found. Files are never unpickled (``allow_pickle=False``).
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +124,7 @@ def load_dataset(
     split_seed: int = 0,
     standardization: tuple[np.ndarray, np.ndarray] | None = None,
     allow_empty_test: bool = False,
+    classes: Sequence[str] | None = None,
 ) -> Dataset:
     """Import a bundled set, an ``.npz`` file or a CSV / Parquet table.
 
@@ -142,6 +144,10 @@ def load_dataset(
         Admit a source without test rows (data added to an existing campaign): ``test_fraction`` may then be
         0 (every row of a table without a ``split`` column goes to train) and an ``.npz`` may leave out
         ``x_test`` and ``y_test`` together.
+    classes : sequence of str, optional
+        Every class, in order, declared up front so that a class no labelled row has yet exists. A table's labels
+        are matched to them by name (a numeric label ``2`` is the name ``"2"``); an ``.npz`` without ``classes``
+        takes them; an ``.npz`` with ``classes`` and a bundled set must list the same.
 
     Returns
     -------
@@ -168,9 +174,10 @@ def load_dataset(
     if not allow_empty_test and not 0.0 < test_fraction < 1.0:
         raise DatasetError(f"{source}: test_fraction must be in (0, 1), got {test_fraction}")
     scaling = {"standardization": standardization, "allow_empty_test": allow_empty_test}
+    declared = None if classes is None else tuple(str(c) for c in classes)
     if isinstance(source, str) and source in BUNDLED:
         _no_columns(source, label_column, id_column)
-        return _load_bundled(source, test_fraction, split_seed, **scaling)
+        return _same_classes(_load_bundled(source, test_fraction, split_seed, **scaling), declared)
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
     if suffix not in FILE_SUFFIXES:
@@ -182,8 +189,17 @@ def load_dataset(
         raise DatasetError(f"{path}: file is empty")
     if suffix == ".npz":
         _no_columns(str(path), label_column, id_column)
-        return _load_npz(path, **scaling)
-    return _load_table(path, label_column, id_column, test_fraction, split_seed, **scaling)
+        return _load_npz(path, declared, **scaling)
+    return _load_table(path, label_column, id_column, test_fraction, split_seed, declared, **scaling)
+
+
+def _same_classes(dataset: Dataset, declared: tuple[str, ...] | None) -> Dataset:
+    """A source with its own class list: declared classes must be that list."""
+    if declared is not None and declared != dataset.classes:
+        raise DatasetError(
+            f"{dataset.source}: declared classes {list(declared)} differ from the dataset's own {list(dataset.classes)}"
+        )
+    return dataset
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -201,7 +217,9 @@ def _load_bundled(name: str, test_fraction: float, seed: int, **scaling) -> Data
     return _assemble(name, name, x[train], y[train], x[test], y[test], ids[train], ids[test], classes, **scaling)
 
 
-def _load_npz(path: Path, *, allow_empty_test: bool = False, **scaling) -> Dataset:
+def _load_npz(
+    path: Path, declared: tuple[str, ...] | None = None, *, allow_empty_test: bool = False, **scaling
+) -> Dataset:
     where = str(path.resolve())
     if not zipfile.is_zipfile(path):  # np.load would try to unpickle it (refused) or read it as a bare .npy
         raise DatasetError(f"{where}: not a valid .npz file (a .npz is a zip archive of .npy arrays)")
@@ -243,9 +261,11 @@ def _load_npz(path: Path, *, allow_empty_test: bool = False, **scaling) -> Datas
             raise DatasetError(
                 f"{where}: length mismatch, x_test has {n_test} rows but {key} has shape {np.shape(array)}"
             )
-    classes = None
+    classes = declared
     if "classes" in arrays:
         classes = tuple(_as_str(arrays["classes"].ravel(), where, "classes").tolist())
+        if declared is not None and declared != classes:
+            raise DatasetError(f"{where}: declared classes {list(declared)} differ from its 'classes' {list(classes)}")
     y_train, y_test, classes = _encode_labels(y_train, arrays["y_test"], classes, where)
     ids_train, ids_test = _as_str(ids_train, where, "ids_train"), _as_str(ids_test, where, "ids_test")
     x_train, x_test = _image_layout(x_train, where, "x_train"), _image_layout(x_test, where, "x_test")
@@ -254,7 +274,13 @@ def _load_npz(path: Path, *, allow_empty_test: bool = False, **scaling) -> Datas
 
 
 def _load_table(
-    path: Path, label_column: str | None, id_column: str | None, frac: float, seed: int, **scaling
+    path: Path,
+    label_column: str | None,
+    id_column: str | None,
+    frac: float,
+    seed: int,
+    declared: tuple[str, ...] | None = None,
+    **scaling,
 ) -> Dataset:
     where = str(path.resolve())
     try:
@@ -266,7 +292,11 @@ def _load_table(
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
     if label_column is None or label_column not in columns:
-        what = "label_column is required" if label_column is None else f"label column {label_column!r} not found"
+        what = (
+            "no label column named (label_column: the CLI's --label-column, or dataset.label_column)"
+            if label_column is None
+            else f"label column {label_column!r} not found"
+        )
         raise DatasetError(f"{where}: {what}; columns are {columns}")
     if id_column is not None and id_column not in columns:
         raise DatasetError(f"{where}: id column {id_column!r} not found; columns are {columns}")
@@ -305,7 +335,12 @@ def _load_table(
             f"{where}: label column {label_column!r} in row {nested} (id {ids[nested].item()!r}) holds "
             f"{np.asarray(labels[nested]).tolist()!r}, expected a single label"
         )
-    y, _, classes = _encode_labels(labels, labels[:0], None, where)
+    if declared is not None and labels.dtype.kind == "f":  # matched by name: the number 2 is the class "2"
+        labels = np.array(
+            ["" if not np.isfinite(v) or v == -1 else str(int(v)) if v == round(v) else str(v) for v in labels],
+            dtype=object,
+        )
+    y, _, classes = _encode_labels(labels, labels[:0], declared, where)
     if "split" in columns and "split" not in (label_column, id_column):
         split = frame["split"].astype("string").str.strip().str.lower().to_numpy(dtype=object, na_value="")
         wrong = np.flatnonzero((split != "train") & (split != "test"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +33,14 @@ def feature_store_dir(settings: Settings, dataset: str | None = None) -> Path:
     return settings.datasets_dir / Path(dataset or settings.dataset.name).stem
 
 
-def ensure_feature_store(settings: Settings) -> FeatureStore:
-    """Import the dataset into ``workspace/datasets/<name>/`` once; later calls open the stored copy."""
+def ensure_feature_store(settings: Settings, *, simulate: bool = False) -> FeatureStore:
+    """Import the dataset into ``workspace/datasets/<name>/`` once; later calls open the stored copy.
+
+    The file is read and checked before anything is written (for a ``simulate`` campaign: every training row
+    labelled), so a dataset that cannot be used leaves no workspace behind. Declared classes
+    (``dataset.classes``) that extend the stored ones are added to the store; stored classes that extend the
+    declared ones (admitted later: ``beliefloop label --new-class``) are kept; any other difference is refused.
+    """
     directory = feature_store_dir(settings)
     recover_store(directory)  # a store whose rewrite was killed is rolled back, not imported afresh
     if not (directory / "meta.json").exists():
@@ -41,19 +49,45 @@ def ensure_feature_store(settings: Settings) -> FeatureStore:
             label_column=settings.dataset.label_column,
             id_column=settings.dataset.id_column,
             test_fraction=settings.dataset.test_fraction,
+            allow_empty_test=settings.dataset.test_fraction == 0,
+            classes=settings.dataset.classes,
         )
+        if simulate:
+            _check_simulatable(settings, dataset.y_train)
         write_feature_store(dataset, directory)
-    return open_feature_store(directory)
+    features = open_feature_store(directory)
+    declared, stored = settings.dataset.classes, list(features.classes)
+    if declared is not None and declared[: len(stored)] != stored[: len(declared)]:
+        raise DatasetError(
+            f"declared classes {declared} differ from the classes {stored} of the imported "
+            f"{settings.dataset.name!r} ({directory}); classes can only be added, last"
+        )
+    if declared is not None and len(declared) > len(stored):
+        extend_classes(directory, declared[len(stored) :])
+        features = open_feature_store(directory)
+    if simulate:
+        _check_simulatable(settings, np.asarray(features.targets[np.asarray(features.rows_train)]))
+    return features
 
 
-def model_feature_store(settings: Settings) -> FeatureStore:
+def _check_simulatable(settings: Settings, train_targets: np.ndarray) -> None:
+    """A simulated campaign's oracle answers from the training labels: every one must be known."""
+    unknown = int((np.asarray(train_targets) < 0).sum())
+    if unknown:
+        raise DatasetError(
+            f"dataset {settings.dataset.name!r} has {unknown} unlabeled training rows; a simulated campaign needs "
+            "every training label for its oracle (beliefloop round runs a live campaign)"
+        )
+
+
+def model_feature_store(settings: Settings, *, simulate: bool = False) -> FeatureStore:
     """The features the models are trained on and score: the imported store, or its pool-fitted representation.
 
     ``representation: spectral`` fits the embedding once on the import's train rows (the pool, labels unused),
     maps the test rows and rows ingested later by its Nyström extension, and keeps the result as a feature
     store beside the imported one (same rows, ids, targets and classes), so everything downstream is unchanged.
     """
-    raw = ensure_feature_store(settings)
+    raw = ensure_feature_store(settings, simulate=simulate)
     r = settings.representation
     if representation_name(settings, raw) == "none":
         return raw
@@ -113,16 +147,11 @@ def prepare_campaign(settings: Settings, store: LabelStore, *, simulate: bool) -
     ``seed``); the rest of the training rows form the pool the oracle answers from. A live campaign imports
     the training labels that came with the data (annotator ``import``); unknown ones (-1) form the pool.
     """
-    features = ensure_feature_store(settings)
+    features = ensure_feature_store(settings, simulate=simulate)  # refuses before the campaign is registered
     campaign = settings.campaign_name
-    train_rows = np.asarray(features.rows_train)
-    test_rows = np.asarray(features.rows_test)
+    train_rows = np.asarray(features.rows_train, dtype=np.int64)
+    test_rows = np.asarray(features.rows_test, dtype=np.int64)  # may be empty (dataset.test_fraction: 0)
     train_targets = np.asarray(features.targets[train_rows])
-    if simulate and (train_targets < 0).any():  # refused before the campaign is registered
-        raise DatasetError(
-            f"dataset {settings.dataset.name!r} has unlabeled training rows; a simulated campaign needs "
-            "every training label for its oracle"
-        )
     _follow_extended_classes(store, campaign, features.classes)
     store.create_campaign(campaign, settings.dataset.name, features.classes)
     splits = np.full(len(train_rows), "pool", dtype=object)
@@ -182,3 +211,29 @@ def campaign_test_rows(settings: Settings, features: FeatureStore) -> np.ndarray
     if not rows:
         return np.asarray(features.rows_test, dtype=np.int64)
     return np.sort(np.fromiter(rows.values(), dtype=np.int64, count=len(rows)))
+
+
+def admit_classes(settings: Settings, store: LabelStore, campaign: str, names: Sequence[str]) -> list[str]:
+    """Add class ``names`` to a campaign between rounds and return all its classes.
+
+    New classes go last, so stored labels keep their meaning: in the campaign's feature store (whose models then
+    get one output per class) and in the label store. A saved posterior (the starting point of ``update: belief``)
+    has no output for a new class, so the campaign's saved candidates are set aside and the next round retrains.
+    """
+    unfinished = store.unfinished_rounds(campaign)
+    if unfinished:
+        raise StoreError(
+            f"campaign {campaign!r}: round {unfinished[0]} is unfinished (running now, or crashed: `beliefloop "
+            "round` resumes it); add classes between rounds"
+        )
+    all_classes = extend_classes(feature_store_dir(settings, store.dataset_of(campaign)), names)
+    _retire_candidates(settings, campaign)
+    return store.extend_classes(campaign, all_classes)
+
+
+def _retire_candidates(settings: Settings, campaign: str) -> None:
+    """Move the campaign's saved candidates (belief-update starting points) aside: the next round starts afresh."""
+    directory = settings.models_dir / campaign / "candidates"  # as flows.rounds._candidates_dir
+    if directory.is_dir():
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        directory.rename(directory.with_name(f"candidates-before-new-classes-{stamp}"))

@@ -93,6 +93,23 @@ DatasetOpt = Annotated[
     str | None,
     typer.Option("--dataset", help="digits | breast_cancer | wine | iris, or a .npz/.csv/.parquet path."),
 ]
+LabelColumnOpt = Annotated[
+    str | None, typer.Option("--label-column", help="CSV/Parquet: the column holding labels (blank = unknown).")
+]
+IdColumnOpt = Annotated[
+    str | None, typer.Option("--id-column", help="CSV/Parquet: a column of stable item ids (default: row-<i>).")
+]
+ClassesOpt = Annotated[
+    str | None,
+    typer.Option("--classes", help="Every class, comma-separated (a,b,c): classes no labelled row has yet."),
+]
+TestFractionOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--test-fraction",
+        help="Share of labelled rows held out for testing when the file has no `split` column; 0: none.",
+    ),
+]
 CampaignOpt = Annotated[str | None, typer.Option("--campaign", help="Campaign name (= MLflow experiment).")]
 SubsampleOpt = Annotated[
     int | None, typer.Option("--pool-subsample", help="Score a random subset of M pool items per round.")
@@ -101,6 +118,23 @@ DaskOpt = Annotated[
     str | None, typer.Option("--dask-address", help="Dask scheduler (tcp://host:8786) to run the round's tasks on.")
 ]
 ShardsOpt = Annotated[int | None, typer.Option("--shards", help="Pool-scoring tasks per round.")]
+
+
+def _dataset_overrides(
+    dataset: str | None,
+    label_column: str | None,
+    id_column: str | None,
+    classes: str | None,
+    test_fraction: float | None,
+) -> dict[str, Any]:
+    """The ``dataset`` settings that the flags give (``None``: not given)."""
+    return {
+        "name": dataset,
+        "label_column": label_column,
+        "id_column": id_column,
+        "classes": None if classes is None else [c.strip() for c in classes.split(",")],
+        "test_fraction": test_fraction,
+    }
 
 
 def _prefect_defaults() -> None:
@@ -179,11 +213,12 @@ def _flow_context(meanwhile: Callable[[], object] | None = None):
         yield
 
 
-def _warm_up(settings, *, campaign: bool = True) -> None:
+def _warm_up(settings, *, campaign: bool = True, simulate: bool = False) -> None:
     """What a first flow run needs besides Prefect, done while Prefect's server starts: the round's imports, the
     model's features and, for a ``campaign``, the label store and the MLflow store (both created on first use).
 
-    The dataset is imported first: a file that cannot be used fails the command before it creates a workspace.
+    The dataset is imported first (for a ``simulate`` campaign: checked to have every training label): a file
+    that cannot be used fails the command before it creates a workspace.
     """
     import torch._dynamo  # noqa: F401  (torch.optim imports it on the first optimiser step: seconds)
 
@@ -191,7 +226,7 @@ def _warm_up(settings, *, campaign: bool = True) -> None:
     from flows.rounds import labeling_round  # noqa: F401  (torch, MLflow, the models)
     from flows.tracking import tracking_client
 
-    model_feature_store(settings)
+    model_feature_store(settings, simulate=simulate)
     if campaign:
         open_label_store(settings).close()  # creates the label store
         tracking_client(settings.tracking_uri)
@@ -239,6 +274,10 @@ def _resolve_campaign(settings, store, campaign: str | None) -> str:
 @app.command()
 def simulate(
     dataset: DatasetOpt = None,
+    label_column: LabelColumnOpt = None,
+    id_column: IdColumnOpt = None,
+    classes: ClassesOpt = None,
+    test_fraction: TestFractionOpt = None,
     rounds: Annotated[int | None, typer.Option(help="Number of rounds.")] = None,
     k: Annotated[int | None, typer.Option("--k", help="Items queued per round.")] = None,
     initial: Annotated[int | None, typer.Option(help="Class-balanced initial labeled set size.")] = None,
@@ -261,7 +300,7 @@ def simulate(
         params,
         {
             "workspace": workspace,
-            "dataset": {"name": dataset},
+            "dataset": _dataset_overrides(dataset, label_column, id_column, classes, test_fraction),
             "campaign": {"name": campaign, "rounds": rounds, "k": k, "initial": initial, "seed": seed},
             "acquisition": {
                 "name": acquisition,
@@ -278,10 +317,10 @@ def simulate(
         f"campaign [bold]{settings.campaign_name}[/]: {settings.dataset.name}, {settings.campaign.rounds} rounds, "
         f"k={settings.campaign.k}, {settings.acquisition.name}, S={settings.acquisition.samples}"
     )
-    print_header()
-    with _flow_context(meanwhile=functools.partial(_warm_up, settings)):
+    with _flow_context(meanwhile=functools.partial(_warm_up, settings, simulate=True)):
         from flows.rounds import simulate_campaign
 
+        print_header()  # once the dataset is known to be usable
         results = simulate_campaign(settings)
     if json_path:
         _write_json(json_path, results)
@@ -304,19 +343,26 @@ def _live_settings(params: Path | None, overrides: dict[str, Any]):
 @app.command("round")
 def run_round(
     dataset: DatasetOpt = None,
-    k: Annotated[int | None, typer.Option("--k", help="Items queued per round.")] = None,
+    label_column: LabelColumnOpt = None,
+    id_column: IdColumnOpt = None,
+    classes: ClassesOpt = None,
+    test_fraction: TestFractionOpt = None,
+    k: Annotated[int | None, typer.Option("--k", help="Pending items the round tops the queue up to.")] = None,
     acquisition: Annotated[str | None, typer.Option(help="bald, predictive_entropy, random, ...")] = None,
     workspace: WorkspaceOpt = None,
     campaign: CampaignOpt = None,
     pool_subsample: SubsampleOpt = None,
     shards: ShardsOpt = None,
     dask_address: DaskOpt = None,
+    full_batch: Annotated[
+        bool, typer.Option("--full-batch", help="Queue k new items even while items are still pending.")
+    ] = False,
     params: ParamsOpt = None,
 ) -> None:
-    """Run one live round: ingest answers, train once enough labels exist, queue the top-k for people."""
+    """Run one live round: ingest answers, train once enough labels exist, top the queue up to k pending items."""
     overrides = {
         "workspace": workspace,
-        "dataset": {"name": dataset},
+        "dataset": _dataset_overrides(dataset, label_column, id_column, classes, test_fraction),
         "campaign": {"k": k, "name": campaign},
         "acquisition": {
             "name": acquisition,
@@ -336,18 +382,28 @@ def run_round(
     with _flow_context(meanwhile=warm_up):
         from flows.rounds import run_round
 
-        result = run_round(settings)
+        result = run_round(settings, full_batch=full_batch)
     print_header()
     print_round(result)
-    if not pool_exhausted(result):
+    pending, queued = int(result["n_pending"]), int(result["n_queued"])
+    if pending and not full_batch:
         typer.echo(
-            f"{int(result['n_queued'])} items wait in the queue: beliefloop queue list --workspace {settings.workspace}"
+            f"{pending} items were still pending from earlier rounds: topped the queue up to k={settings.campaign.k} "
+            f"with {queued} new (--full-batch queues k new items)"
+        )
+    if not pool_exhausted(result) or pending:
+        typer.echo(
+            f"{pending + queued} items wait in the queue: beliefloop queue list --workspace {settings.workspace}"
         )
 
 
 @app.command()
 def serve(
     dataset: DatasetOpt = None,
+    label_column: LabelColumnOpt = None,
+    id_column: IdColumnOpt = None,
+    classes: ClassesOpt = None,
+    test_fraction: TestFractionOpt = None,
     interval: Annotated[float | None, typer.Option(help="Run a round every this many seconds.")] = None,
     cron: Annotated[str | None, typer.Option(help='Run rounds on a cron schedule, e.g. "0 9 * * 1-5".')] = None,
     force: Annotated[bool, typer.Option(help="Run every scheduled round, even without new answers.")] = False,
@@ -362,7 +418,7 @@ def serve(
         raise CommandError("give one schedule: --interval SECONDS or --cron EXPRESSION")
     overrides = {
         "workspace": workspace,
-        "dataset": {"name": dataset},
+        "dataset": _dataset_overrides(dataset, label_column, id_column, classes, test_fraction),
         "campaign": {"k": k, "name": campaign},
         "acquisition": {"name": acquisition},
     }
@@ -376,7 +432,10 @@ def serve(
             "a schedule needs a Prefect server: start one (prefect server start) and set "
             "PREFECT_API_URL=http://127.0.0.1:4200/api"
         )
+    from flows.campaign_setup import model_feature_store
     from flows.schedule import serve_rounds
+
+    model_feature_store(settings)  # a dataset that cannot be used fails here, not in every scheduled run
 
     schedule = f"every {interval:g} s" if interval is not None else f"cron {cron!r}"
     typer.echo(f"serving {settings.campaign_name}-rounds ({schedule}) on {PREFECT_API_URL.value()}; Ctrl-C stops")
@@ -387,6 +446,10 @@ def serve(
 def label(
     item: Annotated[str, typer.Option("--item", help="Item id.")],
     label_: Annotated[str, typer.Option("--label", help="Class name or index.")],
+    new_class: Annotated[
+        bool,
+        typer.Option("--new-class", help="Admit --label as a new class of the campaign (the next round retrains)."),
+    ] = False,
     annotator: Annotated[str | None, typer.Option(help="Who answered [current user].")] = None,
     workspace: WorkspaceOpt = None,
     campaign: CampaignOpt = None,
@@ -395,21 +458,42 @@ def label(
     """Record one person's answer for a queued item."""
     from data.store import LabelAnswer
 
-    _, store, name = _open_campaign(params, workspace, campaign)
+    settings, store, name = _open_campaign(params, workspace, campaign)
     classes = store.classes(name)
     index = (
         classes.index(label_)
         if label_ in classes
         else (int(label_) if label_.lstrip("-").isascii() and label_.lstrip("-").isdigit() else None)
     )
+    if label_ not in classes and new_class:  # a name, even one that looks like an index
+        _check_queued(store, name, item)  # a refused answer adds no class
+        from flows.campaign_setup import admit_classes
+
+        classes = admit_classes(settings, store, name, [label_])
+        index = classes.index(label_)
+        typer.echo(
+            f"new class {label_!r} in campaign {name}: classes are now {classes}; the next round trains its "
+            f"models with {len(classes)} outputs, from scratch (a saved posterior, for update: belief, has "
+            f"{len(classes) - 1})"
+        )
     if index is None:
-        raise typer.BadParameter(f"unknown class {label_!r}; expected one of {classes} or an index")
+        raise typer.BadParameter(
+            f"unknown class {label_!r}; expected one of {classes} or an index (--new-class admits a new class)"
+        )
     report = store.record_labels(name, [LabelAnswer(item, index)], annotator=annotator or getpass.getuser())
     if report.rejected:
         item_id, reason = report.rejected[0]
         typer.echo(f"rejected {item_id}: {reason}", err=True)
         raise typer.Exit(1)
     typer.echo(f"recorded {item} = {classes[index]} in campaign {name}")
+
+
+def _check_queued(store, campaign: str, item: str) -> None:
+    """An item the campaign asked people about (what ``record_labels`` requires of an answer)."""
+    if item not in {q.item_id for q in store.queued(campaign)}:
+        known = item in store.item_rows(campaign)
+        reason = "was never queued for labeling" if known else "is an unknown item"
+        raise CommandError(f"item {item!r} {reason} in campaign {campaign!r}")
 
 
 @app.command()
@@ -501,6 +585,47 @@ def ingest_file(
     )
     typer.echo(report.summary())
     typer.echo("the next round (beliefloop round) trains on the new labels and scores the new pool items")
+
+
+@app.command()
+def status(
+    fmt: Annotated[str, typer.Option("--format", help="text | json (json for scripts).")] = "text",
+    workspace: WorkspaceOpt = None,
+    campaign: CampaignOpt = None,
+    params: ParamsOpt = None,
+) -> None:
+    """The campaign at a glance: rounds, labels, pending and skipped items, the last round's metrics, the next step."""
+    if fmt not in ("text", "json"):
+        raise typer.BadParameter(f"unknown format {fmt!r}; expected one of ['text', 'json']")
+    from dataclasses import asdict
+
+    from flows.status import campaign_status
+
+    settings, store, name = _open_campaign(params, workspace, campaign)
+    s = campaign_status(store, name, settings.workspace)
+    if fmt == "json":
+        typer.echo(json.dumps(asdict(s), indent=1))
+        return
+    lines = [
+        f"campaign {s.campaign} ({s.dataset}; {len(s.classes)} classes: {', '.join(s.classes)})",
+        f"rounds: {s.rounds_done} done" + (f", round {s.unfinished_round} unfinished" if s.unfinished_round else ""),
+        f"labels: {s.labels}   pending: {s.pending}   skipped: {s.skipped}   pool left: {s.pool}   "
+        f"test items: {s.test_items}",
+    ]
+    if s.answers_since_last_round is not None:
+        lines.append(f"answers since the last round: {s.answers_since_last_round}")
+    last = s.last_round
+    if last:
+        shown = ", ".join(
+            f"{key} {value:.0f}" if key.startswith("n_") else f"{key} {value:.3f}"
+            for key, value in last.items()
+            if key not in ("round", "selected", "warnings")
+        )
+        model = f"; model {last['selected']}" if last["selected"] else ""
+        lines.append(f"last round {last['round']}: {shown}{model}")
+        lines += [f"  warning: {w}" for w in last["warnings"]]
+    lines.append(f"next: {s.next_step}")
+    typer.echo("\n".join(lines))
 
 
 @queue_app.command("list")
@@ -618,6 +743,10 @@ def _parse_candidate(text: str) -> dict[str, Any]:
 @app.command()
 def select(
     dataset: DatasetOpt = None,
+    label_column: LabelColumnOpt = None,
+    id_column: IdColumnOpt = None,
+    classes: ClassesOpt = None,
+    test_fraction: TestFractionOpt = None,
     candidate: Annotated[
         list[str] | None,
         typer.Option("--candidate", help="name:key=value,... (repeat); keys of `model`, e.g. h64:hidden=64,depth=1."),
@@ -631,7 +760,14 @@ def select(
     selection: dict[str, Any] = {"structure": structure}
     if candidate:
         selection["candidates"] = [_parse_candidate(c) for c in candidate]
-    settings = _settings(params, {"workspace": workspace, "dataset": {"name": dataset}, "selection": selection})
+    settings = _settings(
+        params,
+        {
+            "workspace": workspace,
+            "dataset": _dataset_overrides(dataset, label_column, id_column, classes, test_fraction),
+            "selection": selection,
+        },
+    )
     from rich.table import Table
 
     from flows.console import console
@@ -641,7 +777,7 @@ def select(
 
         rows = select_models(settings, labels)
     by = "validation NLL" if rows[0]["criterion"] == "validation_nll" else rows[0]["evidence_kind"]
-    table = Table(title=f"Model selection on {settings.dataset.name} ({by})")
+    table = Table(title=f"Model selection on {settings.dataset.name} ({by}; {rows[0]['n_test']} test items)")
     columns = ("candidate", "log Z", "log BF", "val NLL", "Kass–Raftery", "test NLL", "test acc", "fit s")
     for column in columns:
         table.add_column(column, justify="left" if column in ("candidate", "Kass–Raftery") else "right")
@@ -656,17 +792,26 @@ def select(
             number(row["log_bayes_factor"], 2),
             number(row["validation_nll"], 3),
             row["reading"],
-            f"{row['test_nll']:.3f}",
-            f"{row['test_accuracy']:.3f}",
+            f"{row.get('test_nll', float('nan')):.3f}",
+            f"{row.get('test_accuracy', float('nan')):.3f}",
             f"{row['train_seconds']:.2f}",
         )
     console.print(table)
 
 
 @app.command()
-def prepare(dataset: DatasetOpt = None, workspace: WorkspaceOpt = None, params: ParamsOpt = None) -> None:
+def prepare(
+    dataset: DatasetOpt = None,
+    label_column: LabelColumnOpt = None,
+    id_column: IdColumnOpt = None,
+    classes: ClassesOpt = None,
+    test_fraction: TestFractionOpt = None,
+    workspace: WorkspaceOpt = None,
+    params: ParamsOpt = None,
+) -> None:
     """Import a dataset into the workspace's feature store, and fit its pool representation (DVC's ``prepare``)."""
-    settings = _settings(params, {"workspace": workspace, "dataset": {"name": dataset}})
+    dataset_flags = _dataset_overrides(dataset, label_column, id_column, classes, test_fraction)
+    settings = _settings(params, {"workspace": workspace, "dataset": dataset_flags})
     from flows.campaign_setup import model_feature_store
 
     store = model_feature_store(settings)

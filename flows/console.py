@@ -5,11 +5,13 @@ from __future__ import annotations
 from rich.console import Console
 
 console = Console(highlight=False)
+errors = Console(highlight=False, stderr=True)
 
 # (title, metric key, format of the value); numbers right-aligned, the selected model's name last.
 _COLUMNS = (
     ("round", "round", "{:.0f}"),
     ("labels", "n_labeled", "{:.0f}"),
+    ("test n", "n_test", "{:.0f}"),
     ("test acc", "test_accuracy", "{:.3f}"),
     ("NLL", "test_nll", "{:.3f}"),
     ("ECE", "test_ece", "{:.3f}"),
@@ -37,6 +39,8 @@ def pool_exhausted(metrics: dict) -> bool:
 def print_round(metrics: dict) -> None:
     cells = [fmt.format(metrics[key]) if metrics.get(key) is not None else "-" for _, key, fmt in _COLUMNS]
     console.print(_line(cells, metrics.get("selected") or "-"))
+    for warning in metrics.get("warnings") or ():
+        errors.print(f"warning: round {metrics['round']:.0f}: {warning}", style="yellow", soft_wrap=True)
     if pool_exhausted(metrics):
         console.print(
             f"round {metrics['round']:.0f}: the pool is exhausted (every item is labeled, queued or skipped); "

@@ -19,7 +19,6 @@ label already recorded by an earlier ingest is not recorded twice.
 
 from __future__ import annotations
 
-import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +26,9 @@ import numpy as np
 
 from data import DatasetError, FeatureStore, load_dataset, open_feature_store
 from data.datasets import FILE_SUFFIXES
-from data.feature_store import append_rows, extend_classes
+from data.feature_store import append_rows
 from data.store import LabelAnswer, LabelStore, StoreError
-from flows.campaign_setup import feature_store_dir, open_label_store
+from flows.campaign_setup import admit_classes, feature_store_dir, open_label_store
 from flows.settings import Settings
 
 ANNOTATOR = "ingest"
@@ -181,9 +180,7 @@ def _ingest(
         )
 
     if new_classes:
-        all_classes = extend_classes(directory, new_classes)
-        _retire_candidates(settings, campaign)  # saved posteriors have no output for the new classes
-        classes = store.extend_classes(campaign, all_classes)
+        classes = admit_classes(settings, store, campaign, new_classes)
         features = open_feature_store(directory)
     index = {name: i for i, name in enumerate(classes)}
     # file class index -> campaign class index; classes the file lists but no row uses map nowhere; y = -1 -> -1
@@ -241,6 +238,7 @@ def _standardization(
             label_column=settings.dataset.label_column,
             id_column=settings.dataset.id_column,
             test_fraction=settings.dataset.test_fraction,
+            allow_empty_test=settings.dataset.test_fraction == 0,
         )
     except DatasetError as error:
         raise DatasetError(f"{where}: cannot re-import {dataset_name} for its statistics: {error}") from error
@@ -284,11 +282,3 @@ def _check_same_items(
     if wrong.any():
         item = str(ids[present][wrong][0])
         raise DatasetError(f"{source}: test item {item!r} is already in the feature store with another label")
-
-
-def _retire_candidates(settings: Settings, campaign: str) -> None:
-    """Move the campaign's saved candidates (belief-update starting points) aside: the next round starts afresh."""
-    directory = settings.models_dir / campaign / "candidates"  # as flows.rounds._candidates_dir
-    if directory.is_dir():
-        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        directory.rename(directory.with_name(f"candidates-before-new-classes-{stamp}"))

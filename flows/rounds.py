@@ -43,6 +43,7 @@ from learner import (
     load_checkpoint,
     predict_proba,
     query_pool,
+    random_batch,
     round_rng,
     round_seed,
     select_candidates,
@@ -73,10 +74,12 @@ class CandidateResult:
 
 @dataclass(frozen=True)
 class Selection:
-    """The round's candidates, selected first, and the selected model's reliability-diagram data."""
+    """The round's candidates, selected first, the selected model's reliability-diagram data (``None`` without
+    test items) and the number of test items their metrics stand on."""
 
     candidates: list[CandidateResult]
-    diagram: object
+    diagram: object | None
+    n_test: int
     prior_tuning: str = "evidence"
     """``selection.prior_tuning`` of the round (logged as a param)."""
 
@@ -200,15 +203,20 @@ def score_shard(
     return result
 
 
-def score_pool(model, features: FeatureStore, pool: dict[str, int], settings: Settings, round_: int) -> PoolScores:
-    """The learner's query of the pool, scored in ``acquisition.shards`` Prefect tasks; the batch to queue.
+def score_pool(
+    model, features: FeatureStore, pool: dict[str, int], settings: Settings, round_: int, k: int
+) -> PoolScores:
+    """The learner's query of ``k`` items of the pool, scored in ``acquisition.shards`` Prefect tasks; the batch
+    to queue.
 
     Without a model (cold start) a seeded random batch is queued; an exhausted pool (every item labeled, queued or
-    skipped) queues nothing (``learner.query_pool``).
+    skipped) queues nothing (``learner.query_pool``), and so does ``k = 0`` (a full queue), without scoring.
     """
     a, seed = settings.acquisition, round_seed(settings.campaign.seed, round_)
     ids = np.asarray(list(pool), dtype=np.str_)
     rows = np.fromiter(pool.values(), dtype=np.int64, count=len(pool))
+    if k == 0:
+        return PoolScores(random_batch(ids, 0, round_rng(settings.campaign.seed, round_), len(features.classes)), [])
 
     def stream(plan: StreamPlan, positions: np.ndarray) -> list[StreamResult]:
         shards = [s for s in np.array_split(positions, a.shards) if len(s)]
@@ -223,7 +231,7 @@ def score_pool(model, features: FeatureStore, pool: dict[str, int], settings: Se
         ids,
         stream,
         acquisition=a.name,
-        k=settings.campaign.k,
+        k=k,
         seed=seed,
         rng=round_rng(settings.campaign.seed, round_),
         n_classes=len(features.classes),
@@ -278,11 +286,12 @@ def log_round(
         if selection is not None:
             paths.append(_write_csv(_bayes_factor_table(selection), tmp_path / "bayes_factors.csv"))
             diagram = selection.diagram
-            paths.append(
-                plots.reliability_diagram(
-                    diagram.confidence, diagram.accuracy, diagram.count, tmp_path / "reliability.png"
+            if diagram is not None:
+                paths.append(
+                    plots.reliability_diagram(
+                        diagram.confidence, diagram.accuracy, diagram.count, tmp_path / "reliability.png"
+                    )
                 )
-            )
             chosen = selection.selected.fitted
             params = {
                 "selected_candidate": chosen.name,
@@ -330,8 +339,8 @@ def _bayes_factor_table(selection: Selection) -> dict[str, list]:
         "evidence_kind": [c.fitted.evidence_kind for c in candidates],
         "criterion": [c.row.criterion for c in candidates],
         "validation_nll": [c.row.validation_nll for c in candidates],
-        "test_nll": [c.test["test_nll"] for c in candidates],
-        "test_accuracy": [c.test["test_accuracy"] for c in candidates],
+        "test_nll": [c.test.get("test_nll", float("nan")) for c in candidates],
+        "test_accuracy": [c.test.get("test_accuracy", float("nan")) for c in candidates],
         "train_seconds": [c.fitted.train_seconds for c in candidates],
         "selected": [c.row.selected for c in candidates],
     }
@@ -360,14 +369,30 @@ def select_model(settings: Settings, features: FeatureStore, labeled: dict[str, 
         candidate_specs(settings), fit_all, list(labeled), round_seed(settings.campaign.seed, round_)
     )
     test_rows = campaign_test_rows(settings, features)
+    if not len(test_rows):  # no test split (dataset.test_fraction: 0): nothing to measure on, no metric made up
+        return Selection(
+            [CandidateResult(r.row, r.fitted, {}) for r in ranked], None, 0, settings.selection.prior_tuning
+        )
     tests = evaluate([r.fitted.model for r in ranked], features, test_rows, settings.acquisition.samples, round_)
     candidates = [CandidateResult(r.row, r.fitted, t.metrics) for r, t in zip(ranked, tests, strict=True)]
-    return Selection(candidates, tests[0].diagram, settings.selection.prior_tuning)
+    return Selection(candidates, tests[0].diagram, len(test_rows), settings.selection.prior_tuning)
+
+
+def _few_test_items(n_test: int, min_test: int) -> str:
+    what = "no test items: no test metrics" if n_test == 0 else f"test metrics stand on {n_test} test items"
+    return (
+        f"{what} (campaign.min_test={min_test}); add labelled test rows: `beliefloop ingest FILE` with a `split` "
+        "column saying test (a new campaign takes its dataset's `split` column)"
+    )
 
 
 @flow(name="labeling_round")
-def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]:
-    """One round: ingest labels → fit and select (evaluate) → query the pool → enqueue top-k → log to MLflow."""
+def labeling_round(settings: Settings, oracle: bool = False, full_batch: bool = False) -> dict[str, float]:
+    """One round: ingest labels → fit and select (evaluate) → query the pool → enqueue → log to MLflow.
+
+    The queue is topped up to ``campaign.k`` pending items: items still pending from earlier rounds count
+    (``n_pending``), so only ``k − n_pending`` new ones are queued; ``full_batch`` queues ``k`` new items anyway.
+    """
     started_at = time.time()
     logger = get_run_logger()
     campaign = settings.campaign_name
@@ -379,6 +404,13 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
     parent = tracker.campaign_run(settings.model_dump(mode="json"))
     store.start_round(campaign, round_)
     run_id = tracker.round_run(parent, round_)
+
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        """Said to the user with the round's line (``flows.console.print_round``) and in the run's log."""
+        warnings.append(message)
+        logger.warning(message)
 
     if oracle:
         answered = answer_from_oracle(
@@ -403,6 +435,9 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
         model = chosen.model
         metrics["train_seconds"] = sum(c.fitted.train_seconds for c in selection.candidates)
         metrics.update(selection.selected.test)
+        metrics["n_test"] = selection.n_test
+        if selection.n_test < settings.campaign.min_test:
+            warn(_few_test_items(selection.n_test, settings.campaign.min_test))
         for c in selection.candidates:
             name = c.row.candidate
             for key, value in (
@@ -424,17 +459,28 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
                 metrics[f"n_relabelled/{name}"] = c.fitted.n_relabelled
             if c.fitted.n_relabelled:
                 logger.info("%s: %d items relabelled since its posterior; retrained", name, c.fitted.n_relabelled)
+            if c.fitted.previous_classes is not None:
+                warn(
+                    f"{name}: its saved posterior has {c.fitted.previous_classes} classes, the campaign "
+                    f"{len(features.classes)}; retrained on all labels instead of a belief update"
+                )
             path = save_candidate(_candidates_dir(settings), c.fitted, round_)  # the one place models are saved
             checkpoint = path if c.row.selected else checkpoint
         criterion = selection.selected.row.criterion
         logger.info("selected %s by %s (%s)", chosen.name, criterion, chosen.evidence_kind)
         kill_point("after_training")
-    else:
-        logger.info("%d labels < min_labels=%d: queueing a random batch", len(labeled), settings.campaign.min_labels)
 
     pool = store.unlabeled_pool(campaign)
+    pending = sum(q.round < round_ for q in store.queued(campaign, status="pending"))
+    metrics["n_pending"] = pending
+    k = settings.campaign.k if full_batch else max(settings.campaign.k - pending, 0)
+    if model is None and pool:  # said, not logged at INFO: a random batch is not what the user asked for
+        why = (
+            "no labels yet" if oracle else f"{len(labeled)} labels < campaign.min_labels={settings.campaign.min_labels}"
+        )
+        warn(f"{why}: no model trained; {'the batch is random' if k else 'nothing new is queued'}")
     start = time.perf_counter()
-    scores = score_pool(model, features, pool, settings, round_)
+    scores = score_pool(model, features, pool, settings, round_, k)
     query = scores.query
     metrics["acquisition_seconds"] = time.perf_counter() - start
     metrics["pool_size"] = query.pool_size
@@ -457,6 +503,7 @@ def labeling_round(settings: Settings, oracle: bool = False) -> dict[str, float]
         **metrics,
         "selected": selection.selected.fitted.name if selection else None,
         "labels_upto": snapshot.upto,
+        "warnings": warnings,
     }
     store.finish_round(campaign, round_, summary)
     return summary
@@ -488,6 +535,7 @@ def select_models(settings: Settings, n_labels: int | None = None) -> list[dict]
             "criterion": c.row.criterion,
             "validation_nll": c.row.validation_nll,
             **c.test,
+            "n_test": selection.n_test,
             "train_seconds": c.fitted.train_seconds,
         }
         for c in selection.candidates
@@ -509,10 +557,10 @@ def _round_flow(dask_address: str | None, max_workers: int):
     return labeling_round.with_options(task_runner=runner)
 
 
-def run_round(settings: Settings, *, oracle: bool = False) -> dict[str, float]:
+def run_round(settings: Settings, *, oracle: bool = False, full_batch: bool = False) -> dict[str, float]:
     """``labeling_round`` on the task runner the settings ask for."""
     workers = max(settings.selection.workers, settings.acquisition.shards)
-    return _round_flow(settings.acquisition.dask_address, workers)(settings, oracle=oracle)
+    return _round_flow(settings.acquisition.dask_address, workers)(settings, oracle=oracle, full_batch=full_batch)
 
 
 @flow(name="simulate_campaign")

@@ -50,8 +50,30 @@ class DatasetSettings(_Section):
     name: str = "digits"
     """A bundled scikit-learn set (digits, breast_cancer, wine, iris) or a path to .npz / .csv / .parquet."""
     label_column: str | None = None
+    """CSV/Parquet: the column holding labels (blank = unknown)."""
     id_column: str | None = None
-    test_fraction: float = Field(0.25, gt=0, lt=1)
+    """CSV/Parquet: a column of stable item ids (default: ``row-<i>``)."""
+    classes: list[str] | None = None
+    """Every class of the campaign, in this order, when the labelled rows do not show them all yet (a class none
+    of them has can then be answered); ``null``: the dataset's own list (``.npz`` ``classes``, a bundled set's
+    names) or its distinct labels."""
+    test_fraction: float = Field(0.25, ge=0, lt=1)
+    """Share of each class's labelled rows held out as the test set when the file gives no ``split`` column (a
+    ``split`` column of ``train`` / ``test`` decides instead); 0 holds out none: rounds then report no test
+    metrics until test rows arrive (``beliefloop ingest``)."""
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, classes: list[str] | None) -> list[str] | None:
+        if classes is None:
+            return None
+        names = [c.strip() for c in classes]
+        if not names or "" in names:
+            raise ValueError(f"classes must be non-empty names, got {classes}")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"classes must be distinct; repeated: {repeated}")
+        return names
 
 
 def dataset_slug(dataset: str) -> str:
@@ -69,6 +91,8 @@ class CampaignSettings(_Section):
     """Size of the class-balanced labeled seed set of a simulated campaign."""
     min_labels: int = Field(20, ge=1)
     """A live round queues a seeded random batch until this many labels exist."""
+    min_test: int = Field(30, ge=0)
+    """A round warns when its test metrics stand on fewer test items than this."""
     seed: int = Field(0, ge=0, lt=2**32)
     """Non-negative (numpy's generators refuse negative seeds) and bounded, so the derived name stays short."""
     oracle_noise: float = Field(0.0, ge=0, le=1)

@@ -23,7 +23,16 @@ from learner.candidates import (
     selection_criterion,
     validation_rows,
 )
-from learner.query import QueryResult, StreamPlan, pick_batch, pool_predict, query_pool, stream_plan, stream_scores
+from learner.query import (
+    QueryResult,
+    StreamPlan,
+    pick_batch,
+    pool_predict,
+    query_pool,
+    random_batch,
+    stream_plan,
+    stream_scores,
+)
 from learner.simulate import SimulatedRound, simulate
 
 __all__ = [
@@ -49,6 +58,7 @@ __all__ = [
     "pool_predict",
     "predict_proba",
     "query_pool",
+    "random_batch",
     "rank_candidates",
     "round_rng",
     "round_seed",

@@ -168,6 +168,9 @@ class FittedCandidate:
     """VI: the ELBO's expected log likelihood and KL of this round's fit (of a belief update: its new data)."""
     prior_tuning: PriorTuning | None = None
     """``laplace`` with ``prior_tuning="validation"``: the validation grid search that scaled the prior."""
+    previous_classes: int | None = None
+    """Outputs of a saved posterior that had another class count than this fit (classes were added since): it
+    cannot be a prior for the wider network, so the candidate was retrained on everything instead."""
 
 
 @dataclass(frozen=True)
@@ -329,7 +332,8 @@ def fit_candidate(
         return fitted
     labels = dict(zip(ids, y.tolist(), strict=True))
     relabelled = _relabelled(previous, labels) if previous is not None else []
-    if previous is None or relabelled:
+    previous_classes = previous["state"]["config"]["n_classes"] if previous is not None else n_classes
+    if previous is None or relabelled or previous_classes != n_classes:
         model = build_model(spec, feature_shape, n_classes, seed, evidence_options)
         tuning = None
         if prior_payload is not None:
@@ -356,6 +360,7 @@ def fit_candidate(
             len(relabelled),
             elbo=_elbo(model),
             prior_tuning=tuning,
+            previous_classes=previous_classes if previous_classes != n_classes else None,
         )
     model = load_model(previous, spec.model.device)
     seen = previous["trained_on"]

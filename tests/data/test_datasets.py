@@ -333,7 +333,12 @@ def test_csv_integer_labels_with_blanks(tmp_path):
 @pytest.mark.parametrize(
     ("text", "kwargs", "pattern"),
     [
-        ("a,b,y\n1,2,c\n", {}, r"label_column is required; columns are \['a', 'b', 'y'\]"),
+        (
+            "a,b,y\n1,2,c\n",
+            {},
+            r"no label column named \(label_column: the CLI's --label-column, or dataset.label_column\); "
+            r"columns are \['a', 'b', 'y'\]",
+        ),
         ("a,b,y\n1,2,c\n", {"label_column": "label"}, r"label column 'label' not found; columns are"),
         ("a,b,y\n1,2,c\n", {"label_column": "y", "id_column": "id"}, r"id column 'id' not found"),
         ("a,b,y\n1,2,c\n1,x,d\n", {"label_column": "y"}, r"feature column 'b' is not numeric .*e\.g\. 'x'"),
@@ -408,3 +413,27 @@ def test_dataset_constructor_validates(tmp_path):
         Dataset("n", "s", x, np.array([0, -1]), x, np.array([0, 5]), ids, np.array(["c", "d"]), ("p", "q"))
     with pytest.raises(DatasetError, match="x_train must be float32"):
         Dataset("n", "s", x.astype(float), np.array([0, -1]), x, np.array([0, 1]), ids, ids, ("p", "q"))
+
+
+def test_declared_classes_name_classes_no_labelled_row_has(tmp_path):
+    """``classes`` declared up front: a table's labels are matched by name (numbers too), the order is the
+    declared one, and a label outside them, or a source with another list of its own, is refused."""
+    table = tmp_path / "t.csv"
+    table.write_text("a,y,split\n1,b,train\n2,,train\n3,b,test\n4,c,train\n5,c,test\n")
+    d = load_dataset(table, label_column="y", classes=["a", "b", "c"])
+    assert d.classes == ("a", "b", "c") and d.y_train.tolist() == [1, -1, 2] and d.y_test.tolist() == [1, 2]
+    numbers = tmp_path / "n.csv"
+    numbers.write_text("a,y\n1,7\n2,\n3,7\n4,9\n5,9\n")
+    d = load_dataset(numbers, label_column="y", classes=["9", "8", "7"])  # by name, not as indices
+    assert d.classes == ("9", "8", "7") and sorted(np.concatenate([d.y_train, d.y_test]).tolist()) == [-1, 0, 0, 2, 2]
+    with pytest.raises(DatasetError, match=r"row 3 is 'c', not one of \['a', 'b'\]"):
+        load_dataset(table, label_column="y", classes=["a", "b"])
+    with pytest.raises(DatasetError, match=r"declared classes \['x'\] differ from the dataset's own"):
+        load_dataset("iris", classes=["x"])
+    own = tmp_path / "own.npz"
+    np.savez(own, x_train=np.zeros((2, 1)), x_test=np.zeros((1, 1)), y_test=np.array([0]), classes=np.array(["p"]))
+    with pytest.raises(DatasetError, match=r"declared classes \['p', 'q'\] differ from its 'classes' \['p'\]"):
+        load_dataset(own, classes=["p", "q"])
+    bare = tmp_path / "bare.npz"
+    np.savez(bare, x_train=np.zeros((2, 1)), x_test=np.zeros((1, 1)), y_test=np.array([1]))
+    assert load_dataset(bare, classes=["p", "q"]).classes == ("p", "q")  # integer labels index the declared list

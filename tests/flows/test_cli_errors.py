@@ -150,12 +150,10 @@ def test_a_campaign_on_a_bad_dataset_creates_no_workspace(tmp_path, command):
     assert not workspace.exists()
 
 
-def test_a_simulation_on_unlabeled_data_registers_no_campaign(tmp_path):
-    from data.store import LabelStore
-
+def test_a_simulation_on_unlabeled_data_creates_no_workspace(tmp_path):
     partly = tmp_path / "partly.npz"
     x = np.arange(24, dtype=np.float64).reshape(12, 2)
     np.savez(partly, x_train=x[:8], y_train=np.array([0, 1] * 3 + [-1, -1]), x_test=x[8:], y_test=np.array([0, 1] * 2))
     error = _fails("simulate", "--dataset", str(partly), "--workspace", str(tmp_path / "w"))
-    assert "has unlabeled training rows" in error
-    assert LabelStore.for_workspace(tmp_path / "w").campaign_names() == []
+    assert "has 2 unlabeled training rows" in error
+    assert not (tmp_path / "w").exists()  # refused before the feature store, label store or MLflow store

@@ -61,8 +61,8 @@ def test_live_round_label_and_train(tmp_path, unlabeled_npz):
     assert {q.acquisition for q in store.queued("flowers", round_=2)} == {"random"}
     params = tmp_path / "params.yaml"
     params.write_text("campaign:\n  min_labels: 10\nmodel:\n  steps: 50\nacquisition:\n  samples: 4\n")
-    trained = _cli("round", "--dataset", str(path), "--k", "5", *common, "--params", str(params)).stdout
-    assert "5 items wait" in trained
+    trained = _cli("round", "--dataset", str(path), "--k", "5", *common, "--params", str(params), "--full-batch")
+    assert "10 items wait" in trained.stdout and "topped" not in trained.stdout  # round 2's 5 are still pending
     third = store.queued("flowers", round_=3)
     assert {q.acquisition for q in third} == {"bald"} and all(q.predicted is not None for q in third)
     metrics = store.round_metrics("flowers")

@@ -39,7 +39,7 @@ def _score_flow(settings, store_dir: str, pool: dict, state: dict):
     from flows.campaign_setup import ensure_feature_store
 
     model = MCDropout.from_state_dict(state, device="cpu")
-    return score_pool(model, ensure_feature_store(settings), pool, settings, 1)
+    return score_pool(model, ensure_feature_store(settings), pool, settings, 1, settings.campaign.k)
 
 
 def _run(settings, features, model, pool, runner):

@@ -136,3 +136,13 @@ def test_stated_priors_reach_each_candidate_and_nonsense_is_refused_by_key(tmp_p
     )
     refused({"model": {"prior_std": 1.0}}, r"\['prior_std'\] need family laplace or vi, got 'mc_dropout'")
     refused({"model": {"family": "laplace", "prior_from": str(tmp_path / "none")}}, "no such checkpoint file or work")
+
+
+def test_declared_classes_are_distinct_names(monkeypatch):
+    assert load_settings(None, {"dataset": {"classes": [" a", "b "]}}).dataset.classes == ["a", "b"]
+    with pytest.raises(SettingsError, match=r"dataset\.classes.*repeated: \['a'\]"):
+        load_settings(None, {"dataset": {"classes": ["a", "b", "a"]}})
+    with pytest.raises(SettingsError, match=r"dataset\.classes.*non-empty names"):
+        load_settings(None, {"dataset": {"classes": ["a", ""]}})
+    monkeypatch.setenv("BELIEFLOOP_DATASET__CLASSES", '["x", "y", "z"]')
+    assert load_settings().dataset.classes == ["x", "y", "z"]

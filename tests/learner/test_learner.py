@@ -266,3 +266,26 @@ def test_prior_tuned_on_validation_scales_the_evidence_prior_of_the_fit_on_every
     assert ActiveLearner.from_state_dict(tuned.state_dict()).selected.prior_tuning == tuning
     with pytest.raises(ValueError, match="prior_tuning must be 'evidence' or 'validation'"):
         _learner(prior_tuning="grid")
+
+
+def test_a_posterior_with_fewer_classes_is_retrained_not_updated(wine):
+    """A class admitted after a posterior was saved: the belief update cannot use it as a prior (one output short),
+    so the candidate is retrained on every label with the wider output and says which class count it replaced."""
+    from learner import EvidenceOptions, ModelOptions, candidate_payload, fit_candidate
+    from learner.candidates import CandidateSpec
+
+    x, y, pool, _, _ = wine
+    spec = CandidateSpec("h8", ModelOptions(family="laplace", hidden=8, depth=1, steps=30, device="cpu"))
+    options = EvidenceOptions(subset="last_layer")
+    ids = [f"i{i}" for i in range(len(x))]
+    common = {"feature_shape": (x.shape[1],), "seed": 0}
+    first = fit_candidate(spec, options, torch.from_numpy(x), torch.from_numpy(y), ids, n_classes=3, **common)
+    saved = candidate_payload(first, 1)
+    x2 = torch.from_numpy(np.concatenate([x, pool[:2]]))
+    y2 = torch.from_numpy(np.concatenate([y, [3, 3]]))  # two answers of a fourth class
+    ids2 = [*ids, "p0", "p1"]
+    grown = fit_candidate(spec, options, x2, y2, ids2, n_classes=4, previous=saved, **common)
+    assert grown.previous_classes == 3 and grown.n_fitted == len(ids2)  # retrained on everything
+    assert grown.model.predictive_samples(x2[:5], 3, seed=0).shape == (3, 5, 4)
+    same = fit_candidate(spec, options, x2[:-2], y2[:-2], ids, n_classes=3, previous=saved, **common)
+    assert same.previous_classes is None and same.n_fitted == 0  # same classes, nothing new: a belief update
