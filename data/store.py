@@ -149,6 +149,15 @@ def _standing_labels(conn: sa.Connection, campaign: str, item_ids: Sequence[str]
     return {r.item_id: r.label for r in conn.execute(query)}
 
 
+def database_url(url: str) -> str:
+    """``url`` with the PostgreSQL driver this project installs (psycopg 3) when it names none: SQLAlchemy reads a
+    bare ``postgresql://`` (or ``postgres://``) as psycopg2, which is not installed. Other URLs are unchanged."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url.removeprefix(scheme)
+    return url
+
+
 def sqlite_file(url: str) -> Path | None:
     """The database file of a SQLite URL (``sqlite:///path``); None for other databases."""
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
@@ -160,8 +169,8 @@ class LabelStore:
     def __init__(self, url: str) -> None:
         if (path := sqlite_file(url)) is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        self.url = url
-        self.engine: Engine = sa.create_engine(url)
+        self.url = database_url(url)
+        self.engine: Engine = sa.create_engine(self.url)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)

@@ -642,8 +642,10 @@ def ui(
             probe.bind((host, port))
         except OSError as error:
             raise CommandError(f"cannot serve the MLflow UI on {host}:{port}: {error.strerror}") from None
+    from data.store import database_url
+
     typer.echo(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri]
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", database_url(settings.tracking_uri)]
     server = subprocess.Popen([*command, "--host", host, "--port", str(port)], start_new_session=True)
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from mlflow.tracking import MlflowClient
 
-from data.store import LabelStore, queue
+from data.store import LabelStore, database_url, queue
 from flows.settings import load_settings
 
 BELIEFLOOP = [sys.executable, "-m", "flows"]
@@ -26,7 +26,7 @@ def prefect_no_heartbeat():
         yield
 
 
-def _small(workspace: Path, **campaign):
+def _small(workspace: Path, store: dict | None = None, tracking: dict | None = None, **campaign):
     return load_settings(
         None,
         {
@@ -35,6 +35,8 @@ def _small(workspace: Path, **campaign):
             "campaign": {"rounds": 2, "k": 5, "initial": 9, **campaign},
             "model": {"steps": 50},
             "acquisition": {"samples": 8},
+            "store": store or {},
+            "tracking": tracking or {},
         },
     )
 
@@ -50,15 +52,23 @@ def _queue_counts(store: LabelStore, campaign: str) -> dict[int, int]:
     return {r: distinct for r, distinct, _ in rows}
 
 
-def test_two_round_campaign_writes_mlflow_and_queue(tmp_path, prefect_no_heartbeat):
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_two_round_campaign_writes_mlflow_and_queue(tmp_path, prefect_no_heartbeat, database, request):
+    """The workspace's SQLite files, or a PostgreSQL database each for the label store and the MLflow backend."""
     from flows.rounds import simulate_campaign
 
-    settings = _small(tmp_path / "w")
+    if database == "postgresql":
+        new_database = request.getfixturevalue("postgres_database")
+        settings = _small(tmp_path / "w", store={"url": new_database()}, tracking={"uri": new_database()})
+        assert settings.store_url.startswith("postgresql://") and not (tmp_path / "w" / "labels.db").exists()
+    else:
+        settings = _small(tmp_path / "w")
     results = simulate_campaign(settings)
     assert [r["round"] for r in results] == [1, 2]
     assert [r["n_labeled"] for r in results] == [9, 14]
+    assert (tmp_path / "w" / "mlflow.db").exists() == (database == "sqlite")
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'w' / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=database_url(settings.tracking_uri))
     experiment = client.get_experiment_by_name(settings.campaign_name)
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("beliefloop.role") == "campaign"]
