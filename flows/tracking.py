@@ -20,6 +20,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from data.store import database_url
 
 ROLE, ROUND = "beliefloop.role", "beliefloop.round"
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = {EXPERIMENT_KIND: "custom_model_development"}
+"""MLflow's UI opens an experiment with this tag on its runs ("Model training"), not on the GenAI overview."""
 ENTRY_BATCH, PARAM_BATCH = 1000, 100
 """Entries per ``log_batch`` call: MLflow accepts at most 1,000 entries in all, 100 of them params and 100 tags."""
 
@@ -41,10 +44,12 @@ class CampaignTracker:
         experiment = self.client.get_experiment_by_name(campaign)
         if experiment is None:
             self.experiment_id = self.client.create_experiment(
-                campaign, artifact_location=f"{artifact_root.rstrip('/')}/{campaign}"
+                campaign, artifact_location=f"{artifact_root.rstrip('/')}/{campaign}", tags=MODEL_TRAINING
             )
         else:
             self.experiment_id = experiment.experiment_id
+            if experiment.tags.get(EXPERIMENT_KIND) is None:  # a campaign begun before the tag was set
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING[EXPERIMENT_KIND])
 
     def _find(self, filter_string: str) -> str | None:
         runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1)
