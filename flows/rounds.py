@@ -137,10 +137,14 @@ def answer_from_oracle(
 def fit_candidate_task(
     spec: CandidateSpec, settings: Settings, features: FeatureStore, labeled: dict[str, int], round_: int
 ) -> FittedCandidate:
-    """Fit (``update: retrain``) or belief-update (``update: belief``) one candidate on the current labels."""
+    """Fit (``update: retrain``) or belief-update (``update: belief``) one candidate on the current labels.
+
+    The body names no ``torch`` attribute: cloudpickle, sending this task to a Dask worker, would then also pickle
+    every ``torch`` submodule named like an attribute used here — ``features.classes`` pulled in ``torch.classes``,
+    which cannot be pickled (a round on Dask failed so)."""
     ids = list(labeled)
     x = _rows_tensor(features, features.row_of(ids))
-    y = torch.tensor(list(labeled.values()), dtype=torch.long)
+    y = _labels_tensor(labeled)
     previous = None
     if settings.update == "belief":
         previous = load_candidate(_candidates_dir(settings), spec.name, spec.model.family, round_)
@@ -155,6 +159,10 @@ def fit_candidate_task(
         seed=round_seed(settings.campaign.seed, round_),
         previous=previous,
     )
+
+
+def _labels_tensor(labeled: dict[str, int]) -> torch.Tensor:
+    return torch.tensor(list(labeled.values()), dtype=torch.long)
 
 
 def _candidates_dir(settings: Settings) -> Path:

@@ -20,9 +20,6 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from data.store import database_url
 
 ROLE, ROUND = "beliefloop.role", "beliefloop.round"
-EXPERIMENT_KIND = "mlflow.experimentKind"
-MODEL_TRAINING = {EXPERIMENT_KIND: "custom_model_development"}
-"""MLflow's UI opens an experiment with this tag on its runs ("Model training"), not on the GenAI overview."""
 ENTRY_BATCH, PARAM_BATCH = 1000, 100
 """Entries per ``log_batch`` call: MLflow accepts at most 1,000 entries in all, 100 of them params and 100 tags."""
 
@@ -43,13 +40,14 @@ class CampaignTracker:
         self.campaign = campaign
         experiment = self.client.get_experiment_by_name(campaign)
         if experiment is None:
+            # A tracking server (``mlflow server``) stores artifacts where it was told to, for every client; a
+            # database or file store keeps them in the workspace.
+            served = tracking_uri.startswith(("http://", "https://"))
             self.experiment_id = self.client.create_experiment(
-                campaign, artifact_location=f"{artifact_root.rstrip('/')}/{campaign}", tags=MODEL_TRAINING
+                campaign, artifact_location=None if served else f"{artifact_root.rstrip('/')}/{campaign}"
             )
         else:
             self.experiment_id = experiment.experiment_id
-            if experiment.tags.get(EXPERIMENT_KIND) is None:  # a campaign begun before the tag was set
-                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING[EXPERIMENT_KIND])
 
     def _find(self, filter_string: str) -> str | None:
         runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1)
