@@ -270,6 +270,15 @@ def add_missing_columns(engine: Engine) -> list[str]:
     return added
 
 
+def database_url(url: str) -> str:
+    """``url`` with the PostgreSQL driver this project installs (psycopg 3) when it names none: SQLAlchemy reads a
+    bare ``postgresql://`` (or ``postgres://``) as psycopg2, which is not installed. Other URLs are unchanged."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url.removeprefix(scheme)
+    return url
+
+
 def sqlite_file(url: str) -> Path | None:
     """The database file of a SQLite URL (``sqlite:///path``); None for other databases."""
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
@@ -286,9 +295,9 @@ class LabelStore:
     def __init__(self, url: str, *, busy_timeout: float = 30.0, attempts: int = 3) -> None:
         if (path := sqlite_file(url)) is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        self.url = url
+        self.url = database_url(url)
         self.busy_timeout, self.attempts = busy_timeout, max(1, attempts)
-        self.engine: Engine = sa.create_engine(url)
+        self.engine: Engine = sa.create_engine(self.url)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas(busy_timeout))
         self._create_tables()

@@ -149,6 +149,7 @@ def _prefect_defaults() -> None:
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",
         "MLFLOW_LOGGING_LEVEL": "WARNING",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # copying the checkpoint into a round's model drew a bar
     }
     if not _state["debug"]:
         defaults["PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL"] = "CRITICAL"
@@ -865,9 +866,12 @@ def ui(
     workspace: WorkspaceOpt = None,
     port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
     host: Annotated[str, typer.Option(help="Address to bind (another than 127.0.0.1 exposes the UI).")] = "127.0.0.1",
+    workers: Annotated[int, typer.Option(help="Server processes (MLflow's default is 4).")] = 1,
     params: ParamsOpt = None,
 ) -> None:
-    """Open the MLflow UI on the workspace's tracking store; SIGTERM or Ctrl-C stops the server with it."""
+    """Open the MLflow UI on the workspace's tracking store; SIGTERM or Ctrl-C stops the server with it.
+
+    One server process by default: enough for a reviewer, and MLflow's four took ~90 s to start on 2 busy cores."""
     settings = _settings(params, {"workspace": workspace})
     if not settings.tracking.uri:  # the workspace's own tracking store
         _check_workspace(settings.workspace)
@@ -876,9 +880,12 @@ def ui(
             probe.bind((host, port))
         except OSError as error:
             raise CommandError(f"cannot serve the MLflow UI on {host}:{port}: {error.strerror}") from None
+    from data.store import database_url
+
     typer.echo(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri]
-    server = subprocess.Popen([*command, "--host", host, "--port", str(port)], start_new_session=True)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", database_url(settings.tracking_uri)]
+    command += ["--host", host, "--port", str(port), "--workers", str(workers)]
+    server = subprocess.Popen(command, start_new_session=True)
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         code = server.wait()

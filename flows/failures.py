@@ -20,7 +20,15 @@ _MLFLOW_REQUEST = re.compile(r"API request to (\S+) failed with (?:timeout )?exc
 
 
 def fault_message(error: BaseException) -> str | None:
-    """One line for an environmental fault (ending with :data:`LABELS_SAFE`), ``None`` for anything else."""
+    """One line for an environmental fault (ending with :data:`LABELS_SAFE`), ``None`` for anything else.
+
+    A round that failed on a transient error at every try (``flows.retry.RoundFailed``) is told by its cause when
+    that is a fault described here, else by its own line (which says where the labels are safe)."""
+    from flows.retry import RoundFailed
+
+    if isinstance(error, RoundFailed):
+        cause = _describe(error.__cause__) if error.__cause__ is not None else None
+        return str(error) if cause is None else f"{cause}; the round was tried {error.attempts} times; {LABELS_SAFE}"
     what = _describe(error)
     return None if what is None else f"{what}; {LABELS_SAFE}"
 

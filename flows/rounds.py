@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import sqlalchemy as sa
 import torch
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.tasks import exponential_backoff
 
 from acquisition import StreamResult
 from bayes_models.metrics import accuracy, brier, ece, nll, reliability
@@ -32,6 +34,8 @@ from flows import plots
 from flows.campaign_setup import campaign_test_rows, model_feature_store, open_label_store, prepare_campaign
 from flows.console import console, pool_exhausted, print_round
 from flows.models import candidate_specs, evidence_options, load_candidate, prior_checkpoint, save_candidate
+from flows.registry import EXAMPLE_ROWS, RoundModelConfig, log_round_model
+from flows.retry import transient_cause, with_retries
 from flows.settings import Settings
 from flows.tracking import CampaignTracker
 from learner import (
@@ -53,6 +57,24 @@ from learner.query import SCORE_CHUNK
 
 CURVE_METRICS = ("n_labeled", "test_accuracy", "test_nll", "test_ece")
 """Round metrics also logged on the campaign's parent run, so its chart shows the learning curve as one line."""
+
+
+def _transient_failure(task, task_run, state) -> bool:
+    """Retry a task only when it failed on a transient error (``flows.retry``): a bug fails at once."""
+    try:
+        state.result()
+    except Exception as error:
+        return transient_cause(error) is not None
+    return False
+
+
+TRANSIENT_RETRIES = {
+    "retries": 2,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=1),
+    "retry_condition_fn": _transient_failure,
+}
+"""Task options of the steps that talk to a store: two more tries, 1 s and 2 s later (± jitter), on a transient
+error only."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +117,7 @@ def _rows_tensor(features: FeatureStore, rows: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(block)
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+@task(cache_policy=NO_CACHE, task_run_name="oracle-answers", **TRANSIENT_RETRIES)
 def answer_from_oracle(
     store: LabelStore, features: FeatureStore, campaign: str, round_: int, noise: float, seed: int
 ) -> int:
@@ -117,7 +139,7 @@ def answer_from_oracle(
     return len(report.accepted)
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE, task_run_name="fit[{spec.name}]")
 def fit_candidate_task(
     spec: CandidateSpec,
     settings: Settings,
@@ -127,10 +149,14 @@ def fit_candidate_task(
     held_out: np.ndarray | None = None,
 ) -> FittedCandidate:
     """Fit (``update: retrain``) or belief-update (``update: belief``) one candidate on the current labels; with
-    ``held_out`` (positions in ``labeled``), on the others, reporting the held-out items' NLL."""
+    ``held_out`` (positions in ``labeled``), on the others, reporting the held-out items' NLL.
+
+    The body names no ``torch`` attribute: cloudpickle, sending this task to a Dask worker, would then also pickle
+    every ``torch`` submodule named like an attribute used here — ``features.classes`` pulled in ``torch.classes``,
+    which cannot be pickled (a round on Dask failed so)."""
     ids = list(labeled)
     x = _rows_tensor(features, features.row_of(ids))
-    y = torch.tensor(list(labeled.values()), dtype=torch.long)
+    y = _labels_tensor(labeled)
     previous = None
     if settings.update == "belief":
         previous = load_candidate(_candidates_dir(settings), spec.name, spec.model.family, round_)
@@ -153,6 +179,10 @@ def fit_candidate_task(
     )
 
 
+def _labels_tensor(labeled: dict[str, int]) -> torch.Tensor:
+    return torch.tensor(list(labeled.values()), dtype=torch.long)
+
+
 def _candidates_dir(settings: Settings) -> Path:
     return settings.models_dir / settings.campaign_name / "candidates"
 
@@ -165,7 +195,7 @@ class Evaluation:
     diagram: object
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE, task_run_name="evaluate")
 def evaluate(
     models: list, features: FeatureStore, test_rows: np.ndarray, samples: int, round_: int
 ) -> list[Evaluation]:
@@ -188,11 +218,23 @@ def evaluate(
     return results
 
 
-@task(cache_policy=NO_CACHE, retries=1)
+def _shard_run_name(parameters: dict) -> str:
+    return f"score-pool[{parameters['shard'] + 1}/{parameters['shards']}]"
+
+
+@task(cache_policy=NO_CACHE, task_run_name=_shard_run_name, **TRANSIENT_RETRIES)
 def score_shard(
-    model, store_dir: str, rows: np.ndarray, ids: np.ndarray, plan: StreamPlan, samples: int, seed: int, shard: int
+    model,
+    store_dir: str,
+    rows: np.ndarray,
+    ids: np.ndarray,
+    plan: StreamPlan,
+    samples: int,
+    seed: int,
+    shard: int,
+    shards: int,
 ) -> StreamResult:
-    """Stream one shard of the pool through the model (``learner.stream_scores``).
+    """Stream shard ``shard`` (of ``shards``) of the pool through the model (``learner.stream_scores``).
 
     Takes the feature store's path, not the arrays, so a Dask worker maps the file itself.
     """
@@ -221,7 +263,7 @@ def score_pool(
     def stream(plan: StreamPlan, positions: np.ndarray) -> list[StreamResult]:
         shards = [s for s in np.array_split(positions, a.shards) if len(s)]
         futures = [
-            score_shard.submit(model, str(features.directory), rows[s], ids[s], plan, a.samples, seed, i)
+            score_shard.submit(model, str(features.directory), rows[s], ids[s], plan, a.samples, seed, i, len(shards))
             for i, s in enumerate(shards)
         ]
         return [future.result() for future in futures]
@@ -251,7 +293,7 @@ def score_pool(
     return PoolScores(query, entries)
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+@task(cache_policy=NO_CACHE, task_run_name="log-round", **TRANSIENT_RETRIES)
 def log_round(
     tracker: CampaignTracker,
     run_id: str,
@@ -326,6 +368,29 @@ def log_round(
     return timings
 
 
+@task(cache_policy=NO_CACHE, task_run_name="register-model", **TRANSIENT_RETRIES)
+def register_model(
+    tracker: CampaignTracker,
+    run_id: str,
+    round_: int,
+    checkpoint: Path,
+    model,
+    features: FeatureStore,
+    settings: Settings,
+) -> int:
+    """The selected model as an MLflow pyfunc in the round's run and a new version of ``<campaign>-model``
+    (``flows.registry``); three test items are its input example. Returns the version number."""
+    config = RoundModelConfig(
+        classes=[str(c) for c in features.classes],
+        feature_shape=[int(d) for d in features.meta["feature_shape"]],
+        samples=settings.acquisition.samples,
+        seed=round_seed(settings.campaign.seed, round_),
+    )
+    rows = campaign_test_rows(settings, features)[:EXAMPLE_ROWS]
+    version = log_round_model(tracker, run_id, round_, checkpoint, model, config, _rows_tensor(features, rows))
+    return int(version.version)
+
+
 def _bayes_factor_table(selection: Selection) -> dict[str, list]:
     """The round's model-selection table as columns: evidence, log Bayes factor against the selected model, its
     Kass–Raftery reading, and each candidate's test metrics and training time."""
@@ -392,13 +457,37 @@ def labeling_round(settings: Settings, oracle: bool = False, full_batch: bool = 
 
     The queue is topped up to ``campaign.k`` pending items: items still pending from earlier rounds count
     (``n_pending``), so only ``k − n_pending`` new ones are queued; ``full_batch`` queues ``k`` new items anyway.
+    The flow run is named ``<campaign> · round N`` and tagged with the campaign and ``round:N``, as are its task
+    runs, once the label store says which round this is (a new one, or an unfinished one resumed).
     """
     started_at = time.time()
-    logger = get_run_logger()
     campaign = settings.campaign_name
     store = open_label_store(settings)
-    features = model_feature_store(settings)
     round_ = store.next_round(campaign)
+    _label_flow_run(campaign, round_)
+    with tags(campaign, f"round:{round_}"):
+        return _round_steps(settings, store, round_, oracle, full_batch, started_at)
+
+
+def _label_flow_run(campaign: str, round_: int) -> None:
+    """Name the running flow run after the campaign and round, and add them to its tags."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    run = FlowRunContext.get().flow_run
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(
+            run.id, name=f"{campaign} · round {round_}", tags=sorted({*run.tags, campaign, f"round:{round_}"})
+        )
+
+
+def _round_steps(
+    settings: Settings, store: LabelStore, round_: int, oracle: bool, full_batch: bool, started_at: float
+) -> dict:
+    """The body of :func:`labeling_round` for round ``round_``."""
+    logger = get_run_logger()
+    campaign = settings.campaign_name
+    features = model_feature_store(settings)
     # The tracking store first: when it cannot be reached the round fails before the label store records it.
     tracker = CampaignTracker(settings.tracking_uri, settings.artifact_root, campaign)
     parent = tracker.campaign_run(settings.model_dump(mode="json"))
@@ -492,6 +581,10 @@ def labeling_round(settings: Settings, oracle: bool = False, full_batch: bool = 
     metrics["n_queued"] = len(queued)
     kill_point("before_logging")
 
+    if selection is not None and settings.tracking.register_model:
+        start = time.perf_counter()
+        register_model(tracker, run_id, round_, checkpoint, model, features, settings)
+        metrics["model_log_seconds"] = time.perf_counter() - start
     history = store.round_metrics(campaign)
     metrics |= log_round(
         tracker, run_id, round_, metrics, queued, query, selection, checkpoint, started_at, parent, history
@@ -558,9 +651,16 @@ def _round_flow(dask_address: str | None, max_workers: int):
 
 
 def run_round(settings: Settings, *, oracle: bool = False, full_batch: bool = False) -> dict[str, float]:
-    """``labeling_round`` on the task runner the settings ask for."""
+    """``labeling_round`` on the task runner the settings ask for; a round that fails on a transient error (an MLflow
+    store unreachable, a database locked) is run again with backoff (``flows.retry``), then fails in one line."""
     workers = max(settings.selection.workers, settings.acquisition.shards)
-    return _round_flow(settings.acquisition.dask_address, workers)(settings, oracle=oracle, full_batch=full_batch)
+    round_flow = _round_flow(settings.acquisition.dask_address, workers)
+    return with_retries(
+        lambda: round_flow(settings, oracle=oracle, full_batch=full_batch),
+        what=f"a round of campaign {settings.campaign_name}",
+        labels_at=sa.make_url(settings.store_url).render_as_string(hide_password=True),
+        notify=lambda message: console.print(message, soft_wrap=True, markup=False),
+    )
 
 
 @flow(name="simulate_campaign")

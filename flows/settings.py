@@ -265,6 +265,8 @@ class StoreSettings(_Section):
 class TrackingSettings(_Section):
     uri: str | None = None
     """MLflow tracking URI; default ``sqlite:///<workspace>/mlflow.db`` with artifacts in ``mlartifacts/``."""
+    register_model: bool = True
+    """Log each round's selected model as an MLflow pyfunc and register it as a version of ``<campaign>-model``."""
 
 
 class _YamlParams(PydanticBaseSettingsSource):

@@ -17,6 +17,8 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from data.store import database_url
+
 ROLE, ROUND = "beliefloop.role", "beliefloop.round"
 ENTRY_BATCH, PARAM_BATCH = 1000, 100
 """Entries per ``log_batch`` call: MLflow accepts at most 1,000 entries in all, 100 of them params and 100 tags."""
@@ -25,8 +27,9 @@ ENTRY_BATCH, PARAM_BATCH = 1000, 100
 @functools.lru_cache(maxsize=8)
 def tracking_client(tracking_uri: str) -> MlflowClient:
     """One client per tracking store and process: opening a SQL store costs seconds (engine, schema check), and
-    a process running many rounds (a simulated campaign, a served deployment) would pay it every round."""
-    return MlflowClient(tracking_uri=tracking_uri)
+    a process running many rounds (a simulated campaign, a served deployment) would pay it every round. A bare
+    ``postgresql://`` URI gets the installed driver (``data.store.database_url``)."""
+    return MlflowClient(tracking_uri=database_url(tracking_uri))
 
 
 class CampaignTracker:
@@ -37,8 +40,11 @@ class CampaignTracker:
         self.campaign = campaign
         experiment = self.client.get_experiment_by_name(campaign)
         if experiment is None:
+            # A tracking server (``mlflow server``) stores artifacts where it was told to, for every client; a
+            # database or file store keeps them in the workspace.
+            served = tracking_uri.startswith(("http://", "https://"))
             self.experiment_id = self.client.create_experiment(
-                campaign, artifact_location=f"{artifact_root.rstrip('/')}/{campaign}"
+                campaign, artifact_location=None if served else f"{artifact_root.rstrip('/')}/{campaign}"
             )
         else:
             self.experiment_id = experiment.experiment_id

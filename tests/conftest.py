@@ -1,7 +1,13 @@
 """Hermetic test environment: Prefect, MLflow and DVC state under a temporary folder, no telemetry."""
 
+import functools
 import os
+import shlex
+import shutil
+import socket
+import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -42,3 +48,61 @@ def prefect_server():
     finally:
         del os.environ["PREFECT_API_URL"]
         server.stop()
+
+
+POSTGRES_BINARIES = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+"""Debian's PostgreSQL server binaries (``apt-get install -y postgresql``: version 15 on bookworm); ``.ci/run``
+installs them."""
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    """``command`` as the ``postgres`` user when running as root (PostgreSQL refuses to run as root)."""
+    if os.geteuid() != 0:
+        return command
+    return ["su", "postgres", "-c", shlex.join(command)]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL cluster on 127.0.0.1 at a free port (trust authentication, user ``postgres``), for
+    the session; yields its server URL (no database). Skips, saying what to install, when the binaries are missing."""
+    if not POSTGRES_BINARIES:
+        pytest.skip("needs PostgreSQL server binaries in /usr/lib/postgresql/*/bin (apt-get install -y postgresql)")
+    binaries = POSTGRES_BINARIES[-1].parent
+    root = Path(tempfile.mkdtemp(prefix="beliefloop-pg-"))  # under /tmp: the postgres user can reach it
+    data = root / "data"
+    data.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        shutil.chown(data, "postgres")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=120, check=True)
+    run(_as_postgres([str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]))
+    options = f"-k {data} -h 127.0.0.1 -p {port}"
+    pg_ctl = str(binaries / "pg_ctl")
+    run(_as_postgres([pg_ctl, "-D", str(data), "-o", options, "-l", str(data / "log"), "-w", "start"]))
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run(_as_postgres([pg_ctl, "-D", str(data), "-m", "fast", "stop"]), capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture()
+def postgres_database(postgres_server):
+    """``new()`` → the URL of a new, empty database on the session's PostgreSQL cluster (plain ``postgresql://``,
+    as users write it)."""
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(f"{postgres_server}/postgres".replace("postgresql://", "postgresql+psycopg://"))
+
+    def new() -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        return f"{postgres_server}/{name}"
+
+    yield new
+    admin.dispose()

@@ -1,4 +1,4 @@
-"""Label store and queue on a real SQLite database: uniqueness, transactions, rejection reports."""
+"""Label store and queue on real SQLite and PostgreSQL databases: uniqueness, transactions, rejection reports."""
 
 import pytest
 import sqlalchemy as sa
@@ -7,8 +7,8 @@ from data.store import MAX_LOOKUP_IDS, LabelAnswer, LabelStore, QueueEntry, Stor
 
 
 @pytest.fixture()
-def store(tmp_path):
-    s = LabelStore.for_workspace(tmp_path)
+def store(store_url):
+    s = LabelStore(store_url)
     s.create_campaign("c", "toy", ["cat", "dog", "eel"])
     s.add_items("c", ["a", "b", "c", "d", "t"], ["pool", "pool", "pool", "seed", "test"], [0, 1, 2, 3, 4])
     yield s
@@ -68,15 +68,27 @@ def test_latest_label_wins_and_history_keeps_disagreement(store):
     assert store.label_history("c", "a") == [(0, "ann1", 1), (2, "ann2", 1)]
 
 
-def test_label_batch_is_one_transaction(store, tmp_path):
+FAIL_ON_B = {
+    "sqlite": [
+        "CREATE TRIGGER fail_b BEFORE INSERT ON labels WHEN NEW.item_id = 'b' "
+        "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION fail_b() RETURNS trigger AS $$ BEGIN "
+        "IF NEW.item_id = 'b' THEN RAISE EXCEPTION 'disk on fire'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER fail_b BEFORE INSERT ON labels FOR EACH ROW EXECUTE FUNCTION fail_b()",
+    ],
+}
+"""A trigger, in each database's dialect, that fails the insert of item ``b``'s label."""
+
+
+def test_label_batch_is_one_transaction(store):
     store.enqueue("c", 1, _entries(["a", "b"]))
     # A trigger makes the database fail on the second row: nothing of the batch may stay.
     with store.engine.begin() as conn:
-        conn.exec_driver_sql(
-            "CREATE TRIGGER fail_b BEFORE INSERT ON labels WHEN NEW.item_id = 'b' "
-            "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
-        )
-    with pytest.raises(sa.exc.IntegrityError, match="disk on fire"):
+        for statement in FAIL_ON_B[store.engine.dialect.name]:
+            conn.exec_driver_sql(statement)
+    with pytest.raises(sa.exc.DBAPIError, match="disk on fire"):
         store.record_labels("c", [LabelAnswer("a", 1), LabelAnswer("b", 1)], annotator="ann")
     assert store.current_labels("c") == {}
     assert {q.status for q in store.queued("c")} == {"pending"}

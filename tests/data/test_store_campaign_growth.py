@@ -1,4 +1,5 @@
-"""Label store support for data arriving mid-campaign: extended classes, answers by annotator, open rounds."""
+"""Label store support for data arriving mid-campaign: extended classes, answers by annotator, open rounds (on
+SQLite and PostgreSQL)."""
 
 import pytest
 
@@ -6,8 +7,8 @@ from data.store import LabelAnswer, LabelStore, StoreError
 
 
 @pytest.fixture()
-def store(tmp_path):
-    s = LabelStore.for_workspace(tmp_path)
+def store(store_url):
+    s = LabelStore(store_url)
     s.create_campaign("c", "toy.csv", ["cat", "dog"])
     s.add_items("c", ["a", "b", "t"], ["pool", "pool", "test"], [0, 1, 2])
     yield s

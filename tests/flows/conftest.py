@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -13,6 +14,17 @@ import pytest
 from sklearn.datasets import load_digits
 
 SCRIPT_ID = "<script>alert(1)</script>"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+"""As root Chromium needs ``--no-sandbox``; without the networking flags it keeps trying to reach hosts this machine
+cannot reach."""
 
 
 def _run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -105,3 +117,21 @@ def serve_annotate():
     for process in processes:
         process.terminate()
         process.wait(timeout=30)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without Debian's Chromium, tests that use a browser are skipped before any of their fixtures run."""
+    if CHROMIUM.exists():
+        return
+    skip = pytest.mark.skip(reason="needs Debian's Chromium at /usr/bin/chromium (apt-get install -y chromium)")
+    for item in items:
+        if "chromium_launch" in getattr(item, "fixturenames", ()):
+            item.add_marker(skip)
+
+
+@pytest.fixture()
+def chromium_launch() -> dict:
+    """Keyword arguments of Playwright's ``chromium.launch`` for Debian's Chromium (tests that ask for it are
+    skipped without it)."""
+    pytest.importorskip("playwright.sync_api", reason="needs the playwright package (dev extra)")
+    return {"executable_path": str(CHROMIUM), "headless": True, "args": CHROMIUM_ARGS}

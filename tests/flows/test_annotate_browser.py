@@ -2,35 +2,21 @@
 
 from pathlib import Path
 
-import pytest
-
 from data.store import LabelStore
-
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium (apt-get install -y chromium)"
-)
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 
 
 def test_label_by_click_and_key_skip_undo_then_a_round_ingests_exactly_those(
-    queued_workspace, serve_annotate, beliefloop, tmp_path
+    chromium_launch, queued_workspace, serve_annotate, beliefloop, tmp_path
 ):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (dev extra)")
+    from playwright import sync_api
+
     store = LabelStore.for_workspace(queued_workspace)
     pending = [q.item_id for q in store.queued("digits8", status="pending")]
     before = store.current_labels("digits8")
     url, _ = serve_annotate(queued_workspace)
 
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(**chromium_launch)
         page = browser.new_page(viewport={"width": 1000, "height": 760})
         page.goto(url)
 

@@ -8,12 +8,18 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 import sqlalchemy as sa
+import torch
 from mlflow.tracking import MlflowClient
 
-from data.store import LabelStore, queue
+from data.store import LabelStore, database_url, queue
+from flows.campaign_setup import model_feature_store
 from flows.settings import load_settings
+from learner import load_model, pool_predict, predict_proba, round_seed
 
 BELIEFLOOP = [sys.executable, "-m", "flows"]
 
@@ -26,7 +32,7 @@ def prefect_no_heartbeat():
         yield
 
 
-def _small(workspace: Path, **campaign):
+def _small(workspace: Path, store: dict | None = None, tracking: dict | None = None, shards: int = 1, **campaign):
     return load_settings(
         None,
         {
@@ -34,7 +40,9 @@ def _small(workspace: Path, **campaign):
             "dataset": {"name": "iris"},
             "campaign": {"rounds": 2, "k": 5, "initial": 9, **campaign},
             "model": {"steps": 50},
-            "acquisition": {"samples": 8},
+            "acquisition": {"samples": 8, "shards": shards},
+            "store": store or {},
+            "tracking": tracking or {},
         },
     )
 
@@ -50,15 +58,27 @@ def _queue_counts(store: LabelStore, campaign: str) -> dict[int, int]:
     return {r: distinct for r, distinct, _ in rows}
 
 
-def test_two_round_campaign_writes_mlflow_and_queue(tmp_path, prefect_no_heartbeat):
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_two_round_campaign_writes_mlflow_and_queue(tmp_path, prefect_no_heartbeat, database, request, monkeypatch):
+    """The workspace's SQLite files, or a PostgreSQL database each for the label store and the MLflow backend; pool
+    scoring in two shards."""
     from flows.rounds import simulate_campaign
 
-    settings = _small(tmp_path / "w")
+    name = f"iris-{database}"
+    if database == "postgresql":
+        new_database = request.getfixturevalue("postgres_database")
+        databases = {"store": {"url": new_database()}, "tracking": {"uri": new_database()}}
+        settings = _small(tmp_path / "w", **databases, shards=2, name=name)
+        assert settings.store_url.startswith("postgresql://") and not (tmp_path / "w" / "labels.db").exists()
+    else:
+        settings = _small(tmp_path / "w", shards=2, name=name)
     results = simulate_campaign(settings)
     assert [r["round"] for r in results] == [1, 2]
     assert [r["n_labeled"] for r in results] == [9, 14]
+    assert (tmp_path / "w" / "mlflow.db").exists() == (database == "sqlite")
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'w' / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", database_url(settings.tracking_uri))  # for models:/ URIs
+    client = MlflowClient(tracking_uri=database_url(settings.tracking_uri))
     experiment = client.get_experiment_by_name(settings.campaign_name)
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("beliefloop.role") == "campaign"]
@@ -87,11 +107,67 @@ def test_two_round_campaign_writes_mlflow_and_queue(tmp_path, prefect_no_heartbe
         lines = Path(csv_path).read_text().splitlines()
         assert len(lines) == 1 + 5 and lines[0].startswith("round,rank,item_id")
 
+    _check_registered_models(client, settings, {r.data.tags["beliefloop.round"]: r.info.run_id for r in rounds})
+    _check_prefect_runs(name, n_rounds=2, shards=2)
+
     store = LabelStore(settings.store_url)
     assert _queue_counts(store, settings.campaign_name) == {1: 5, 2: 5}
     # Round 1's batch was answered by the oracle before round 2 trained; round 2's still waits.
     assert {q.status for q in store.queued(settings.campaign_name, round_=1)} == {"labeled"}
     assert {q.status for q in store.queued(settings.campaign_name, round_=2)} == {"pending"}
+
+
+def _check_prefect_runs(campaign: str, n_rounds: int, shards: int) -> None:
+    """Prefect's server holds each round's flow run as ``<campaign> · round N``, tagged with the campaign and
+    ``round:N`` as are its task runs, which are named after their step (``score-pool[i/n]``, ``fit[candidate]``)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterTags
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[campaign])))
+        assert sorted(r.name for r in runs) == [f"{campaign} · round {n}" for n in range(1, n_rounds + 1)]
+        for run in runs:
+            round_tag = f"round:{run.name.rsplit(' ', 1)[1]}"
+            assert round_tag in run.tags
+            steps = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+            names = {t.name for t in steps}
+            pool = {f"score-pool[{i}/{shards}]" for i in range(1, shards + 1)}
+            assert {*pool, "oracle-answers", "fit[h64-d1]", "evaluate", "register-model", "log-round"} <= names
+            assert all({campaign, round_tag} <= set(t.tags) for t in steps)
+
+
+def _check_registered_models(client: MlflowClient, settings, round_runs: dict[str, str]) -> None:
+    """Each round registered its selected model as a version of ``<campaign>-model`` tagged with the round; the last
+    one, loaded back as a pyfunc from the store, answers the learner's own predictive of the saved checkpoint."""
+    name = f"{settings.campaign_name}-model"
+    versions = {v.tags["beliefloop.round"]: v for v in client.search_model_versions(f"name = '{name}'")}
+    assert {r: v.run_id for r, v in versions.items()} == round_runs
+    uri = f"models:/{name}/{versions['2'].version}"
+    info = mlflow.models.get_model_info(uri)
+    assert info.saved_input_example_info["type"] == "dataframe"
+    assert info.signature.inputs.input_names() == ["x0", "x1", "x2", "x3"]  # iris: 4 features
+    pyfunc = mlflow.pyfunc.load_model(uri)
+
+    features = model_feature_store(settings)
+    rows = np.asarray(features.rows_train[:7])
+    x = np.asarray(features.features[rows], dtype=np.float32)
+    answer = pyfunc.predict(pd.DataFrame(x, columns=[f"x{i}" for i in range(4)]))
+
+    selected = client.get_run(round_runs["2"]).data.params["selected_candidate"]
+    checkpoint = settings.models_dir / settings.campaign_name / "candidates" / f"{selected}.pt"
+    model = load_model(torch.load(checkpoint, weights_only=True), "cpu")
+    seed, samples = round_seed(settings.campaign.seed, 2), settings.acquisition.samples
+    probs = predict_proba(model, torch.from_numpy(x), samples, seed=seed).double().numpy()
+    classes = [str(c) for c in features.classes]
+    np.testing.assert_allclose(answer[[f"p_{c}" for c in classes]].to_numpy(), probs, rtol=1e-5, atol=1e-7)
+    assert list(answer["predicted"]) == [classes[i] for i in probs.argmax(1)]
+    # Entropy and BALD against numpy, on the posterior draws the learner scores the pool with.
+    draws = pool_predict(model, torch.from_numpy(x), samples, seed=seed).double().numpy()
+    entropy = -(probs * np.log(probs)).sum(1)
+    expected = -(draws * np.log(draws)).sum(2).mean(0)
+    np.testing.assert_allclose(answer["predictive_entropy"], entropy, rtol=1e-5)
+    np.testing.assert_allclose(answer["bald"], np.maximum(entropy - expected, 0), rtol=1e-4, atol=1e-7)
+    assert (answer["bald"] > 0).any()
 
 
 def test_killed_round_rerun_adds_no_duplicates(tmp_path):
@@ -256,6 +332,8 @@ def test_a_round_killed_at_each_step_resumes_to_the_uninterrupted_result(tmp_pat
         ("1", "FINISHED"),
         ("2", "FINISHED"),
     ]
+    versions = client.search_model_versions(f"name = '{campaign}-model'")
+    assert sorted(v.tags["beliefloop.round"] for v in versions) == ["1", "2"]  # registered once per round
     for run in runs:
         step = int(run.data.tags["beliefloop.round"])
         assert "test_accuracy" in run.data.metrics

@@ -4,12 +4,14 @@ The deployment runs rounds by itself on a 5 s interval; a run without new answer
 found through Prefect's REST API.
 """
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -79,13 +81,19 @@ def prefect_server(tmp_path):
         _stop(server)
 
 
-def test_served_deployment_runs_rounds_by_itself(tmp_path, prefect_server):
-    api, env = prefect_server
+def _flowers(tmp_path) -> tuple:
+    """``flowers.npz``: iris with no training labels (a live campaign's cold start); returns (path, true labels)."""
     x, y = load_iris(return_X_y=True)
     path = tmp_path / "flowers.npz"
     order = np.random.default_rng(0).permutation(len(y))  # every class among the test labels
     x, y = x[order], y[order]
     np.savez(path, x_train=x[:120], y_train=np.full(120, -1), x_test=x[120:], y_test=y[120:])
+    return path, y
+
+
+def test_served_deployment_runs_rounds_by_itself(tmp_path, prefect_server):
+    api, env = prefect_server
+    path, y = _flowers(tmp_path)
     workspace = tmp_path / "w"
     serve = subprocess.Popen(
         [*CLI, "serve", "--dataset", str(path), "--workspace", str(workspace), "--interval", "5", "--k", "4"],
@@ -134,9 +142,52 @@ def test_served_deployment_runs_rounds_by_itself(tmp_path, prefect_server):
         _stop(serve)
 
 
+def test_prefect_deploy_to_a_work_pool_and_a_worker_runs_the_round(tmp_path, prefect_server):
+    """README "Team setup": `prefect work-pool create`, `prefect deploy` of the repository's prefect.yaml (its
+    parameters pointed at a test campaign), a run of the deployment, `prefect worker start` runs it."""
+    api, env = prefect_server
+    root = Path(__file__).resolve().parents[2]
+    path, _ = _flowers(tmp_path)
+    workspace = tmp_path / "w"
+    parameters = {
+        "campaign": "flowers",
+        "params": None,
+        "force": False,
+        "overrides": {"workspace": str(workspace), "dataset": {"name": str(path)}, "campaign": {"name": "flowers"}},
+    }
+
+    def prefect(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "prefect", "--no-prompt", *args],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, f"prefect {args}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
+        return result.stdout
+
+    prefect("work-pool", "create", "beliefloop", "--type", "process")
+    prefect("deploy", "--name", "my-campaign-rounds", "--params", json.dumps(parameters))
+    prefect("deployment", "run", "scheduled_round/my-campaign-rounds")
+    prefect("worker", "start", "--pool", "beliefloop", "--run-once")
+
+    deployment = httpx.get(f"{api}/deployments/name/scheduled_round/my-campaign-rounds", timeout=10).json()
+    assert deployment["work_pool_name"] == "beliefloop"
+    body = {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}}
+
+    def states() -> list[str]:
+        return [run["state"]["type"] for run in httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()]
+
+    _wait(lambda: "COMPLETED" in states(), 300, "the worker's flow run to complete")
+    store = LabelStore.for_workspace(workspace)
+    assert store.round_metrics("flowers")[0]["n_queued"] == 10  # a cold start: a random batch of k (default 10)
+    store.close()
+
+
 def test_prefect_yaml_describes_the_same_deployment():
     import inspect
-    from pathlib import Path
 
     import yaml
 

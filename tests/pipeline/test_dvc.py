@@ -50,9 +50,29 @@ def test_dvc_repro_and_experiment(tmp_path):
     assert (repo / "workspace" / "mlflow.db").exists() and (repo / "workspace" / "labels.db").exists()
     assert "test_accuracy" in _run(["dvc", "metrics", "show"], repo, env)
 
-    _run([*git, "add", "-A"], repo, env)
-    _run([*git, "commit", "-qm", "lock"], repo, env)
-    _run(["dvc", "exp", "run", "campaign", "-S", "acquisition.name=random"], repo, env)
+    # As the README walks through it: commit dvc.lock, run one experiment per acquisition, compare them.
+    _run([*git, "add", "dvc.lock", "reports"], repo, env)
+    _run([*git, "commit", "-qm", "campaign baseline"], repo, env)
+    experiments = {"bald": "bald", "entropy": "predictive_entropy", "random": "random"}
+    for name, acquisition in experiments.items():
+        _run(["dvc", "exp", "run", "campaign", "-n", name, "-S", f"acquisition.name={acquisition}"], repo, env)
     assert yaml.safe_load((repo / "params.yaml").read_text())["acquisition"]["name"] == "random"
-    shown = _run(["dvc", "exp", "show", "--json"], repo, env)
-    assert "random" in shown
+
+    shown = {}  # experiment name → (acquisition.name, metrics) as `dvc exp show` reports them
+    for commit in json.loads(_run(["dvc", "exp", "show", "--json"], repo, env)):
+        for experiment in commit.get("experiments") or []:
+            data = experiment["revs"][0]["data"]
+            params = data["params"]["params.yaml"]["data"]
+            shown[experiment["name"]] = (params["acquisition"]["name"], data["metrics"]["reports/metrics.json"]["data"])
+    assert {name: acquisition for name, (acquisition, _) in shown.items()} == experiments
+    for _, metrics in shown.values():
+        assert metrics["rounds"] == 2 and 0 <= metrics["mean_test_accuracy"] <= 1
+    assert shown["random"][1] != shown["bald"][1]  # another acquisition queued other items
+
+    # `dvc plots diff` draws the three learning curves side by side: one series per experiment.
+    (plot,) = json.loads(_run(["dvc", "plots", "diff", *experiments, "--json"], repo, env))["data"][
+        "reports/rounds.json"
+    ]
+    assert plot["revisions"] == list(experiments)
+    points = plot["content"]["data"]["values"]
+    assert sorted((p["rev"], p["n_labeled"]) for p in points) == [(e, n) for e in sorted(experiments) for n in (9, 14)]
