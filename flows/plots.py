@@ -63,3 +63,62 @@ def learning_curve(n_labeled: list[int], accuracy: list[float], nll: list[float]
         ax.grid(alpha=0.3)
     fig.savefig(path, dpi=100)
     return path
+
+
+GALLERY_MAX = 20
+"""Items shown in a queued batch's gallery (the best-ranked ones)."""
+
+
+def queued_gallery(
+    items: list, classes: list[str], images: list[np.ndarray] | None, path: Path, *, columns: int = 5
+) -> Path:
+    """The queued batch as a reviewer checks it: each item (``QueuedItem``: id, rank, predicted class, its
+    probability, acquisition score and epistemic / aleatoric parts) as a picture with its caption when ``images``
+    (``[C, H, W]`` each, raw pixels) are given, else as a table of the same columns; the first ``GALLERY_MAX``
+    by rank."""
+    from matplotlib.figure import Figure
+
+    shown = sorted(items, key=lambda q: q.rank)[:GALLERY_MAX]
+
+    def number(value: float | None, digits: int) -> str:
+        return "–" if value is None else f"{value:.{digits}f}"
+
+    def predicted(q) -> str:
+        return "–" if q.predicted is None else classes[q.predicted]
+
+    if images is not None:
+        rows = -(-len(shown) // columns)
+        height = 2.4 * rows + 0.3  # inches: a caption above every row, the title above all
+        fig = Figure(figsize=(2.0 * columns, height))
+        fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.75 / height, hspace=0.6, wspace=0.1)
+        for index, (q, image) in enumerate(zip(shown, images, strict=False)):
+            ax = fig.add_subplot(rows, columns, index + 1)
+            image = np.asarray(image, dtype=np.float64)
+            ax.imshow(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0), cmap="gray")
+            ax.set_axis_off()
+            ax.set_title(
+                f"#{q.rank} {q.item_id}\n{predicted(q)} p={number(q.probability, 2)}  score {number(q.score, 3)}",
+                fontsize=7,
+            )
+        fig.suptitle("Queued for labeling (predicted class, its probability, acquisition score)", fontsize=9)
+    else:
+        fig = Figure(figsize=(9, 0.22 * len(shown) + 0.7))
+        ax = fig.add_subplot()
+        ax.set_axis_off()
+        header = ["rank", "item", "predicted", "p", "score", "epistemic", "aleatoric"]
+        cells = [
+            [
+                str(q.rank),
+                q.item_id,
+                predicted(q),
+                number(q.probability, 2),
+                number(q.score, 3),
+                number(q.epistemic, 3),
+                number(q.aleatoric, 3),
+            ]
+            for q in shown
+        ]
+        ax.table(cellText=cells or [["–"] * len(header)], colLabels=header, loc="upper center", cellLoc="left")
+        ax.set_title("Queued for labeling", fontsize=9)
+    fig.savefig(path, dpi=100)
+    return path

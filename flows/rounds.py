@@ -31,7 +31,13 @@ from data.faults import kill_point
 from data.pool import iter_pool_chunks
 from data.store import LabelAnswer, LabelStore, QueueEntry
 from flows import plots
-from flows.campaign_setup import campaign_test_rows, model_feature_store, open_label_store, prepare_campaign
+from flows.campaign_setup import (
+    campaign_test_rows,
+    feature_store_dir,
+    model_feature_store,
+    open_label_store,
+    prepare_campaign,
+)
 from flows.console import console, pool_exhausted, print_round
 from flows.models import candidate_specs, evidence_options, load_candidate, prior_checkpoint, save_candidate
 from flows.registry import EXAMPLE_ROWS, RoundModelConfig, log_round_model
@@ -306,8 +312,10 @@ def log_round(
     started_at: float,
     parent_id: str,
     history: list[dict[str, float]],
+    gallery: Gallery,
 ) -> dict[str, float]:
-    """Artifacts (queued batch, Bayes factors as CSV and as an MLflow table, plots incl. the learning curve over
+    """Artifacts (queued batch as CSV and as a gallery, Bayes factors as CSV and as an MLflow table, plots incl. the
+    learning curve over
     ``history`` — the earlier rounds' summaries — and this round, the selected candidate's checkpoint as saved for
     the next round), then the round's metrics, params and tags in one MLflow batch, with the round's timings up to
     that point (``started_at``: the round's start, Unix time), and the learning-curve metrics on the campaign's
@@ -318,6 +326,8 @@ def log_round(
         fields = ("round", "rank", "item_id", "score", "acquisition", "predicted", "probability", "epistemic")
         fields += ("aleatoric", "status")
         paths = [_write_csv({f: [getattr(q, f) for q in queued] for f in fields}, tmp_path / "queued_batch.csv")]
+        if queued:
+            paths.append(plots.queued_gallery(queued, gallery.classes, gallery.images, tmp_path / "queued_gallery.png"))
         if query.n_scored:
             paths.append(
                 plots.uncertainty_histogram(
@@ -389,6 +399,27 @@ def register_model(
     rows = campaign_test_rows(settings, features)[:EXAMPLE_ROWS]
     version = log_round_model(tracker, run_id, round_, checkpoint, model, config, _rows_tensor(features, rows))
     return int(version.version)
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """What the queued batch's gallery shows: class names, and each queued item's raw image (``None``: vectors,
+    shown as a table)."""
+
+    classes: list[str]
+    images: list[np.ndarray] | None
+
+
+def queued_items_gallery(settings: Settings, features: FeatureStore, queued: list) -> Gallery:
+    """The queued items' pictures from the imported (raw) feature store when it holds images, whatever
+    representation the models train on."""
+    raw = features if features.meta["is_image"] else open_feature_store(feature_store_dir(settings))
+    classes = list(features.classes)
+    if not raw.meta["is_image"] or not queued:
+        return Gallery(classes, None)
+    ranked = sorted(queued, key=lambda q: q.rank)[: plots.GALLERY_MAX]
+    rows = raw.row_of([q.item_id for q in ranked])
+    return Gallery(classes, [np.asarray(raw.features[int(r)]) for r in rows])
 
 
 def _bayes_factor_table(selection: Selection) -> dict[str, list]:
@@ -586,8 +617,9 @@ def _round_steps(
         register_model(tracker, run_id, round_, checkpoint, model, features, settings)
         metrics["model_log_seconds"] = time.perf_counter() - start
     history = store.round_metrics(campaign)
+    gallery = queued_items_gallery(settings, features, queued)
     metrics |= log_round(
-        tracker, run_id, round_, metrics, queued, query, selection, checkpoint, started_at, parent, history
+        tracker, run_id, round_, metrics, queued, query, selection, checkpoint, started_at, parent, history, gallery
     )
     kill_point("after_logging")
     tracker.finish(run_id)

@@ -73,7 +73,13 @@ def test_bayes_factors_logged_per_round_equal_log_evidence_differences(tmp_path)
             logged = json.load(handle)
         assert [row[logged["columns"].index("candidate")] for row in logged["data"]] == [r["candidate"] for r in table]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"learning_curve.png", "reliability.png", "uncertainty.png", "queued_batch.csv"} <= artifacts
+        assert {
+            "learning_curve.png",
+            "reliability.png",
+            "uncertainty.png",
+            "queued_batch.csv",
+            "queued_gallery.png",
+        } <= artifacts
     # The parent run: the learning curve as one line (a point per round), FINISHED with the campaign's summary.
     parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
     curve = client.get_metric_history(parent.info.run_id, "test_accuracy")

@@ -1,0 +1,65 @@
+"""The queued batch's gallery: the raw pictures of image items with their captions, a table for vectors."""
+
+import matplotlib.image
+import numpy as np
+
+from data import Dataset, open_feature_store, write_feature_store
+from data.store import QueuedItem
+from flows import plots
+from flows.rounds import queued_items_gallery
+from flows.settings import load_settings
+
+
+def _queued(ids: list[str]) -> list[QueuedItem]:
+    # Given out of rank order: the gallery shows them by rank.
+    return [
+        QueuedItem(item, rank, 0.5 - rank / 100, "bald", rank % 3, 0.9, 0.2, 0.3, round=1)
+        for rank, item in reversed(list(enumerate(ids, start=1)))
+    ]
+
+
+def _image_store(tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = np.zeros((8, 1, 6, 6), dtype=np.float32)
+    for i in range(8):  # item i: a bright square at column i % 6, so the pictures differ
+        pixels[i, 0, 1:5, i % 6] = 1.0
+    dataset = Dataset(
+        name="squares",
+        source="squares.npz",
+        x_train=pixels,
+        y_train=rng.integers(0, 3, 8).astype(np.int64),
+        x_test=pixels[:2],
+        y_test=np.array([0, 1]),
+        ids_train=np.array([f"sq-{i}" for i in range(8)]),
+        ids_test=np.array(["t0", "t1"]),
+        classes=("a", "b", "c"),
+    )
+    return open_feature_store(write_feature_store(dataset, tmp_path / "datasets" / "squares"))
+
+
+def test_an_image_gallery_shows_each_queued_item_by_rank_from_the_raw_pixels(tmp_path):
+    store = _image_store(tmp_path)
+    settings = load_settings(None, {"workspace": str(tmp_path), "dataset": {"name": "squares"}})
+    queued = _queued(["sq-3", "sq-0", "sq-5"])
+    gallery = queued_items_gallery(settings, store, queued)
+    assert gallery.classes == ["a", "b", "c"]
+    # by rank: sq-3 first; each the raw picture of its item
+    np.testing.assert_array_equal(np.stack(gallery.images), store.features[[3, 0, 5]])
+    png = plots.queued_gallery(queued, gallery.classes, gallery.images, tmp_path / "g.png")
+    picture = matplotlib.image.imread(png)
+    assert picture.shape[:2] == (270, 1000)  # one row of five 2.0 x 2.4 inch panels and a title, at 100 dpi
+    assert picture[..., :3].std() > 0.05  # drawn, not blank
+
+
+def test_a_vector_gallery_is_a_table_growing_with_the_batch(tmp_path):
+    settings = load_settings(None, {"workspace": str(tmp_path), "dataset": {"name": "wine"}})
+    from flows.campaign_setup import ensure_feature_store
+
+    store = ensure_feature_store(settings)
+    few, many = _queued([str(i) for i in store.ids[:2]]), _queued([str(i) for i in store.ids[:12]])
+    assert queued_items_gallery(settings, store, few).images is None
+    heights = [
+        matplotlib.image.imread(plots.queued_gallery(q, list(store.classes), None, tmp_path / f"{len(q)}.png")).shape[0]
+        for q in (few, many)
+    ]
+    assert heights[1] > heights[0]
