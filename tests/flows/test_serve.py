@@ -215,9 +215,14 @@ def test_serve_needs_one_schedule_and_a_server(tmp_path):
         app, ["serve", "--dataset", "iris", "--workspace", str(tmp_path), "--interval", "5", "--cron", "* * * * *"]
     )
     assert both.exit_code == 2 and "give one schedule: --interval SECONDS or --cron EXPRESSION" in both.stderr
-    alone = runner.invoke(
-        app,
-        ["serve", "--dataset", "iris", "--workspace", str(tmp_path), "--interval", "5"],
-        env={"PREFECT_API_URL": ""},
+    # Without a server: a process of its own, since in this one the session's server is in Prefect's settings
+    # context, which an environment variable cannot unset (served in-process, the command would never return).
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    alone = subprocess.run(
+        [*CLI, "serve", "--dataset", "iris", "--workspace", str(tmp_path), "--interval", "5"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    assert alone.exit_code == 2 and "a schedule needs a Prefect server" in alone.stderr
+    assert alone.returncode == 2 and "a schedule needs a Prefect server" in alone.stderr
