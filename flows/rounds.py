@@ -389,14 +389,17 @@ def register_model(
     settings: Settings,
 ) -> int:
     """The selected model as an MLflow pyfunc in the round's run and a new version of ``<campaign>-model``
-    (``flows.registry``); three test items are its input example. Returns the version number."""
+    (``flows.registry``); three test items are its input example (training rows when the campaign has no test
+    split). Returns the version number."""
     config = RoundModelConfig(
         classes=[str(c) for c in features.classes],
         feature_shape=[int(d) for d in features.meta["feature_shape"]],
         samples=settings.acquisition.samples,
         seed=round_seed(settings.campaign.seed, round_),
     )
-    rows = campaign_test_rows(settings, features)[:EXAMPLE_ROWS]
+    rows = np.asarray(campaign_test_rows(settings, features))[:EXAMPLE_ROWS]
+    if not len(rows):
+        rows = np.asarray(features.rows_train)[:EXAMPLE_ROWS]
     version = log_round_model(tracker, run_id, round_, checkpoint, model, config, _rows_tensor(features, rows))
     return int(version.version)
 

@@ -28,6 +28,9 @@ os.environ.update(
 )
 for key in [k for k in os.environ if k.startswith("BELIEFLOOP_")]:
     del os.environ[key]
+# Registering each round's model costs a CLI process ~5 s and a round ~2 s here; the tests of the registry (the
+# two-round campaign, the killed round, the team setup) turn it back on, every other test runs without it.
+os.environ["BELIEFLOOP_TRACKING__REGISTER_MODEL"] = "false"
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

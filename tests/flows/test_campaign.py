@@ -42,7 +42,7 @@ def _small(workspace: Path, store: dict | None = None, tracking: dict | None = N
             "model": {"steps": 50},
             "acquisition": {"samples": 8, "shards": shards},
             "store": store or {},
-            "tracking": tracking or {},
+            "tracking": {"register_model": True, **(tracking or {})},
         },
     )
 
@@ -293,6 +293,7 @@ def _simulate(workspace: Path, rounds: int, kill_at: str | None = None, **env: s
         "BELIEFLOOP_MODEL__STEPS": "50",
         "BELIEFLOOP_SELECTION__CANDIDATES": "[]",
         **({"BELIEFLOOP_KILL_AT": kill_at} if kill_at else {}),
+        "BELIEFLOOP_TRACKING__REGISTER_MODEL": "true",  # a killed round registers its model once
         **env,
     }
     args = ["--dataset", "iris", "--rounds", str(rounds), "--k", "5", "--initial", "9", "--samples", "4"]

@@ -47,14 +47,15 @@ def _stop(process: subprocess.Popen) -> None:
             process.kill()
 
 
-@pytest.fixture()
-def prefect_server(tmp_path):
-    """``prefect server start`` as its users start it, with its own PREFECT_HOME; yields the API URL and env."""
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """``prefect server start`` as its users start it, with its own PREFECT_HOME; yields the API URL and env. One
+    for the module's tests (each names its own deployment)."""
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {
         **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect")),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_API_URL": api,

@@ -125,6 +125,7 @@ def test_a_round_on_postgresql_an_mlflow_server_and_a_dask_cluster(team, tmp_pat
         "BELIEFLOOP_TRACKING__URI": tracking_uri,
         "BELIEFLOOP_MODEL__STEPS": "30",
         "BELIEFLOOP_SELECTION__CANDIDATES": "[]",
+        "BELIEFLOOP_TRACKING__REGISTER_MODEL": "true",
     }
     args = ["--dataset", "iris", "--rounds", "1", "--k", "5", "--initial", "9", "--samples", "4"]
     cluster = ["--dask-address", scheduler, "--shards", "2"]
