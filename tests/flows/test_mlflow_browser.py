@@ -19,7 +19,12 @@ def mlflow_ui(tmp_path):
     """A 2-round simulated digits campaign (one small candidate, few steps), then `beliefloop ui` on a free port;
     yields (URL, campaign). The UI is stopped with SIGTERM after."""
     workspace = tmp_path / "w"
-    env = {**os.environ, "BELIEFLOOP_MODEL__STEPS": "30", "BELIEFLOOP_SELECTION__CANDIDATES": "[]"}
+    env = {
+        **os.environ,
+        "BELIEFLOOP_MODEL__STEPS": "30",
+        "BELIEFLOOP_SELECTION__CANDIDATES": "[]",
+        "BELIEFLOOP_TRACKING__REGISTER_MODEL": "true",  # the default a reviewer sees (the UI's view depends on it)
+    }
     args = ["--dataset", "digits", "--rounds", "2", "--k", "10", "--samples", "4", "--workspace", str(workspace)]
     result = subprocess.run([*CLI, "simulate", *args], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
