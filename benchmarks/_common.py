@@ -64,3 +64,17 @@ def finish_parser(
             if getattr(args, key) == parser.get_default(key):
                 setattr(args, key, value)
     return args
+
+
+def run_threads(target, n: int) -> float:
+    """Start ``target(i)`` for i in 0..n-1 on ``n`` threads at once, wait for all; the wall seconds they took."""
+    import threading
+    import time
+
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start

@@ -19,13 +19,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
-from _common import ROOT, environment
+from _common import ROOT, environment, run_threads
 
 from data.store import LabelStore, QueueEntry
 from flows.campaign_setup import prepare_campaign
@@ -90,13 +89,7 @@ def run(port: int, items: list[str], annotators: int, answers: int) -> dict:
                 if response.status_code != 200:
                     failures.append(f"{item}: {response.status_code} {response.text}")
 
-    threads = [threading.Thread(target=annotate, args=(k,)) for k in range(annotators)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - start
+    wall = run_threads(annotate, annotators)
     every = np.concatenate([np.asarray(x) for x in latencies])
     return {
         "answers": int(every.size),

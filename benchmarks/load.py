@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from _common import ROOT, environment
+from _common import ROOT, environment, run_threads
 
 from data import Dataset, write_feature_store
 from data.store import LabelStore
@@ -164,13 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
         runner = threading.Thread(target=second_round)
         runner.start()
-        threads = [threading.Thread(target=labeller, args=(i,)) for i in range(args.labellers)]
-        answering = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        answer_seconds = time.perf_counter() - answering
+        answer_seconds = run_threads(labeller, args.labellers)
         runner.join()
         server.terminate()
         server.wait(timeout=30)

@@ -505,8 +505,7 @@ def skip(
     params: ParamsOpt = None,
 ) -> None:
     """Mark a pending item as skipped (unanswerable): it leaves the pool and is never queued again."""
-    _, store, name = _open_campaign(params, workspace, campaign)
-    store.skip(name, item)
+    name = _move_in_queue("skip", item, params, workspace, campaign)
     typer.echo(f"skipped {item} in campaign {name}")
 
 
@@ -518,9 +517,15 @@ def unskip(
     params: ParamsOpt = None,
 ) -> None:
     """Undo a skip: the item is pending again and can be labelled."""
-    _, store, name = _open_campaign(params, workspace, campaign)
-    store.unskip(name, item)
+    name = _move_in_queue("unskip", item, params, workspace, campaign)
     typer.echo(f"{item} is pending again in campaign {name}")
+
+
+def _move_in_queue(move: str, item: str, params: Path | None, workspace: Path | None, campaign: str | None) -> str:
+    """``LabelStore.skip`` or ``unskip`` of ``item`` in the campaign; returns the campaign's name."""
+    _, store, name = _open_campaign(params, workspace, campaign)
+    getattr(store, move)(name, item)
+    return name
 
 
 @app.command()
