@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from bayes_models.laplace import LaplaceClassifier, LaplaceConfig
+from bayes_models.laplace.core import Laplace
 from bayes_models.laplace.marglik import marglik_training
 from bayes_models.linear import BayesianLinearRegression, polynomial_features
 
@@ -63,6 +64,31 @@ def test_matches_laplace_torch_marglik_training():
     assert torch.allclose(ours.prior_precision, delta_ref, rtol=0.05), (ours.prior_precision, delta_ref)
     log_z_ref = float(lap.log_marginal_likelihood())
     assert ours.laplace.log_evidence() == pytest.approx(log_z_ref, rel=0.05)
+
+
+@pytest.mark.skipif(not HAS_LAPLACE_TORCH, reason="laplace-torch is not installed (`make reference` installs it)")
+@pytest.mark.parametrize("delta", [[0.5, 2.0], [30.0, 30.0]])
+def test_all_weights_kfac_evidence_and_probit_predictive_match_laplace_torch(delta):
+    """The all-weights KFAC Laplace of a trained network under a layer-wise prior: log evidence (1e-8 relative) and
+    the linearised probit predictive (1e-8) as laplace-torch's ``KronLaplace`` computes them (float64)."""
+    from laplace import KronLaplace
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = _teacher_data(200, seed=2)
+    x_new, _ = _teacher_data(50, seed=3)
+    net = _student(4)
+    optimiser = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(100):
+        optimiser.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        optimiser.step()
+    precision = torch.tensor(delta, dtype=DT)
+    ours = Laplace(net, subset="all", structure="kfac", prior_precision=precision).fit(x, y)
+    reference = KronLaplace(net, "classification", prior_precision=precision)
+    reference.fit(DataLoader(TensorDataset(x, y), batch_size=64))
+    assert ours.log_evidence() == pytest.approx(float(reference.log_marginal_likelihood()), rel=1e-8)
+    expected = reference(x_new, pred_type="glm", link_approx="probit")
+    assert torch.allclose(ours.predict(x_new, link="probit"), expected, rtol=0, atol=1e-8)
 
 
 def _polynomial_data(seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
