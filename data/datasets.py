@@ -8,7 +8,9 @@ Every source becomes one :class:`Dataset` of model-ready arrays:
 - images ``[N, C, H, W]`` are divided by 255 when stored as ``uint8``, else kept as given (as float32);
 - labels are ``int64`` indices into ``classes``, ``-1`` meaning unknown (the unlabeled pool, train only);
 - ids are unique strings across train and test and derived from the source row, so an item keeps its id
-  whatever the split.
+  whatever the split;
+- vector features keep their names (a table's columns, a bundled set's ``feature_names``, an ``.npz``'s optional
+  ``feature_names``), so people see ``alcohol = 13.2`` rather than ``x0``.
 
 Problems raise :class:`DatasetError`, whose message names the source, the row / key / column and what
 was expected versus found. Files are never unpickled (``allow_pickle=False``).
@@ -26,7 +28,7 @@ import pandas as pd
 
 BUNDLED = ("digits", "breast_cancer", "wine", "iris")
 FILE_SUFFIXES = (".npz", ".csv", ".parquet", ".pq")
-NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test", "ids_train", "ids_test", "classes")
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test", "ids_train", "ids_test", "classes", "feature_names")
 _SUPPORTED = f"bundled names {', '.join(BUNDLED)} or files ending in {', '.join(FILE_SUFFIXES)}"
 
 
@@ -52,6 +54,10 @@ class Dataset:
         Class names.
     standardization : (mean, std) of float64 arrays ``[D]``, or None
         The transform ``x' = (x - mean) / std`` the vectors went through; None for images.
+    feature_names : tuple of str, or None
+        Vectors: the name of each of the ``D`` features (a table's column names, a bundled set's
+        ``feature_names``, an ``.npz``'s ``feature_names``); None: unnamed (shown as ``x0 .. x{D-1}``), and
+        always None for images.
     """
 
     name: str
@@ -64,10 +70,14 @@ class Dataset:
     ids_test: np.ndarray
     classes: tuple[str, ...]
     standardization: tuple[np.ndarray, np.ndarray] | None = None
+    feature_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
         where = self.source or self.name
+        if self.feature_names is not None:
+            names = _check_feature_names(self.feature_names, tuple(self.x_train.shape[1:]), where)
+            object.__setattr__(self, "feature_names", names)
         if self.standardization is not None:
             stats = _check_standardization(self.standardization, tuple(self.x_train.shape[1:]), where)
             object.__setattr__(self, "standardization", stats)
@@ -96,6 +106,11 @@ class Dataset:
     def is_image(self) -> bool:
         """Whether the features are images ``[N, C, H, W]``."""
         return self.x_train.ndim == 4
+
+    @property
+    def names(self) -> tuple[str, ...] | None:
+        """The features' names, ``x0 .. x{D-1}`` when unnamed; None for images."""
+        return None if self.is_image else self.feature_names or default_feature_names(self.x_train.shape[1])
 
     @property
     def n_classes(self) -> int:
@@ -156,12 +171,13 @@ def load_dataset(
     Notes
     -----
     ``.npz``: keys ``x_train``, ``x_test``, ``y_test`` and optionally ``y_train`` (absent = all unknown),
-    ``ids_train`` / ``ids_test`` (default ``train-<i>`` / ``test-<i>``) and ``classes``; any other key is an
-    error. Features ``[N, D]`` are vectors; ``[N, H, W]``, ``[N, H, W, C]`` and ``[N, C, H, W]`` (C in 1, 3,
-    4; channels-first wins when ambiguous) are images. Tables: the columns other than label, id and
-    ``split`` are numeric features; a ``split`` column (``train`` / ``test``) fixes the split, and rows
-    with an empty label always go to train as unknown. Numeric labels ``-1`` / NaN and string labels ``""``
-    are unknown; without ``classes`` the classes are the sorted distinct known labels (numeric order for
+    ``ids_train`` / ``ids_test`` (default ``train-<i>`` / ``test-<i>``), ``classes`` and, for vectors,
+    ``feature_names`` (one per feature); any other key is an error. Features ``[N, D]`` are vectors;
+    ``[N, H, W]``, ``[N, H, W, C]`` and ``[N, C, H, W]`` (C in 1, 3, 4; channels-first wins when ambiguous)
+    are images. Tables: the columns other than label, id and ``split`` are numeric features, named by their
+    column; a ``split`` column (``train`` / ``test``) fixes the split, and rows with an empty label always go
+    to train as unknown. Numeric labels ``-1`` / NaN and string labels ``""`` are unknown; without
+    ``classes`` the classes are the sorted distinct known labels (numeric order for
     numbers), with ``classes`` integer labels index it and string labels are looked up by name.
 
     Raises
@@ -214,7 +230,8 @@ def _load_bundled(name: str, test_fraction: float, seed: int, **scaling) -> Data
     y = np.asarray(bunch.target, dtype=np.int64)
     ids = _row_ids("row", len(x))
     train, test = _stratified_split(y, test_fraction, seed)
-    return _assemble(name, name, x[train], y[train], x[test], y[test], ids[train], ids[test], classes, **scaling)
+    names = tuple(str(n) for n in getattr(bunch, "feature_names", ())) or None
+    return _assemble(name, name, x[train], y[train], x[test], y[test], ids[train], ids[test], classes, names, **scaling)
 
 
 def _load_npz(
@@ -269,8 +286,13 @@ def _load_npz(
     y_train, y_test, classes = _encode_labels(y_train, arrays["y_test"], classes, where)
     ids_train, ids_test = _as_str(ids_train, where, "ids_train"), _as_str(ids_test, where, "ids_test")
     x_train, x_test = _image_layout(x_train, where, "x_train"), _image_layout(x_test, where, "x_test")
+    names = None
+    if "feature_names" in arrays:
+        if x_train.ndim != 2:
+            raise DatasetError(f"{where}: feature_names apply to vectors [N, D]; x_train has shape {x_train.shape}")
+        names = tuple(_as_str(arrays["feature_names"], where, "feature_names").tolist())
     scaling["allow_empty_test"] = allow_empty_test
-    return _assemble(path.stem, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes, **scaling)
+    return _assemble(path.stem, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes, names, **scaling)
 
 
 def _load_table(
@@ -353,14 +375,29 @@ def _load_table(
         train, test = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
     else:
         train, test = _stratified_split(y, frac, seed)
-    return _assemble(path.stem, where, x[train], y[train], x[test], y[test], ids[train], ids[test], classes, **scaling)
+    names = tuple(str(c) for c in features)
+    return _assemble(
+        path.stem, where, x[train], y[train], x[test], y[test], ids[train], ids[test], classes, names, **scaling
+    )
 
 
 # ---------------------------------------------------------------------------------------------- helpers
 
 
 def _assemble(
-    name, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes, *, standardization, allow_empty_test
+    name,
+    where,
+    x_train,
+    y_train,
+    x_test,
+    y_test,
+    ids_train,
+    ids_test,
+    classes,
+    feature_names=None,
+    *,
+    standardization,
+    allow_empty_test,
 ) -> Dataset:
     """Check labels, ids and values, scale features and build the :class:`Dataset`."""
     if len(x_test) == 0 and not allow_empty_test:
@@ -401,7 +438,28 @@ def _assemble(
             mean, std = _check_standardization(standardization, tuple(x_train.shape[1:]), where)
         x_train, x_test = standardize(x_train, mean, std), standardize(x_test, mean, std)
         stats = (mean, std)
-    return Dataset(name, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes, stats)
+    return Dataset(name, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes, stats, feature_names)
+
+
+def default_feature_names(n: int) -> tuple[str, ...]:
+    """``x0 .. x{n-1}``: the names of unnamed features."""
+    return tuple(f"x{j}" for j in range(n))
+
+
+def _check_feature_names(names, feature_shape: tuple[int, ...], where: str) -> tuple[str, ...]:
+    """One distinct, non-empty name per feature of a vector ``[D]``."""
+    names = tuple(str(n) for n in names)
+    if len(feature_shape) != 1:
+        raise DatasetError(f"{where}: feature names apply to vectors [N, D]; features have shape {feature_shape}")
+    if len(names) != feature_shape[0]:
+        raise DatasetError(f"{where}: {len(names)} feature names for {feature_shape[0]} features")
+    if "" in names:
+        raise DatasetError(f"{where}: feature name {names.index('')} is empty")
+    values, counts = np.unique(np.asarray(names, dtype=str), return_counts=True)
+    repeated = values[counts > 1].tolist()
+    if repeated:
+        raise DatasetError(f"{where}: feature names must be distinct; repeated: {repeated[:5]}")
+    return names
 
 
 def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:

@@ -9,7 +9,8 @@ Layout of a store folder (the campaign keeps it at ``workspace/datasets/<name>/`
     meta.json      name, source, classes, n_train, n_test, feature_shape, is_image, dtype,
                    format_version, content_hash; n_appended and standardization (vectors: the original
                    import's train mean and std, which every appended row must have gone through; null for
-                   images) where present
+                   images) where present; feature_names (vectors: one name per feature) where known — a
+                   store written before names were kept opens with ``x0 .. x{D-1}``
 
 ``rows_train`` / ``rows_test`` describe the original import only; which rows a campaign uses, and in which
 split, is the label store's ``items`` table. A store is written into a temporary sibling folder and renamed
@@ -35,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from data.datasets import Dataset, DatasetError
+from data.datasets import Dataset, DatasetError, default_feature_names
 from data.faults import kill_point
 
 try:
@@ -45,6 +46,8 @@ except ImportError:  # pragma: no cover - Windows: appends are then not serialis
 
 FORMAT_VERSION = 1
 META_KEYS = ("name", "source", "classes", "n_train", "n_test", "feature_shape", "is_image", "dtype")
+HASHED_IF_SET = ("feature_names",)
+"""Metadata added after the first stores: hashed when set, so that the hashes of older stores stay valid."""
 _DTYPES = ("float32", "float16")
 
 
@@ -95,6 +98,14 @@ class FeatureStore:
     @property
     def classes(self) -> tuple[str, ...]:
         return tuple(self.meta["classes"])
+
+    @property
+    def feature_names(self) -> tuple[str, ...] | None:
+        """Vectors: each feature's name (``x0 .. x{D-1}`` for a store written without names); None for images."""
+        if self.meta["is_image"]:
+            return None
+        names = self.meta.get("feature_names")
+        return tuple(names) if names is not None else default_feature_names(self.feature_shape[0])
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -150,8 +161,9 @@ class FeatureStore:
         x = np.asarray(self.features[:end], dtype=np.float32)
         y, ids = np.asarray(self.targets[:end]), np.asarray(self.ids[:end])
         name, source = self.meta["name"], self.meta["source"]
-        stats = self.standardization
-        return Dataset(name, source, x[:n], y[:n], x[n:], y[n:], ids[:n], ids[n:], self.classes, stats)
+        stats, names = self.standardization, self.meta.get("feature_names")
+        names = tuple(names) if names is not None else None
+        return Dataset(name, source, x[:n], y[:n], x[n:], y[n:], ids[:n], ids[n:], self.classes, stats, names)
 
     def verify(self) -> None:
         """Re-hash the arrays (reads everything) and raise :class:`FeatureStoreError` if they changed."""
@@ -217,6 +229,7 @@ def write_feature_store(
         "dtype": str(features.dtype),
         "n_appended": 0,
         "standardization": _stats_json(dataset.standardization),
+        "feature_names": None if dataset.feature_names is None else list(dataset.feature_names),
     }
     meta["content_hash"] = _content_hash(meta, features, targets, ids)
     recover_store(directory)  # a store that a killed rewrite left aside is the one in place, not this import
@@ -369,6 +382,7 @@ def _open_store(directory: Path) -> FeatureStore:
 
 def _content_hash(meta: dict[str, Any], features: np.ndarray, targets: np.ndarray, ids: np.ndarray) -> str:
     core = {key: meta[key] for key in META_KEYS if key != "source"}
+    core.update({key: meta[key] for key in HASHED_IF_SET if meta.get(key) is not None})
     digest = hashlib.sha256(json.dumps(core, sort_keys=True).encode())
     for array in (features, targets, ids):
         array = np.ascontiguousarray(array)
@@ -416,6 +430,13 @@ def _read_meta(directory: Path) -> dict[str, Any]:
             ok = False
         if not ok:
             raise FeatureStoreError(f"{path}: standardization must be null or {{mean, std}} of {size} numbers each")
+    names = meta.setdefault("feature_names", None)
+    if names is not None:
+        shape = meta["feature_shape"]
+        if not (isinstance(names, list) and all(isinstance(n, str) and n for n in names)) or len(shape) != 1:
+            raise FeatureStoreError(f"{path}: feature_names must be null or a list of names of vector features")
+        if len(names) != shape[0] or len(set(names)) != len(names):
+            raise FeatureStoreError(f"{path}: feature_names must be {shape[0]} distinct names, got {len(names)}")
     return meta
 
 

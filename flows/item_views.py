@@ -30,9 +30,10 @@ def image_png(image_C_H_W: np.ndarray, min_side: int = IMAGE_MIN_SIDE) -> bytes:
 
 
 def feature_table(features: FeatureStore, row: int) -> list[tuple[str, str]]:
-    """A vector's features as ``(name, value)`` in the units of the imported file (standardisation undone)."""
+    """A vector's features as ``(name, value)`` in the units of the imported file (standardisation undone),
+    named as in the file (``x0``, ``x1``, … when it named none)."""
     x = np.asarray(features.features[row], dtype=np.float64)
     if (stats := features.standardization) is not None:
         mean, std = stats
         x = x * std + mean
-    return [(f"x{j}", f"{value:.4g}") for j, value in enumerate(x)]
+    return [(name, f"{value:.4g}") for name, value in zip(features.feature_names, x, strict=True)]

@@ -327,7 +327,11 @@ def log_round(
         fields += ("aleatoric", "status")
         paths = [_write_csv({f: [getattr(q, f) for q in queued] for f in fields}, tmp_path / "queued_batch.csv")]
         if queued:
-            paths.append(plots.queued_gallery(queued, gallery.classes, gallery.images, tmp_path / "queued_gallery.png"))
+            paths.append(
+                plots.queued_gallery(
+                    queued, gallery.classes, gallery.images, tmp_path / "queued_gallery.png", vectors=gallery.vectors
+                )
+            )
         if query.n_scored:
             paths.append(
                 plots.uncertainty_histogram(
@@ -407,21 +411,26 @@ def register_model(
 @dataclass(frozen=True)
 class Gallery:
     """What the queued batch's gallery shows: class names, and each queued item's raw image (``None``: vectors,
-    shown as a table)."""
+    shown as a table), or its first named features in the file's units (``None``: images), best rank first."""
 
     classes: list[str]
     images: list[np.ndarray] | None
+    vectors: list[list[tuple[str, str]]] | None = None
 
 
 def queued_items_gallery(settings: Settings, features: FeatureStore, queued: list) -> Gallery:
-    """The queued items' pictures from the imported (raw) feature store when it holds images, whatever
+    """The queued items' pictures, or their named features, from the imported (raw) feature store, whatever
     representation the models train on."""
+    from flows.item_views import feature_table
+
     raw = features if features.meta["is_image"] else open_feature_store(feature_store_dir(settings))
     classes = list(features.classes)
-    if not raw.meta["is_image"] or not queued:
+    if not queued:
         return Gallery(classes, None)
     ranked = sorted(queued, key=lambda q: q.rank)[: plots.GALLERY_MAX]
     rows = raw.row_of([q.item_id for q in ranked])
+    if not raw.meta["is_image"]:
+        return Gallery(classes, None, [feature_table(raw, int(r))[: plots.GALLERY_FEATURES] for r in rows])
     return Gallery(classes, [np.asarray(raw.features[int(r)]) for r in rows])
 
 
