@@ -10,7 +10,10 @@ Every source becomes one :class:`Dataset` of model-ready arrays:
 - ids are unique strings across train and test and derived from the source row, so an item keeps its id
   whatever the split;
 - vector features keep their names (a table's columns, a bundled set's ``feature_names``, an ``.npz``'s optional
-  ``feature_names``), so people see ``alcohol = 13.2`` rather than ``x0``.
+  ``feature_names``), so people see ``alcohol = 13.2`` rather than ``x0``;
+- a table's free-text column (``text_column``) is kept as text for people and turned into ``text_dim`` numeric
+  features for the models by the stateless pipeline of :mod:`data.text` (after the other features), so rows
+  arriving later are featurised identically without any fitted state.
 
 Problems raise :class:`DatasetError`, whose message names the source, the row / key / column and what
 was expected versus found. Files are never unpickled (``allow_pickle=False``).
@@ -25,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from data.text import TEXT_DIM, TextFeatures
 
 BUNDLED = ("digits", "breast_cancer", "wine", "iris")
 FILE_SUFFIXES = (".npz", ".csv", ".parquet", ".pq")
@@ -58,6 +63,10 @@ class Dataset:
         Vectors: the name of each of the ``D`` features (a table's column names, a bundled set's
         ``feature_names``, an ``.npz``'s ``feature_names``); None: unnamed (shown as ``x0 .. x{D-1}``), and
         always None for images.
+    texts_train, texts_test : np.ndarray, or None
+        Unicode ``[N]``: each item's text (a table's ``text_column``), None without one.
+    text : TextFeatures, or None
+        How the text became the last ``text.dim`` features; set exactly when the texts are.
     """
 
     name: str
@@ -71,10 +80,14 @@ class Dataset:
     classes: tuple[str, ...]
     standardization: tuple[np.ndarray, np.ndarray] | None = None
     feature_names: tuple[str, ...] | None = None
+    texts_train: np.ndarray | None = None
+    texts_test: np.ndarray | None = None
+    text: TextFeatures | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
         where = self.source or self.name
+        _check_texts(self, where)
         if self.feature_names is not None:
             names = _check_feature_names(self.feature_names, tuple(self.x_train.shape[1:]), where)
             object.__setattr__(self, "feature_names", names)
@@ -135,6 +148,8 @@ def load_dataset(
     *,
     label_column: str | None = None,
     id_column: str | None = None,
+    text_column: str | None = None,
+    text_dim: int = TEXT_DIM,
     test_fraction: float = 0.25,
     split_seed: int = 0,
     standardization: tuple[np.ndarray, np.ndarray] | None = None,
@@ -150,6 +165,10 @@ def load_dataset(
         path ending in ``.npz``, ``.csv``, ``.parquet`` or ``.pq``.
     label_column, id_column : str, optional
         Tables only: the label column (required) and the id column (default ``row-<i>``).
+    text_column, text_dim : str, int
+        Tables only: a column of free text, kept as text (:attr:`Dataset.texts_train`) and featurised into
+        ``text_dim`` numbers by :class:`data.text.TextFeatures`, after the other feature columns. An empty or
+        missing cell is the empty text (its features are those of no words).
     test_fraction, split_seed : float, int
         Stratified split of labeled rows for bundled sets and tables without a ``split`` column.
     standardization : (mean, std), optional
@@ -191,8 +210,9 @@ def load_dataset(
         raise DatasetError(f"{source}: test_fraction must be in (0, 1), got {test_fraction}")
     scaling = {"standardization": standardization, "allow_empty_test": allow_empty_test}
     declared = None if classes is None else tuple(str(c) for c in classes)
+    text = TextFeatures(text_column, text_dim) if text_column is not None else None
     if isinstance(source, str) and source in BUNDLED:
-        _no_columns(source, label_column, id_column)
+        _no_columns(source, label_column, id_column, text_column)
         return _same_classes(_load_bundled(source, test_fraction, split_seed, **scaling), declared)
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
@@ -204,9 +224,9 @@ def load_dataset(
     if path.stat().st_size == 0:
         raise DatasetError(f"{path}: file is empty")
     if suffix == ".npz":
-        _no_columns(str(path), label_column, id_column)
+        _no_columns(str(path), label_column, id_column, text_column)
         return _load_npz(path, declared, **scaling)
-    return _load_table(path, label_column, id_column, test_fraction, split_seed, declared, **scaling)
+    return _load_table(path, label_column, id_column, test_fraction, split_seed, declared, text, **scaling)
 
 
 def _same_classes(dataset: Dataset, declared: tuple[str, ...] | None) -> Dataset:
@@ -302,6 +322,7 @@ def _load_table(
     frac: float,
     seed: int,
     declared: tuple[str, ...] | None = None,
+    text: TextFeatures | None = None,
     **scaling,
 ) -> Dataset:
     where = str(path.resolve())
@@ -332,9 +353,16 @@ def _load_table(
             raise DatasetError(f"{where}: id column {id_column!r} is empty in data row {missing[0]}")
         ids = _as_str(frame[id_column].to_numpy(), where, id_column)
     _check_unique_ids(ids, where)
-    features_excluded = {label_column, id_column, "split"}
+    texts = None
+    if text is not None:
+        if text.column not in columns:
+            raise DatasetError(f"{where}: text column {text.column!r} not found; columns are {columns}")
+        if text.column in (label_column, id_column, "split"):
+            raise DatasetError(f"{where}: text column {text.column!r} is also the label, id or split column")
+        texts = _text_cells(frame[text.column], ids, where, text.column)
+    features_excluded = {label_column, id_column, "split", text.column if text else None}
     features = [c for c in columns if c not in features_excluded]
-    if not features:
+    if not features and text is None:
         raise DatasetError(f"{where}: no feature columns besides label/id/split; columns are {columns}")
     for column in features:
         values = frame[column]
@@ -343,11 +371,15 @@ def _load_table(
             example = bad.iloc[0] if len(bad) else values.iloc[0]
             example = example.item() if isinstance(example, np.generic) else example
             raise DatasetError(f"{where}: feature column {column!r} is not numeric ({values.dtype}), e.g. {example!r}")
-    x = frame[features].to_numpy(dtype=np.float64, na_value=np.nan)
+    x = frame[features].to_numpy(dtype=np.float64, na_value=np.nan).reshape(len(frame), len(features))
     bad = np.argwhere(~np.isfinite(x))
     if bad.size:
         row, col = bad[0]
         raise DatasetError(f"{where}: NaN/inf in row {row} (id {ids[row].item()!r}), column {features[col]!r}")
+    names = [str(c) for c in features]
+    if text is not None:
+        x = np.concatenate([x, text.transform(texts)], axis=1)
+        names += text.feature_names()
     labels = frame[label_column]
     numeric = pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(labels)
     labels = labels.to_numpy(dtype=np.float64, na_value=np.nan) if numeric else labels.to_numpy(dtype=object)
@@ -375,9 +407,20 @@ def _load_table(
         train, test = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
     else:
         train, test = _stratified_split(y, frac, seed)
-    names = tuple(str(c) for c in features)
+    by_text = {} if texts is None else {"texts_train": texts[train], "texts_test": texts[test], "text": text}
     return _assemble(
-        path.stem, where, x[train], y[train], x[test], y[test], ids[train], ids[test], classes, names, **scaling
+        path.stem,
+        where,
+        x[train],
+        y[train],
+        x[test],
+        y[test],
+        ids[train],
+        ids[test],
+        classes,
+        names,
+        **scaling,
+        **by_text,
     )
 
 
@@ -398,6 +441,9 @@ def _assemble(
     *,
     standardization,
     allow_empty_test,
+    texts_train=None,
+    texts_test=None,
+    text=None,
 ) -> Dataset:
     """Check labels, ids and values, scale features and build the :class:`Dataset`."""
     if len(x_test) == 0 and not allow_empty_test:
@@ -438,7 +484,22 @@ def _assemble(
             mean, std = _check_standardization(standardization, tuple(x_train.shape[1:]), where)
         x_train, x_test = standardize(x_train, mean, std), standardize(x_test, mean, std)
         stats = (mean, std)
-    return Dataset(name, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes, stats, feature_names)
+    return Dataset(
+        name,
+        where,
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        ids_train,
+        ids_test,
+        classes,
+        stats,
+        feature_names,
+        texts_train,
+        texts_test,
+        text,
+    )
 
 
 def default_feature_names(n: int) -> tuple[str, ...]:
@@ -644,6 +705,43 @@ def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[n
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
 
-def _no_columns(where: str, label_column: str | None, id_column: str | None) -> None:
-    if label_column is not None or id_column is not None:
-        raise DatasetError(f"{where}: label_column / id_column apply to CSV and Parquet tables only")
+def _no_columns(where: str, label_column: str | None, id_column: str | None, text_column: str | None) -> None:
+    if label_column is not None or id_column is not None or text_column is not None:
+        raise DatasetError(f"{where}: label_column / id_column / text_column apply to CSV and Parquet tables only")
+
+
+def _text_cells(values: pd.Series, ids: np.ndarray, where: str, column: str) -> np.ndarray:
+    """A text column's cells as unicode ``[N]``: a missing cell (empty, NaN) is the empty text, a number its
+    digits; a cell holding a list (Parquet) is refused with its row and id."""
+    cells = values.to_numpy(dtype=object)
+    out = []
+    for row, value in enumerate(cells):
+        if not pd.api.types.is_scalar(value):
+            raise DatasetError(
+                f"{where}: text column {column!r} in row {row} (id {ids[row].item()!r}) holds "
+                f"{type(value).__name__} {np.asarray(value).tolist()!r}, expected one text"
+            )
+        if pd.isna(value):
+            out.append("")
+        elif isinstance(value, bytes):
+            out.append(value.decode("utf-8", errors="replace"))
+        else:
+            out.append(str(value.item() if isinstance(value, np.generic) else value))
+    return np.array(out, dtype=str).reshape(len(out))
+
+
+def _check_texts(dataset: Dataset, where: str) -> None:
+    """Texts of both splits and the featuriser that made the last features, all or none."""
+    parts = (dataset.texts_train, dataset.texts_test, dataset.text)
+    if all(part is None for part in parts):
+        return
+    if any(part is None for part in parts):
+        raise DatasetError(f"{where}: texts_train, texts_test and text are given together or not at all")
+    if dataset.is_image or dataset.x_train.shape[1] < dataset.text.dim:
+        raise DatasetError(
+            f"{where}: text features need vectors of at least {dataset.text.dim} features, got {dataset.feature_shape}"
+        )
+    for split in ("train", "test"):
+        texts, n = getattr(dataset, f"texts_{split}"), len(getattr(dataset, f"x_{split}"))
+        if texts.dtype.kind != "U" or texts.shape != (n,):
+            raise DatasetError(f"{where}: texts_{split} must be unicode [{n}], got {texts.dtype} {texts.shape}")

@@ -79,12 +79,14 @@ def queued_gallery(
     *,
     columns: int = 5,
     vectors: list[list[tuple[str, str]]] | None = None,
+    texts: list[str] | None = None,
 ) -> Path:
     """The queued batch as a reviewer checks it: each item (``QueuedItem``: id, rank, predicted class, its
     probability, acquisition score and epistemic / aleatoric parts) as a picture with its caption when ``images``
     (``[C, H, W]`` each, raw pixels) are given, else as a table of the same columns, followed by the first
     ``GALLERY_FEATURES`` of ``vectors`` (each item's ``(name, value)`` features, in the order of ``items`` by
-    rank) under their names; the first ``GALLERY_MAX`` by rank."""
+    rank) under their names and by a snippet of each item's text when ``texts`` are given (same order); the first
+    ``GALLERY_MAX`` by rank."""
     from matplotlib.figure import Figure
 
     shown = sorted(items, key=lambda q: q.rank)[:GALLERY_MAX]
@@ -112,11 +114,12 @@ def queued_gallery(
         fig.suptitle("Queued for labeling (predicted class, its probability, acquisition score)", fontsize=9)
     else:
         named = [row[:GALLERY_FEATURES] for row in vectors[: len(shown)]] if vectors else []
-        fig = Figure(figsize=(9 + 1.3 * len(named[0] if named else ()), 0.22 * len(shown) + 0.7))
+        width = 9 + 1.3 * len(named[0] if named else ()) + (4.5 if texts else 0)
+        fig = Figure(figsize=(width, 0.22 * len(shown) + 0.7))
         ax = fig.add_subplot()
         ax.set_axis_off()
         header = ["rank", "item", "predicted", "p", "score", "epistemic", "aleatoric"]
-        header += [name for name, _ in (named[0] if named else ())]
+        header += [name for name, _ in (named[0] if named else ())] + (["text"] if texts else [])
         cells = [
             [
                 str(q.rank),
@@ -127,6 +130,7 @@ def queued_gallery(
                 number(q.epistemic, 3),
                 number(q.aleatoric, 3),
                 *(value for _, value in (named[index] if index < len(named) else ())),
+                *([_plain(texts[index]) if index < len(texts) else ""] if texts else []),
             ]
             for index, q in enumerate(shown)
         ]
@@ -134,3 +138,8 @@ def queued_gallery(
         ax.set_title("Queued for labeling", fontsize=9)
     fig.savefig(path, dpi=100)
     return path
+
+
+def _plain(text: str) -> str:
+    """``text`` drawn as it is: a ``$`` would start matplotlib's mathtext."""
+    return text.replace("$", r"\$")

@@ -329,7 +329,12 @@ def log_round(
         if queued:
             paths.append(
                 plots.queued_gallery(
-                    queued, gallery.classes, gallery.images, tmp_path / "queued_gallery.png", vectors=gallery.vectors
+                    queued,
+                    gallery.classes,
+                    gallery.images,
+                    tmp_path / "queued_gallery.png",
+                    vectors=gallery.vectors,
+                    texts=gallery.texts,
                 )
             )
         if query.n_scored:
@@ -411,17 +416,19 @@ def register_model(
 @dataclass(frozen=True)
 class Gallery:
     """What the queued batch's gallery shows: class names, and each queued item's raw image (``None``: vectors,
-    shown as a table), or its first named features in the file's units (``None``: images), best rank first."""
+    shown as a table), or its first named features in the file's units (``None``: images) and a snippet of its text
+    (``None``: no text column), best rank first."""
 
     classes: list[str]
     images: list[np.ndarray] | None
     vectors: list[list[tuple[str, str]]] | None = None
+    texts: list[str] | None = None
 
 
 def queued_items_gallery(settings: Settings, features: FeatureStore, queued: list) -> Gallery:
     """The queued items' pictures, or their named features, from the imported (raw) feature store, whatever
     representation the models train on."""
-    from flows.item_views import feature_table
+    from flows.item_views import feature_table, item_text, snippet
 
     raw = features if features.meta["is_image"] else open_feature_store(feature_store_dir(settings))
     classes = list(features.classes)
@@ -430,7 +437,9 @@ def queued_items_gallery(settings: Settings, features: FeatureStore, queued: lis
     ranked = sorted(queued, key=lambda q: q.rank)[: plots.GALLERY_MAX]
     rows = raw.row_of([q.item_id for q in ranked])
     if not raw.meta["is_image"]:
-        return Gallery(classes, None, [feature_table(raw, int(r))[: plots.GALLERY_FEATURES] for r in rows])
+        vectors = [feature_table(raw, int(r))[: plots.GALLERY_FEATURES] for r in rows]
+        texts = None if raw.texts is None else [snippet(item_text(raw, int(r))) for r in rows]
+        return Gallery(classes, None, vectors, texts)
     return Gallery(classes, [np.asarray(raw.features[int(r)]) for r in rows])
 
 
