@@ -251,7 +251,9 @@ def _load_bundled(name: str, test_fraction: float, seed: int, **scaling) -> Data
     ids = _row_ids("row", len(x))
     train, test = _stratified_split(y, test_fraction, seed)
     names = tuple(str(n) for n in getattr(bunch, "feature_names", ())) or None
-    return _assemble(name, name, x[train], y[train], x[test], y[test], ids[train], ids[test], classes, names, **scaling)
+    return _assemble(
+        name, name, x[train], y[train], x[test], y[test], ids[train], ids[test], classes, feature_names=names, **scaling
+    )
 
 
 def _load_npz(
@@ -312,7 +314,9 @@ def _load_npz(
             raise DatasetError(f"{where}: feature_names apply to vectors [N, D]; x_train has shape {x_train.shape}")
         names = tuple(_as_str(arrays["feature_names"], where, "feature_names").tolist())
     scaling["allow_empty_test"] = allow_empty_test
-    return _assemble(path.stem, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes, names, **scaling)
+    return _assemble(
+        path.stem, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes, feature_names=names, **scaling
+    )
 
 
 def _load_table(
@@ -407,20 +411,11 @@ def _load_table(
         train, test = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
     else:
         train, test = _stratified_split(y, frac, seed)
-    by_text = {} if texts is None else {"texts_train": texts[train], "texts_test": texts[test], "text": text}
+    optional = {"feature_names": names}
+    if texts is not None:
+        optional.update(texts_train=texts[train], texts_test=texts[test], text=text)
     return _assemble(
-        path.stem,
-        where,
-        x[train],
-        y[train],
-        x[test],
-        y[test],
-        ids[train],
-        ids[test],
-        classes,
-        names,
-        **scaling,
-        **by_text,
+        path.stem, where, x[train], y[train], x[test], y[test], ids[train], ids[test], classes, **scaling, **optional
     )
 
 
@@ -437,15 +432,13 @@ def _assemble(
     ids_train,
     ids_test,
     classes,
-    feature_names=None,
     *,
     standardization,
     allow_empty_test,
-    texts_train=None,
-    texts_test=None,
-    text=None,
+    **optional,
 ) -> Dataset:
-    """Check labels, ids and values, scale features and build the :class:`Dataset`."""
+    """Check labels, ids and values, scale features and build the :class:`Dataset` (``optional``: its fields with
+    defaults, such as ``feature_names``)."""
     if len(x_test) == 0 and not allow_empty_test:
         raise DatasetError(f"{where}: the test split is empty; at least one labeled test row is needed")
     unknown = np.flatnonzero(y_test < 0)
@@ -484,22 +477,7 @@ def _assemble(
             mean, std = _check_standardization(standardization, tuple(x_train.shape[1:]), where)
         x_train, x_test = standardize(x_train, mean, std), standardize(x_test, mean, std)
         stats = (mean, std)
-    return Dataset(
-        name,
-        where,
-        x_train,
-        y_train,
-        x_test,
-        y_test,
-        ids_train,
-        ids_test,
-        classes,
-        stats,
-        feature_names,
-        texts_train,
-        texts_test,
-        text,
-    )
+    return Dataset(name, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes, stats, **optional)
 
 
 def default_feature_names(n: int) -> tuple[str, ...]:
