@@ -331,7 +331,7 @@ def simulate(
         from flows.rounds import simulate_campaign
 
         print_header()  # once the dataset is known to be usable
-        results = simulate_campaign(settings)
+        results = simulate_campaign(settings, progress=True)
     if json_path:
         _write_json(json_path, results)
     if summary_path:
@@ -393,7 +393,7 @@ def run_round(
     with _flow_context(meanwhile=warm_up):
         from flows.rounds import run_round
 
-        result = run_round(settings, full_batch=full_batch)
+        result = run_round(settings, full_batch=full_batch, progress=True)
     print_header()
     print_round(result)
     pending, queued = int(result["n_pending"]), int(result["n_queued"])

@@ -38,6 +38,7 @@ from bayes_models.laplace import PriorTuning, fit_laplace, laplace_subset, tune_
 from bayes_models.metrics import nll
 from bayes_models.priors import check_prior_shapes
 from bayes_models.selection import BayesFactorRow, validation_table
+from bayes_models.training import StepProgress, reporting_steps
 from learner.query import pool_predict
 
 BELIEF_FAMILIES = ("laplace", "vi")
@@ -296,9 +297,13 @@ def fit_candidate(
     held_out: np.ndarray | None = None,
     samples: int = 20,
     prior_payload: dict[str, Any] | None = None,
+    progress: StepProgress | None = None,
 ) -> FittedCandidate:
     """Fit one candidate on ``(x, y)``; with ``previous`` (a :func:`candidate_payload`) update its beliefs on new
     ids only.
+
+    ``progress(done, total)`` is told the training steps done so far, counted over every training loop of the fit
+    (an ensemble's members, a validation fit), ``total`` growing when a loop starts; it changes nothing in the fit.
 
     A belief update's evidence is accumulated: ``log p(D) = log p(D_old) + log p(D_new | D_old)``, the second term
     being the Laplace evidence (or ELBO) of the update, so candidates stay comparable on all data seen.
@@ -307,6 +312,13 @@ def fit_candidate(
     ``prior_payload`` (:func:`load_checkpoint` of ``spec.model.prior_from``): a fresh fit starts from that saved
     posterior of an earlier campaign as its prior, for ``spec.model.steps`` steps on all of ``(x, y)``.
     """
+    if progress is not None:
+        options = {"previous": previous, "held_out": held_out, "samples": samples, "prior_payload": prior_payload}
+        with reporting_steps(_cumulative(progress)):
+            return fit_candidate(
+                spec, evidence_options, x, y, ids, feature_shape=feature_shape, n_classes=n_classes, seed=seed,
+                **options,
+            )  # fmt: skip
     family = spec.model.family
     start = time.perf_counter()
     if held_out is not None:
@@ -374,6 +386,21 @@ def fit_candidate(
     kind = previous["evidence_kind"]
     elbo = _elbo(model) if new else None
     return FittedCandidate(spec.name, family, model, log_z, kind, seconds, {**seen, **labels}, len(new), elbo=elbo)
+
+
+def _cumulative(progress: StepProgress) -> StepProgress:
+    """``progress`` told the steps of successive training loops as one count: a loop restarting at step 1 adds
+    its steps after those of the loops before it."""
+    before, last = 0, 0
+
+    def report(step: int, steps: int) -> None:
+        nonlocal before, last
+        if step <= last:  # a new loop
+            before += last
+        last = step
+        progress(before + step, before + steps)
+
+    return report
 
 
 def _tunes_on_validation(spec: CandidateSpec, evidence_options: EvidenceOptions) -> bool:
