@@ -114,7 +114,7 @@ def queued_gallery(
         fig.suptitle("Queued for labeling (predicted class, its probability, acquisition score)", fontsize=9)
     else:
         named = [row[:GALLERY_FEATURES] for row in vectors[: len(shown)]] if vectors else []
-        width = 9 + 1.3 * len(named[0] if named else ()) + (4.5 if texts else 0)
+        width = 9 + 1.3 * len(named[0] if named else ()) + (6 if texts else 0)
         fig = Figure(figsize=(width, 0.22 * len(shown) + 0.7))
         ax = fig.add_subplot()
         ax.set_axis_off()
@@ -134,7 +134,22 @@ def queued_gallery(
             ]
             for index, q in enumerate(shown)
         ]
-        ax.table(cellText=cells or [["–"] * len(header)], colLabels=header, loc="upper center", cellLoc="left")
+        units = [1.0] * len(header)
+        if texts:
+            units[-1] = 5.5  # a text snippet needs room: matplotlib would otherwise shrink every cell's font to fit it
+        widths = [0.96 * u / sum(units) for u in units]
+        table = ax.table(
+            cellText=cells or [["–"] * len(header)],
+            colLabels=header,
+            colWidths=widths,
+            loc="upper center",
+            cellLoc="left",
+        )
+        table.auto_set_font_size(False)
+        table.set_fontsize(9)
+        for (_, column), cell in table.get_celld().items():
+            if texts and column == len(header) - 1:
+                cell.PAD = 0.02  # of the cell's width: the default 0.1 of a wide cell is a wide gap
         ax.set_title("Queued for labeling", fontsize=9)
     fig.savefig(path, dpi=100)
     return path
