@@ -168,7 +168,8 @@ def load_dataset(
     text_column, text_dim : str, int
         Tables only: a column of free text, kept as text (:attr:`Dataset.texts_train`) and featurised into
         ``text_dim`` numbers by :class:`data.text.TextFeatures`, after the other feature columns. An empty or
-        missing cell is the empty text (its features are those of no words).
+        missing cell (which includes what pandas reads as missing in a CSV: ``NA``, ``null``, …) is the empty
+        text, whose features are those of no words.
     test_fraction, split_seed : float, int
         Stratified split of labeled rows for bundled sets and tables without a ``split`` column.
     standardization : (mean, std), optional
