@@ -3,28 +3,34 @@
 **Campaign.** A seeded class-balanced initial set (``--initial``, 100) grows by ``--k`` (50) labels a round for
 ``--rounds`` (20) rounds. Acquisition is ``random`` (a seeded stream of the training pool): every arm sees the same
 items in the same order, so the comparison is of update rules only, not of what each rule would have queried.
-Arms, for each ``--subsets`` entry (``last_layer`` and ``all``; structure ``--structure``, KFAC):
+Every arm is an :class:`learner.ActiveLearner` (family ``laplace``, ``training="map"``): ``fit`` on the initial
+labels, then ``teach`` each round's items. Arms, for each ``--subsets`` entry (the learner's ``subset``:
+``last_layer`` and ``all``; ``structure`` ``--structure``, KFAC):
 
-* ``retrain`` — a fresh :class:`bayes_models.LaplaceClassifier` fitted on all labels every round (MAP from the
-  same initialisation, Laplace prior precision tuned by marglik);
-* ``belief`` — the previous round's model updated on the new labels only,
-  ``model.fit(x_new, y_new, prior=prior_from_posterior(model.posterior()))`` (the mechanism of
-  ``flows/models.py::fit_candidate``): MAP under ``N(θ_prev, H_prev⁻¹)``, then ``H = GGN_new + H_prev``. With
-  ``last_layer`` the backbone stays as round 0 trained it; with ``all`` every weight moves under the KFAC prior.
+* ``retrain`` — ``update="retrain"``: a fresh network fitted on all labels every round (MAP, then the Laplace prior
+  precision tuned on the evidence);
+* ``belief`` — ``update="belief"``: the previous round's posterior is the prior of a MAP on the new labels only,
+  ``N(θ_prev, H_prev⁻¹)``, then ``H = GGN_new + H_prev`` (what ``update: belief`` rounds run). With ``last_layer``
+  the backbone stays as round 0 trained it; with ``all`` every weight moves under the KFAC prior.
 
-Round 0 is the same fit for both arms (the belief arm starts from a ``state_dict`` copy of it) and its time counts
-in both totals. Training time is the wall (and process CPU) time of ``fit`` — MAP, curvature and prior tuning —
-without evaluation. ``--schedule epochs`` (default) trains for ``max(--min-steps, ⌈--epochs · n / batch⌉)`` Adam
-steps on the ``n`` labels a fit sees (all for ``retrain``, the ``k`` new for ``belief``), as a practitioner would;
-``--schedule fixed`` gives every fit ``--steps`` steps, as the rounds' settings do (``model.steps``). Test metrics
-are the Laplace probit predictive's accuracy and NLL (and the MAP network's accuracy) on the MNIST test split.
+Round 0 is the same fit for both arms (same seed and labels) and its time counts in both totals. Training time is
+the wall (and process CPU) time of ``fit`` / ``teach`` — MAP, curvature, prior tuning and the round's log evidence
+(which the learner needs to compare candidates), plus its copy of the previous posterior — without evaluation. An
+all-weights belief update's evidence needs fresh eigendecompositions of the KFAC posterior (~0.3 s a round here);
+the round loop this script had before the learner left it out of the timing. ``--schedule epochs``
+(default) is the learner's ``epochs`` / ``min_steps``: ``max(--min-steps, ⌈--epochs · n / batch⌉)`` Adam steps on
+the ``n`` labels a fit sees (all for ``retrain``, the ``k`` new for ``belief``), as a practitioner would;
+``--schedule fixed`` gives every fit ``--steps`` steps, as the rounds' settings do (``model.steps``). Test
+metrics are the Laplace probit predictive's accuracy and NLL (and the MAP network's accuracy) on the MNIST test
+split.
 Target: final-round accuracy within 1 point of retraining at ≤ 50% of its total training time.
 
-**Shift.** A model fitted on "old" data is updated on "new" data from another distribution; reported: accuracy on
-old and new test data before and after (a) the belief update, (b) naive fine-tuning — the same optimiser, steps
-and minibatches on the new data but no prior (``map_with_gaussian_prior`` with precision 0; the ``last_layer``
-variant trains the head only, as the belief update does), (c) retraining on old ∪ new (upper bound). Forgetting =
-old-test accuracy before − after (MAP argmax, the one decision rule all three have). Scenarios (``--shifts``):
+**Shift.** A learner fitted on "old" data is taught "new" data from another distribution; reported: accuracy on
+old and new test data before and after (a) the belief update, (b) naive fine-tuning — ``update="finetune"``: the
+same optimiser, steps and minibatches on the new data but no prior (the ``last_layer`` variant trains the head
+only, as the belief update does), then a Laplace of the new data alone, (c) retraining on old ∪ new (upper bound,
+one ``fit``). Forgetting = old-test accuracy before − after (MAP argmax, the decision rule of the old results,
+which had no posterior for (b)). Scenarios (``--shifts``):
 ``split`` (old: digits 0–4, new: digits 5–9; ten output classes throughout) and ``rotate`` (old: upright digits,
 new: other digits rotated by ``--rotate-degrees``).
 
@@ -35,8 +41,8 @@ Full run (about 4–6 min on 2 CPU cores shared with other work; evaluating the 
 
 Smoke run (< 1 min): ``python benchmarks/belief_update.py --quick``. Times assume ``OMP_WAIT_POLICY=PASSIVE``,
 which the script sets unless the environment already has a value (with spinning OpenMP workers on shared cores,
-2-thread fits ran 10–25× slower here, and unevenly: ``train_map`` drops to one thread for small steps, the belief
-update's ``map_with_gaussian_prior`` and the Laplace fits do not). Writes ``benchmarks/results/belief_update.json``.
+2-thread fits ran 10–25× slower here, and unevenly: small training steps drop to one thread, the Laplace fits do
+not). Writes ``benchmarks/results/belief_update.json``.
 """
 
 from __future__ import annotations
@@ -66,9 +72,10 @@ from _common import MNIST_CANDIDATES, environment, finish_parser, mnist_path  # 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bayes_models import LaplaceClassifier, LaplaceConfig, map_with_gaussian_prior, prior_from_posterior  # noqa: E402
+from bayes_models import LaplaceClassifier  # noqa: E402
 from bayes_models.metrics import accuracy, nll  # noqa: E402
 from data import load_dataset  # noqa: E402
+from learner import ActiveLearner  # noqa: E402
 
 QUICK = {
     "rounds": 3,
@@ -102,7 +109,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4, help="Adam L2 of the from-scratch MAP fits")
-    parser.add_argument("--temper", type=float, default=1.0, help="prior_from_posterior(temper=...): < 1 forgets")
     parser.add_argument("--test-size", type=int, default=0, help="test items scored (0: all 10,000)")
     parser.add_argument("--shifts", nargs="*", default=["split", "rotate"], choices=["split", "rotate"])
     parser.add_argument("--shift-old", type=int, default=1000, help="labels of the old distribution")
@@ -141,26 +147,29 @@ def rotate(x_flat: torch.Tensor, degrees: float, side: int = 28) -> torch.Tensor
     return torch.nn.functional.grid_sample(images, grid, align_corners=False).reshape(len(x_flat), -1)
 
 
-def n_steps(n: int, args: argparse.Namespace) -> int:
-    if args.schedule == "fixed":
-        return args.steps
-    return max(args.min_steps, math.ceil(args.epochs * n / args.batch_size))
-
-
-def config(subset: str, steps: int, args: argparse.Namespace) -> LaplaceConfig:
-    return LaplaceConfig(
-        feature_shape=(784,),
-        n_classes=10,
+def learner(subset: str, update: str, args: argparse.Namespace, **overrides: Any) -> ActiveLearner:
+    """The arm's learner: the ``laplace`` family trained by MAP, its step schedule from ``--schedule``."""
+    schedule = {"epochs": args.epochs, "min_steps": args.min_steps} if args.schedule == "epochs" else {}
+    options = dict(
         hidden=args.hidden,
         depth=args.depth,
-        steps=steps,
+        steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
         weight_decay=args.weight_decay,
+        training="map",  # the recipe the results and README figures were measured with
+        **schedule,
+    )
+    return ActiveLearner(
+        "laplace",
+        "random",
+        update=update,
+        seed=args.seed,
+        device=args.device,
         subset=subset,
         structure=args.structure,
-        training="map",  # the recipe the results and README figures were measured with
-        seed=args.seed,
+        n_classes=10,
+        **(options | overrides),
     )
 
 
@@ -171,32 +180,26 @@ def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def belief_step(
-    model: LaplaceClassifier, x: torch.Tensor, y: torch.Tensor, temper: float, steps: int
-) -> LaplaceClassifier:
-    """The rounds' belief update (``flows/models.py::fit_candidate``): the posterior becomes the prior."""
-    return model.fit(x, y, prior=prior_from_posterior(model.posterior(), temper=temper), steps=steps)
-
-
-def clone(model: LaplaceClassifier, device: str) -> LaplaceClassifier:
-    """An independent copy through ``state_dict`` (what a round saves and the next one loads)."""
-    return LaplaceClassifier.from_state_dict(model.state_dict(), device=device)
+def ids(rows: np.ndarray) -> list[str]:
+    """Item ids of training rows (the learner keys its labels by them)."""
+    return [str(i) for i in rows]
 
 
 @torch.no_grad()
-def evaluate(model: LaplaceClassifier, x: torch.Tensor, y: torch.Tensor, *, laplace: bool = True) -> dict[str, float]:
-    """MAP accuracy and NLL; with ``laplace`` also the probit predictive's (the model's own posterior)."""
+def evaluate(model: LaplaceClassifier, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """MAP accuracy and NLL, and the probit predictive's (the model's own posterior)."""
     device = model.device
     y = y.to(device)
     model.network.eval()
     logits = torch.cat([model.network(x[i : i + 4096].to(device)) for i in range(0, len(x), 4096)])
     probs_map = torch.softmax(logits, -1)
-    out = {"acc_map": accuracy(probs_map, y), "nll_map": nll(probs_map, y)}
-    if laplace:
-        assert model.laplace is not None
-        probs = model.laplace.predict(x, link="probit")
-        out |= {"acc": accuracy(probs, y), "nll": nll(probs, y)}
-    return out
+    probs = model.predict(x, link="probit")
+    return {
+        "acc_map": accuracy(probs_map, y),
+        "nll_map": nll(probs_map, y),
+        "acc": accuracy(probs, y),
+        "nll": nll(probs, y),
+    }
 
 
 def warm_up(data: dict[str, torch.Tensor], args: argparse.Namespace) -> None:
@@ -204,9 +207,8 @@ def warm_up(data: dict[str, torch.Tensor], args: argparse.Namespace) -> None:
     kernels and ``torch.func``) land in no arm's training time."""
     x, y = data["x"][:64], data["y"][:64]
     for subset in args.subsets:
-        model = LaplaceClassifier(config(subset, 5, args), device=args.device).fit(x[:32], y[:32])
-        belief_step(model, x[32:], y[32:], 1.0)
-        evaluate(model, data["x_test"][:64], data["y_test"][:64])
+        warm = learner(subset, "belief", args, steps=5, epochs=None).fit(x[:32], y[:32]).teach(x[32:], y[32:])
+        evaluate(warm.selected.model, data["x_test"][:64], data["y_test"][:64])
 
 
 # ---------------------------------------------------------------------------------------------- campaign
@@ -221,55 +223,30 @@ def campaign(data: dict[str, torch.Tensor], args: argparse.Namespace) -> tuple[l
     stream = rng.permutation(rest)[: args.rounds * args.k]  # random acquisition: one seeded order for every arm
     rows: list[dict[str, Any]] = []
     for subset in args.subsets:
-        retrain_model: LaplaceClassifier | None = None
-        belief_model: LaplaceClassifier | None = None
-        cumulative_log_z = 0.0
+        arms = {"retrain": learner(subset, "retrain", args), "belief": learner(subset, "belief", args)}
         for r in range(args.rounds + 1):
-            labeled = np.concatenate([initial, stream[: r * args.k]])
             new = initial if r == 0 else stream[(r - 1) * args.k : r * args.k]
-            steps = n_steps(len(labeled), args)
-            retrain_model = LaplaceClassifier(config(subset, steps, args), device=args.device)
-            _, wall, cpu = timed(retrain_model.fit, x[labeled], y[labeled])
-            rows.append(
-                {
-                    "subset": subset,
-                    "arm": "retrain",
-                    "round": r,
-                    "n_labeled": len(labeled),
-                    "n_fitted": len(labeled),
-                    "steps": steps,
-                    "fit_seconds": wall,
-                    "fit_cpu_seconds": cpu,
-                    "log_evidence": retrain_model.log_evidence(),
-                    **evaluate(retrain_model, xt, yt),
-                }
-            )
-            if r == 0:
-                belief_model = clone(retrain_model, args.device)
-                b_steps, b_wall, b_cpu = steps, wall, cpu
-                cumulative_log_z = belief_model.log_evidence()
-            else:
-                assert belief_model is not None
-                b_steps = n_steps(len(new), args)
-                _, b_wall, b_cpu = timed(belief_step, belief_model, x[new], y[new], args.temper, b_steps)
-                cumulative_log_z += belief_model.log_evidence()
-            rows.append(
-                {
-                    "subset": subset,
-                    "arm": "belief",
-                    "round": r,
-                    "n_labeled": len(labeled),
-                    "n_fitted": len(new),
-                    "steps": b_steps,
-                    "fit_seconds": b_wall,
-                    "fit_cpu_seconds": b_cpu,
-                    "log_evidence": cumulative_log_z,
-                    **evaluate(belief_model, xt, yt),
-                }
-            )
+            for arm, active in arms.items():
+                step = active.fit if r == 0 else active.teach
+                _, wall, cpu = timed(step, x[new], y[new], ids(new))
+                fitted = active.selected
+                rows.append(
+                    {
+                        "subset": subset,
+                        "arm": arm,
+                        "round": r,
+                        "n_labeled": active.n_labeled,
+                        "n_fitted": fitted.n_fitted,
+                        "steps": fitted.steps,
+                        "fit_seconds": wall,
+                        "fit_cpu_seconds": cpu,
+                        "log_evidence": fitted.log_evidence,  # belief: log p(D_old) + log p(D_new | D_old)
+                        **evaluate(fitted.model, xt, yt),
+                    }
+                )
             pair = rows[-2:]
             console.print(
-                f"  {subset:>10} round {r:2d}  n={len(labeled):5d}  retrain acc {pair[0]['acc']:.4f} "
+                f"  {subset:>10} round {r:2d}  n={pair[0]['n_labeled']:5d}  retrain acc {pair[0]['acc']:.4f} "
                 f"({pair[0]['fit_seconds']:5.1f} s)  belief acc {pair[1]['acc']:.4f} ({pair[1]['fit_seconds']:5.1f} s)"
             )
     return rows, campaign_verdicts(rows, args)
@@ -387,6 +364,29 @@ def shift_data(
     }
 
 
+def record(
+    rows: list[dict[str, Any]],
+    sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    scenario: str,
+    subset: str,
+    method: str,
+    model: LaplaceClassifier,
+    seconds: float,
+) -> None:
+    """Append the row of one method: its old- and new-test metrics and its training time."""
+    old, new = evaluate(model, *sets["old_test"]), evaluate(model, *sets["new_test"])
+    rows.append(
+        {
+            "scenario": scenario,
+            "subset": subset,
+            "method": method,
+            "fit_seconds": seconds,
+            **{f"old_{k}": v for k, v in old.items()},
+            **{f"new_{k}": v for k, v in new.items()},
+        }
+    )
+
+
 def shift(data: dict[str, torch.Tensor], args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     verdicts: dict[str, Any] = {}
@@ -395,53 +395,19 @@ def shift(data: dict[str, torch.Tensor], args: argparse.Namespace) -> tuple[list
         (x_old, y_old), (x_new, y_new) = sets["old"], sets["new"]
         x_all, y_all = torch.cat([x_old, x_new]), torch.cat([y_old, y_new])
         for subset in args.subsets:
-            base = LaplaceClassifier(config(subset, n_steps(len(y_old), args), args), device=args.device)
-            _, base_s, _ = timed(base.fit, x_old, y_old)
-            new_steps = n_steps(len(y_new), args)
-
-            belief = clone(base, args.device)
-            _, belief_s, _ = timed(belief_step, belief, x_new, y_new, args.temper, new_steps)
-
-            naive = clone(base, args.device)
-
-            # the belief update's optimiser, steps and minibatch order, with a zero-precision (flat) prior
-            _, naive_s, _ = timed(
-                map_with_gaussian_prior,
-                naive.network,
-                x_new.to(naive.device),
-                y_new.to(naive.device),
-                naive.posterior().mean,
-                0.0,
-                subset=subset,
-                steps=new_steps,
-                batch_size=args.batch_size,
-                lr=args.lr,
-                generator=torch.Generator().manual_seed(args.seed),
-            )
-
-            retrain = LaplaceClassifier(config(subset, n_steps(len(y_all), args), args), device=args.device)
-            _, retrain_s, _ = timed(retrain.fit, x_all, y_all)
-
-            methods = [
-                ("before (old only)", base, True, base_s),
-                ("belief update", belief, True, belief_s),
-                ("naive fine-tune", naive, False, naive_s),
-                ("retrain on all", retrain, True, retrain_s),
-            ]
-            for method, model, has_laplace, seconds in methods:
-                old = evaluate(model, *sets["old_test"], laplace=has_laplace)
-                new = evaluate(model, *sets["new_test"], laplace=has_laplace)
-                rows.append(
-                    {
-                        "scenario": scenario,
-                        "subset": subset,
-                        "method": method,
-                        "fit_seconds": seconds,
-                        **{f"old_{k}": v for k, v in old.items()},
-                        **{f"new_{k}": v for k, v in new.items()},
-                    }
-                )
-            by = {r["method"]: r for r in rows[-len(methods) :]}
+            # the belief and finetune learners fit the same seed and labels: the same model before the shift
+            belief, finetune = learner(subset, "belief", args), learner(subset, "finetune", args)
+            _, seconds, _ = timed(belief.fit, x_old, y_old)
+            record(rows, sets, scenario, subset, "before (old only)", belief.selected.model, seconds)
+            finetune.fit(x_old, y_old)
+            _, seconds, _ = timed(belief.teach, x_new, y_new)
+            record(rows, sets, scenario, subset, "belief update", belief.selected.model, seconds)
+            _, seconds, _ = timed(finetune.teach, x_new, y_new)
+            record(rows, sets, scenario, subset, "naive fine-tune", finetune.selected.model, seconds)
+            retrain = learner(subset, "retrain", args)
+            _, seconds, _ = timed(retrain.fit, x_all, y_all)
+            record(rows, sets, scenario, subset, "retrain on all", retrain.selected.model, seconds)
+            by = {r["method"]: r for r in rows[-4:]}
             before = by["before (old only)"]["old_acc_map"]
             b, n, full = by["belief update"], by["naive fine-tune"], by["retrain on all"]
             verdicts[f"{scenario}/{subset}"] = {

@@ -905,6 +905,12 @@ def ui(
     from data.store import database_url
 
     typer.echo(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)")
+    from flows.tracking import UI_RUNS_PAGE, tracking_client
+
+    for experiment in tracking_client(settings.tracking_uri).search_experiments():
+        if experiment.name != "Default":  # MLflow's own, empty
+            page = UI_RUNS_PAGE.format(experiment_id=experiment.experiment_id)
+            typer.echo(f"  campaign {experiment.name}: http://{host}:{port}/{page}")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", database_url(settings.tracking_uri)]
     command += ["--host", host, "--port", str(port), "--workers", str(workers)]
     server = subprocess.Popen(command, start_new_session=True)

@@ -10,7 +10,8 @@ item of the label store at the item's row.
 re-runs it), its MLflow run FAILED (a round left RUNNING whose round is done becomes FINISHED), a pending queue
 entry of an answered item becomes ``labeled``, an unreadable checkpoint is set aside as ``<name>.pt.corrupt`` (the
 next round falls back or retrains). A damaged feature store, unknown items and duplicate queue rows are reported,
-never changed: they need the user's data. Run it while no round of the workspace is running.
+never changed: they need the user's data. A round whose process still holds the campaign's round lock
+(``data.round_lock``) is running, not abandoned, and is left alone.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from data.feature_store import FeatureStoreError, open_feature_store
+from data.round_lock import round_running_elsewhere
 from data.store import LabelStore, items, labels, queue
 from flows.settings import Settings
 
@@ -131,6 +133,9 @@ def _mark_labeled(store: LabelStore, campaign: str, item: str) -> None:
 
 def _rounds(checks: _Checks, store: LabelStore, campaign: str) -> None:
     running = store.running_rounds(campaign)
+    if running and (elsewhere := round_running_elsewhere(store, campaign)) is not None:
+        checks.ok("rounds", campaign, f"round {running[0]} is running now: {elsewhere}")
+        return
     for round_ in running:
         checks.fix(
             "rounds",

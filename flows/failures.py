@@ -1,9 +1,10 @@
 """Faults of a campaign's environment that a command reports in one line, saying that the labels are safe.
 
-Not bugs and not bad input: the label store locked by another connection, the MLflow tracking store out of
-reach, a full disk, a file of the workspace missing or unreadable. Each has had its bounded retries by then (the
-label store's ``store.attempts``, MLflow's ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, the logging task's Prefect
-retries); every label-store write is one transaction and a round is resumable, so nothing recorded is lost.
+Not bugs and not bad input: another process's round of the campaign running now, the label store locked by
+another connection, the MLflow tracking store out of reach, a full disk, a file of the workspace missing or
+unreadable. Each has had its bounded retries by then (the label store's ``store.attempts``, MLflow's
+``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, the logging task's Prefect retries); every label-store write is one
+transaction and a round is resumable, so nothing recorded is lost.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ def fault_message(error: BaseException) -> str | None:
 
     A round that failed on a transient error at every try (``flows.retry.RoundFailed``) is told by its cause when
     that is a fault described here, else by its own line (which says where the labels are safe)."""
+    from data.round_lock import RoundInProgress
     from flows.retry import RoundFailed
 
+    if isinstance(error, RoundInProgress):  # nothing failed: another process's round is running
+        return str(error)
     if isinstance(error, RoundFailed):
         cause = _describe(error.__cause__) if error.__cause__ is not None else None
         return str(error) if cause is None else f"{cause}; the round was tried {error.attempts} times; {LABELS_SAFE}"

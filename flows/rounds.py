@@ -30,6 +30,7 @@ from bayes_models.selection import BayesFactorRow
 from data import DatasetError, FeatureStore, balanced_seed_rows, open_feature_store
 from data.faults import kill_point
 from data.pool import iter_pool_chunks
+from data.round_lock import round_lock
 from data.store import LabelAnswer, LabelStore, QueueEntry
 from flows import plots
 from flows.campaign_setup import (
@@ -562,18 +563,20 @@ def labeling_round(
     The queue is topped up to ``campaign.k`` pending items: items still pending from earlier rounds count
     (``n_pending``), so only ``k − n_pending`` new ones are queued; ``full_batch`` queues ``k`` new items anyway.
     The flow run is named ``<campaign> · round N`` and tagged with the campaign and ``round:N``, as are its task
-    runs, once the label store says which round this is (a new one, or an unfinished one resumed).
+    runs, once the label store says which round this is (a new one, or an unfinished one resumed). The campaign's
+    round lock (``data.round_lock``) is held throughout: a second round started meanwhile does nothing.
     """
     started_at = time.time()
     campaign = settings.campaign_name
     store = open_label_store(settings)
-    round_ = store.next_round(campaign)
-    _label_flow_run(campaign, round_)
-    with tags(campaign, f"round:{round_}"):
-        if not progress or settings.acquisition.dask_address:
-            return _round_steps(settings, store, round_, oracle, full_batch, started_at, None)
-        with RoundProgress(console, get_run_logger()).shown() as bars:
-            return _round_steps(settings, store, round_, oracle, full_batch, started_at, bars)
+    with round_lock(store, campaign):  # another process's round of this campaign: RoundInProgress, nothing done
+        round_ = store.next_round(campaign)
+        _label_flow_run(campaign, round_)
+        with tags(campaign, f"round:{round_}"):
+            if not progress or settings.acquisition.dask_address:
+                return _round_steps(settings, store, round_, oracle, full_batch, started_at, None)
+            with RoundProgress(console, get_run_logger()).shown() as bars:
+                return _round_steps(settings, store, round_, oracle, full_batch, started_at, bars)
 
 
 def _label_flow_run(campaign: str, round_: int) -> None:

@@ -2,7 +2,8 @@
 
 A scheduled run does a round only when people answered something since the last round (or ``force``): a schedule
 that fires over a weekend must not retrain on the same labels and queue more items nobody asked for. The
-deployment's concurrency limit of one keeps two rounds of a campaign from running at once.
+deployment's concurrency limit of one keeps its own runs from overlapping, and the campaign's round lock
+(``data.round_lock``) any other round: a scheduled run that finds one running skips.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from data.round_lock import RoundInProgress
 from flows.campaign_setup import open_label_store, prepare_campaign
 from flows.rounds import run_round
 from flows.settings import load_settings
@@ -36,7 +38,11 @@ def scheduled_round(
             return {"skipped": True, "reason": "no new answers", "last_round": done}
     finally:
         store.close()
-    return run_round(settings)
+    try:
+        return run_round(settings)
+    except RoundInProgress as busy:  # a person's `beliefloop round`, or a run of another schedule
+        logger.info("%s", busy)
+        return {"skipped": True, "reason": "a round is running"}
 
 
 def serve_rounds(

@@ -20,6 +20,11 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from data.store import database_url
 
 ROLE, ROUND = "beliefloop.role", "beliefloop.round"
+EXPERIMENT_KIND = "mlflow.experimentKind"
+"""MLflow's own tag for what an experiment holds: a campaign is model development, not a GenAI app."""
+UI_RUNS_PAGE = "#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+"""A campaign's runs in the MLflow UI. MLflow 3's UI opens an experiment on its GenAI overview unless the link (or
+the browser's remembered choice) selects the machine-learning view, which lists the runs."""
 ENTRY_BATCH, PARAM_BATCH = 1000, 100
 """Entries per ``log_batch`` call: MLflow accepts at most 1,000 entries in all, 100 of them params and 100 tags."""
 
@@ -44,7 +49,9 @@ class CampaignTracker:
             # database or file store keeps them in the workspace.
             served = tracking_uri.startswith(("http://", "https://"))
             self.experiment_id = self.client.create_experiment(
-                campaign, artifact_location=None if served else f"{artifact_root.rstrip('/')}/{campaign}"
+                campaign,
+                artifact_location=None if served else f"{artifact_root.rstrip('/')}/{campaign}",
+                tags={EXPERIMENT_KIND: "custom_model_development"},
             )
         else:
             self.experiment_id = experiment.experiment_id

@@ -35,6 +35,7 @@ from learner.query import SCORE_CHUNK, QueryResult, pick_batch, pool_predict, qu
 if TYPE_CHECKING:
     import pandas
 
+UPDATES = ("retrain", "belief", "finetune")
 ID_WIDTH = 12
 """Items without ids are named by their zero-padded position, so ties go to the earlier item."""
 
@@ -96,8 +97,10 @@ class ActiveLearner:
         Each a ``name`` plus the model options it changes (``{"name": "h64", "hidden": 64, "depth": 1}``);
         ``None``: the model options alone. Every round fits all and selects the one of highest log evidence.
     update : str
-        ``retrain`` (fit on every label each round) or ``belief`` (``laplace``/``vi``: the previous posterior is
-        the prior, only new labels are fitted).
+        ``retrain`` (fit on every label each round), ``belief`` (``laplace``/``vi``: the previous posterior is
+        the prior, only new labels are fitted) or ``finetune`` (``laplace``: the belief update's optimiser and
+        steps on the new labels but no prior, then a Laplace of them alone — the forgetting baseline of
+        ``benchmarks/belief_update.py``, not a way to run a campaign).
     samples : int
         Posterior draws S for scoring and prediction.
     seed : int
@@ -116,10 +119,11 @@ class ActiveLearner:
     n_classes : int, optional
         Number of classes; default: the largest label of the first ``fit`` plus one.
     **model_options
-        ``hidden``, ``depth``, ``dropout``, ``steps``, ``update_steps``, ``batch_size``, ``lr``,
-        ``weight_decay``, ``members``, the stated priors ``prior_std`` / ``prior_precision``,
-        ``prior_layer_std`` / ``prior_layer_precision`` (per layer group), ``prior_mixture`` (vi) and
-        ``prior_from`` (a saved candidate ``.pt``) (see :class:`learner.ModelOptions`).
+        ``hidden``, ``depth``, ``dropout``, ``steps``, ``update_steps``, ``epochs`` / ``min_steps`` (steps
+        by passes over the labels a fit sees), ``batch_size``, ``lr``, ``weight_decay``, ``training``,
+        ``members``, the stated priors ``prior_std`` / ``prior_precision``, ``prior_layer_std`` /
+        ``prior_layer_precision`` (per layer group), ``prior_mixture`` (vi) and ``prior_from`` (a saved
+        candidate ``.pt``) (see :class:`learner.ModelOptions`).
     """
 
     def __init__(
@@ -142,14 +146,17 @@ class ActiveLearner:
     ) -> None:
         if acquisition not in BATCH_ACQUISITIONS:
             get_acquisition(acquisition)  # raises on an unknown name, listing the valid ones
-        if update not in ("retrain", "belief"):
-            raise ValueError(f"update must be 'retrain' or 'belief', got {update!r}")
+        if update not in UPDATES:
+            raise ValueError(f"update must be one of {list(UPDATES)}, got {update!r}")
         self.specs: list[CandidateSpec] = candidate_specs(
             ModelOptions(family=model, device=device, **model_options), list(candidates or [])
         )
         unsupported = sorted({s.model.family for s in self.specs} - set(BELIEF_FAMILIES))
         if update == "belief" and unsupported:
             raise ValueError(f"update='belief' needs a posterior to carry over (laplace or vi); got {unsupported}")
+        not_laplace = sorted({s.model.family for s in self.specs} - {"laplace"})
+        if update == "finetune" and not_laplace:
+            raise ValueError(f"update='finetune' is a baseline of the laplace family; got {not_laplace}")
         self.acquisition = acquisition
         self.update = update
         self.samples = samples
@@ -183,7 +190,8 @@ class ActiveLearner:
 
     def teach(self, x_new: Any, y_new: Any, ids: Sequence[str] | None = None) -> ActiveLearner:
         """Add labels (an id seen before is relabelled) and fit the next round: retrain on every label, or with
-        ``update='belief'`` continue from each candidate's posterior on the new labels only."""
+        ``update='belief'`` continue from each candidate's posterior on the new labels only (``'finetune'``: from
+        its weights, without a prior)."""
         if self._x is None:
             raise RuntimeError("teach() needs a fitted learner; call fit() first")
         x_new, y_new = as_features(x_new), as_labels(y_new)
@@ -202,7 +210,7 @@ class ActiveLearner:
         self._x = torch.cat([self._x, x_new[fresh]])
         self._y = torch.cat([self._y, y_new[fresh]])
         previous = {}
-        if self.update == "belief":
+        if self.update != "retrain":
             previous = {r.fitted.name: candidate_payload(r.fitted, self.round) for r in self.ranked}
         self.round += 1
         self._fit_round(previous)
@@ -226,6 +234,7 @@ class ActiveLearner:
                     held_out=held_out,
                     samples=self.samples,
                     prior_payload=load_checkpoint(spec.model.prior_from) if spec.model.prior_from else None,
+                    update="finetune" if self.update == "finetune" else "belief",
                 )
                 for spec in specs
             ]
@@ -379,6 +388,7 @@ class ActiveLearner:
                     "train_seconds": by_name[s.name].train_seconds,
                     "n_fitted": by_name[s.name].n_fitted,
                     "n_relabelled": by_name[s.name].n_relabelled,
+                    "steps": by_name[s.name].steps,
                 }
                 for s in self.specs
                 if s.name in by_name
@@ -420,6 +430,7 @@ class ActiveLearner:
                 c["n_relabelled"],
                 c.get("validation_nll"),
                 prior_tuning=_prior_tuning(c.get("prior_tuning")),
+                steps=c.get("steps"),
             )
             for c in state["candidates"]
         ]

@@ -51,7 +51,8 @@ VALIDATION_FRACTION = 0.2
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """One model's knobs (the ``model`` section of the flows' settings, field for field)."""
+    """One model's knobs (the ``model`` section of the flows' settings, field for field, plus the learner-only
+    step schedule ``epochs`` / ``min_steps``)."""
 
     family: Literal["mc_dropout", "laplace", "vi", "ensemble"] = "mc_dropout"
     hidden: int = 128
@@ -60,6 +61,12 @@ class ModelOptions:
     steps: int = 500
     update_steps: int | None = None
     """Steps of a belief update, which fits only the new labels; ``None``: ``steps``."""
+    epochs: float | None = None
+    """A step schedule by passes over the data instead of the fixed ``steps`` / ``update_steps``: a fit on ``n``
+    labels (all of them when retraining, the new ones in a belief update or fine-tune) trains
+    ``max(min_steps, ⌈epochs · n / batch_size⌉)`` steps; ``None``: the fixed counts."""
+    min_steps: int = 1
+    """With ``epochs``: the fewest steps of any fit (an update on a few new labels still moves)."""
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -106,6 +113,16 @@ class ModelOptions:
             raise ValueError(f"the scale-mixture prior needs family vi, got {self.family!r}")
         if self.prior_from is not None and self.family not in BELIEF_FAMILIES:
             raise ValueError(f"prior_from needs a posterior family (laplace or vi), got {self.family!r}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ValueError(f"epochs must be positive (or None for fixed steps), got {self.epochs}")
+        if self.min_steps < 1:
+            raise ValueError(f"min_steps must be at least 1, got {self.min_steps}")
+
+    def fit_steps(self, n: int, *, update: bool = False) -> int:
+        """Optimiser steps of a fit on ``n`` labels; ``update``: a belief update or fine-tune (new labels only)."""
+        if self.epochs is not None:
+            return max(self.min_steps, math.ceil(self.epochs * n / self.batch_size))
+        return self.update_steps if update and self.update_steps is not None else self.steps
 
     def stated_stds(self) -> tuple[float | None, tuple[tuple[str, float], ...]]:
         """The stated Gaussian prior as stds: every weight's (or ``None``) and ``(group, std)`` per layer group."""
@@ -172,6 +189,9 @@ class FittedCandidate:
     previous_classes: int | None = None
     """Outputs of a saved posterior that had another class count than this fit (classes were added since): it
     cannot be a prior for the wider network, so the candidate was retrained on everything instead."""
+    steps: int | None = None
+    """Optimiser steps of this round's fit (:meth:`ModelOptions.fit_steps`; per ensemble member; 0 when an update
+    had no new labels); ``None`` when restored from a state dict that did not record them."""
 
 
 @dataclass(frozen=True)
@@ -297,10 +317,12 @@ def fit_candidate(
     held_out: np.ndarray | None = None,
     samples: int = 20,
     prior_payload: dict[str, Any] | None = None,
+    update: Literal["belief", "finetune"] = "belief",
     progress: StepProgress | None = None,
 ) -> FittedCandidate:
     """Fit one candidate on ``(x, y)``; with ``previous`` (a :func:`candidate_payload`) update its beliefs on new
-    ids only.
+    ids only (``update="finetune"``: fine-tune it on them without a prior instead, a ``laplace``-only baseline whose
+    posterior and evidence then hold the new labels alone, :meth:`LaplaceClassifier.finetune`).
 
     ``progress(done, total)`` is told the training steps done so far, counted over every training loop of the fit
     (an ensemble's members, a validation fit), ``total`` growing when a loop starts; it changes nothing in the fit.
@@ -312,13 +334,10 @@ def fit_candidate(
     ``prior_payload`` (:func:`load_checkpoint` of ``spec.model.prior_from``): a fresh fit starts from that saved
     posterior of an earlier campaign as its prior, for ``spec.model.steps`` steps on all of ``(x, y)``.
     """
-    if progress is not None:
-        options = {"previous": previous, "held_out": held_out, "samples": samples, "prior_payload": prior_payload}
+    if progress is not None:  # the same fit, observed: every argument but progress (locals() holds just them here)
+        arguments = {name: value for name, value in locals().items() if name != "progress"}
         with reporting_steps(_cumulative(progress)):
-            return fit_candidate(
-                spec, evidence_options, x, y, ids, feature_shape=feature_shape, n_classes=n_classes, seed=seed,
-                **options,
-            )  # fmt: skip
+            return fit_candidate(**arguments)
     family = spec.model.family
     start = time.perf_counter()
     if held_out is not None:
@@ -346,6 +365,8 @@ def fit_candidate(
     relabelled = _relabelled(previous, labels) if previous is not None else []
     previous_classes = previous["state"]["config"]["n_classes"] if previous is not None else n_classes
     if previous is None or relabelled or previous_classes != n_classes:
+        steps = spec.model.fit_steps(len(ids))
+        spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, steps=steps))
         model = build_model(spec, feature_shape, n_classes, seed, evidence_options)
         tuning = None
         if prior_payload is not None:
@@ -373,19 +394,26 @@ def fit_candidate(
             elbo=_elbo(model),
             prior_tuning=tuning,
             previous_classes=previous_classes if previous_classes != n_classes else None,
+            steps=steps,
         )
+    if update == "finetune" and family != "laplace":
+        raise ValueError(f"update='finetune' is a laplace-family baseline; candidate {spec.name!r} is {family!r}")
     model = load_model(previous, spec.model.device)
     seen = previous["trained_on"]
     new = [i for i, item in enumerate(ids) if item not in seen]
     log_z = previous["log_evidence"]
-    if new:
-        steps = spec.model.update_steps or spec.model.steps  # today's options
+    steps = spec.model.fit_steps(len(new), update=True) if new else 0  # today's options
+    if new and update == "finetune":
+        log_z = model.finetune(x[new], y[new], steps=steps).log_evidence()  # of the new labels alone
+    elif new:
         model.fit(x[new], y[new], prior=_prior_of(model, family), steps=steps)
         log_z += model.log_evidence()
     seconds = time.perf_counter() - start
     kind = previous["evidence_kind"]
     elbo = _elbo(model) if new else None
-    return FittedCandidate(spec.name, family, model, log_z, kind, seconds, {**seen, **labels}, len(new), elbo=elbo)
+    return FittedCandidate(
+        spec.name, family, model, log_z, kind, seconds, {**seen, **labels}, len(new), elbo=elbo, steps=steps
+    )
 
 
 def _cumulative(progress: StepProgress) -> StepProgress:

@@ -147,22 +147,56 @@ class LaplaceClassifier:
                     generator=generator,
                 )
             else:
-                map_with_gaussian_prior(
-                    self.network,
-                    x,
-                    y,
-                    prior.mean,
-                    prior.precision,
-                    subset=prior.subset,
-                    steps=steps,
-                    batch_size=c.batch_size,
-                    lr=c.lr,
-                    generator=generator,
-                )
+                self._map_under(x, y, prior.mean, prior.precision, prior.subset, steps, generator)
         self.laplace = fit_laplace(
             self.network, x, y, subset=subset, structure=c.structure, prior_precision=c.prior_precision, prior=prior
         )
         return self
+
+    def finetune(self, x: torch.Tensor, y: torch.Tensor, *, steps: int | None = None) -> LaplaceClassifier:
+        """Naive fine-tuning, the baseline a belief update is measured against: the belief update's optimiser,
+        steps and minibatches on ``(x, y)`` from the current weights, but under a flat prior (precision 0) on the
+        posterior's weights (the others stay frozen, as in the update); then a post-hoc Laplace of ``(x, y)``
+        alone, its prior precision tuned on their evidence. The old data survive only in the starting point.
+
+        ``steps`` defaults to ``config.update_steps`` (else ``config.steps``), as a belief update's.
+        """
+        c = self.config
+        posterior = self.posterior()
+        steps = c.steps_for(belief_update=True) if steps is None else steps
+        x, y = x.to(self.device, torch.float32), y.to(self.device, torch.long)
+        with seeded(c.seed, self.device):
+            self._map_under(x, y, posterior.mean, 0.0, posterior.subset, steps, torch.Generator().manual_seed(c.seed))
+        subset = laplace_subset(self.network, c.subset, c.structure)
+        self.laplace = fit_laplace(
+            self.network, x, y, subset=subset, structure=c.structure, prior_precision=c.prior_precision
+        )
+        return self
+
+    def _map_under(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mean: torch.Tensor,
+        precision: Any,
+        subset: str,
+        steps: int,
+        generator: torch.Generator,
+    ) -> None:
+        """Adam MAP of the ``subset`` weights under ``N(mean, precision⁻¹)`` (the rest frozen), in place."""
+        c = self.config
+        map_with_gaussian_prior(
+            self.network,
+            x,
+            y,
+            mean,
+            precision,
+            subset=subset,
+            steps=steps,
+            batch_size=c.batch_size,
+            lr=c.lr,
+            generator=generator,
+        )
 
     def stated_precision(self) -> torch.Tensor:
         """``δ_l = 1 / std_l²`` of the stated prior, one per layer (``Subnet(network, "all").groups`` order)."""

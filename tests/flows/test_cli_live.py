@@ -1,5 +1,6 @@
 """A live campaign through the real CLI: cold-start batch, people's labels, a trained round, bad input."""
 
+import os
 import subprocess
 import sys
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_iris
 
+from data.round_lock import round_lock
 from data.store import LabelStore
 
 CLI = [sys.executable, "-m", "flows"]
@@ -54,6 +56,15 @@ def test_live_round_label_and_train(tmp_path, unlabeled_npz):
     assert store.queued("flowers", round_=1)[11].status == "skipped"
     again = _cli("skip", "--item", batch[11].item_id, *common, check=False)
     assert again.returncode == 2 and "no pending queue entry" in again.stderr
+
+    # While another process's round holds the campaign's lock, a round does nothing and says why (exit 3).
+    with round_lock(store, "flowers"):
+        busy = _cli("round", "--dataset", str(path), *common, check=False)
+    assert (
+        busy.returncode == 3
+        and f"a round of campaign 'flowers' is running in another process (pid {os.getpid()}" in (busy.stderr)
+    )
+    assert store.unfinished_rounds("flowers") == [] and store.queued("flowers", round_=2) == []
 
     # min_labels defaults to 20: still a random batch; with it lowered the round trains and uses BALD.
     env_round = _cli("round", "--dataset", str(path), "--k", "5", *common, "--acquisition", "bald")

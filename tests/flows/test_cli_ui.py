@@ -19,13 +19,11 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _port_taken(port: int) -> bool:
+def _port_served(port: int) -> bool:
+    """Whether something accepts connections on the port (a bind test would also fail on TIME_WAIT sockets)."""
     with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
+        probe.settimeout(2)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_a_taken_port_is_refused_with_a_non_zero_exit(tmp_path):
@@ -60,7 +58,7 @@ def test_sigterm_stops_the_mlflow_server_it_started(tmp_path):
         ui.send_signal(signal.SIGTERM)
         ui.wait(60)
         deadline = time.monotonic() + 30
-        while _port_taken(port):  # the server's own workers are gone too, not only the CLI process
+        while _port_served(port):  # the server's own workers are gone too, not only the CLI process
             assert time.monotonic() < deadline, f"port {port} still served after the CLI stopped"
             time.sleep(0.5)
     finally:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
+from data.round_lock import round_lock
 from data.store import LabelStore
 from flows.cli import app
 
@@ -58,6 +59,10 @@ def test_doctor_finds_and_repairs_a_broken_workspace_and_the_round_is_rerun(tmp_
     data = bytearray(features.read_bytes())
     data[-4:] = b"\x7f\x7f\x7f\x7f"  # one value changed in place: same shape, another hash
     features.write_bytes(bytes(data))
+
+    with round_lock(store, CAMPAIGN):  # while a process holds the round lock, round 2 is running, not abandoned
+        rounds = [f for f in _doctor(workspace)[1] if f["check"] == "rounds"]
+    assert [(f["status"], f["detail"].split(":")[0]) for f in rounds] == [("ok", "round 2 is running now")]
 
     code, rows = _doctor(workspace)
     expected = [

@@ -17,7 +17,7 @@ CLI = [sys.executable, "-m", "flows"]
 @pytest.fixture()
 def mlflow_ui(tmp_path):
     """A 2-round simulated digits campaign (one small candidate, few steps), then `beliefloop ui` on a free port;
-    yields (URL, campaign). The UI is stopped with SIGTERM after."""
+    yields the campaign's link that the command printed. The UI is stopped with SIGTERM after."""
     workspace = tmp_path / "w"
     env = {
         **os.environ,
@@ -47,7 +47,10 @@ def mlflow_ui(tmp_path):
             except OSError:
                 assert time.monotonic() < deadline, "the MLflow UI did not answer within 300 s"
                 time.sleep(1)
-        yield f"http://127.0.0.1:{port}", "digits-bald-seed0"
+        campaign = "digits-bald-seed0"
+        announced = [ui.stdout.readline() for _ in range(2)]  # the UI's address, then one line per campaign
+        assert announced[1].startswith(f"  campaign {campaign}: http://127.0.0.1:{port}/#/experiments/"), announced
+        yield announced[1].split(": ", 1)[1].strip()
     finally:
         ui.send_signal(signal.SIGTERM)
         ui.wait(60)
@@ -56,17 +59,17 @@ def mlflow_ui(tmp_path):
 def test_a_reviewer_reaches_a_round_run_and_its_artifacts(chromium_launch, mlflow_ui, tmp_path):
     from playwright import sync_api
 
-    url, campaign = mlflow_ui
+    campaign_link = mlflow_ui
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(**chromium_launch)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.set_default_timeout(120_000)  # the UI's first render takes tens of seconds on a loaded machine
-        page.goto(f"{url}/#/experiments")
-        page.get_by_role("link", name=campaign).click()
-        # MLflow 3.17 opens an experiment on its GenAI overview, under a pop-up: follow the side bar's "Training runs".
-        page.goto(f"{url}/{page.get_by_text('Training runs', exact=True).get_attribute('href')}")
-        # The round runs are nested under the campaign's run: expand it, open round 2.
+        # `beliefloop ui` prints each campaign's link: its runs, in MLflow's machine-learning view (MLflow 3.17
+        # opens an experiment on its GenAI overview otherwise).
+        page.goto(campaign_link)
+        # The runs table: the round runs are nested under the campaign's run: expand it, open round 2.
         page.locator("button[data-component-id*='runnamecellrenderer']").first.click()
+        assert "/runs" in page.url, page.url
         page.get_by_role("link", name="round-002").click()
         page.get_by_text("Metrics (").first.wait_for()
         assert page.get_by_text("test_accuracy").first.is_visible()

@@ -2,6 +2,8 @@
 Studio export and the gallery, and rows ingested later featurised exactly as the same text was at first."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -24,6 +26,11 @@ WORDS = {
 SCRIPT_TEXT = '<script>alert("text")</script> a goal & a penalty'
 
 
+def _cli(*args: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "flows", *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
 def _reviews(n: int = 60, seed: int = 0) -> pd.DataFrame:
     """Two topics of ten words each; the last 12 rows unlabeled (the pool), one of them HTML."""
     rng = np.random.default_rng(seed)
@@ -39,8 +46,6 @@ def _reviews(n: int = 60, seed: int = 0) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def text_campaign(tmp_path_factory):
-    from tests.flows.conftest import _run_cli
-
     root = tmp_path_factory.mktemp("text")
     frame = _reviews()
     frame.to_csv(root / "reviews.csv", index=False)
@@ -48,7 +53,7 @@ def text_campaign(tmp_path_factory):
     params.write_text("model:\n  steps: 30\nacquisition:\n  samples: 4\nselection:\n  candidates: []\n")
     workspace = root / "w"
     columns = ["--label-column", "topic", "--id-column", "id", "--text-column", "body"]
-    _run_cli("round", "--dataset", str(root / "reviews.csv"), *columns, "--k", "12", "--workspace", str(workspace),
+    _cli("round", "--dataset", str(root / "reviews.csv"), *columns, "--k", "12", "--workspace", str(workspace),
              "--params", str(params))  # fmt: skip
     settings = load_settings(
         None,
