@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,30 @@ from torch import nn
 SMALL_STEP_FLOPS = 5e7
 """Below this many FLOPs per training step, a second intra-op thread costs more in hand-over than it computes
 (measured: a 64-128-128-10 MLP step is 4x slower on 2 threads with OMP_WAIT_POLICY=PASSIVE, 10-25x under load)."""
+
+
+StepProgress = Callable[[int, int], None]
+"""``progress(step, steps)``: called after each training step (1-based) of a loop of ``steps`` steps."""
+
+_step_progress: ContextVar[StepProgress | None] = ContextVar("beliefloop_step_progress", default=None)
+
+
+@contextmanager
+def reporting_steps(progress: StepProgress | None) -> Iterator[None]:
+    """Within the block, every training loop run by this thread (or task) calls ``progress(step, steps)`` after
+    each step: an observer for progress bars, which changes nothing in the training (no argument of any ``fit``
+    has to carry it). ``None`` reports nothing."""
+    token = _step_progress.set(progress)
+    try:
+        yield
+    finally:
+        _step_progress.reset(token)
+
+
+def report_step(step: int, steps: int) -> None:
+    """Tell the observer of :func:`reporting_steps`, if any, that step ``step`` of ``steps`` is done."""
+    if (progress := _step_progress.get()) is not None:
+        progress(step, steps)
 
 
 @contextmanager
@@ -89,11 +114,12 @@ def minibatches(
     batch_size = min(batch_size, n)
     where = generator.device if generator is not None else torch.device("cpu")
     order, cursor = torch.randperm(n, generator=generator, device=where), 0
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         if cursor + batch_size > n:
             order, cursor = torch.randperm(n, generator=generator, device=where), 0
         yield order[cursor : cursor + batch_size].to(device)
         cursor += batch_size
+        report_step(step, steps)  # resumed when the consumer asks for the next batch: this one's step is done
 
 
 def _train(network, x, y, *, steps, batch_size, lr, weight_decay, generator) -> list[float]:

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from bayes_models.architectures import SplitNet, resolve_device, seeded, seeded_network
 from bayes_models.priors import group_values
-from bayes_models.training import TrainingConfig, training_threads
+from bayes_models.training import TrainingConfig, report_step, training_threads
 
 __all__ = ["BayesLinear", "ELBOParts", "MeanFieldVI", "VIConfig", "gaussian_kl", "softplus_inverse"]
 
@@ -408,7 +408,7 @@ class MeanFieldVI:
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
         try:
-            for _ in range(steps):
+            for step in range(1, steps + 1):
                 if cursor + batch_size > n:
                     order, cursor = torch.randperm(n, generator=generator), 0
                 index = order[cursor : cursor + batch_size].to(self.device)
@@ -420,6 +420,7 @@ class MeanFieldVI:
                 loss.backward()
                 optimizer.step()
                 logs.append(torch.stack([nll, kl, loss]).detach())
+                report_step(step, steps)
         finally:
             net.eval()
         if logs:

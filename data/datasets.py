@@ -8,7 +8,12 @@ Every source becomes one :class:`Dataset` of model-ready arrays:
 - images ``[N, C, H, W]`` are divided by 255 when stored as ``uint8``, else kept as given (as float32);
 - labels are ``int64`` indices into ``classes``, ``-1`` meaning unknown (the unlabeled pool, train only);
 - ids are unique strings across train and test and derived from the source row, so an item keeps its id
-  whatever the split.
+  whatever the split;
+- vector features keep their names (a table's columns, a bundled set's ``feature_names``, an ``.npz``'s optional
+  ``feature_names``), so people see ``alcohol = 13.2`` rather than ``x0``;
+- a table's free-text column (``text_column``) is kept as text for people and turned into ``text_dim`` numeric
+  features for the models by the stateless pipeline of :mod:`data.text` (after the other features), so rows
+  arriving later are featurised identically without any fitted state.
 
 Problems raise :class:`DatasetError`, whose message names the source, the row / key / column and what
 was expected versus found. Files are never unpickled (``allow_pickle=False``).
@@ -24,9 +29,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data.text import TEXT_DIM, TextFeatures
+
 BUNDLED = ("digits", "breast_cancer", "wine", "iris")
 FILE_SUFFIXES = (".npz", ".csv", ".parquet", ".pq")
-NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test", "ids_train", "ids_test", "classes")
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test", "ids_train", "ids_test", "classes", "feature_names")
 _SUPPORTED = f"bundled names {', '.join(BUNDLED)} or files ending in {', '.join(FILE_SUFFIXES)}"
 
 
@@ -52,6 +59,14 @@ class Dataset:
         Class names.
     standardization : (mean, std) of float64 arrays ``[D]``, or None
         The transform ``x' = (x - mean) / std`` the vectors went through; None for images.
+    feature_names : tuple of str, or None
+        Vectors: the name of each of the ``D`` features (a table's column names, a bundled set's
+        ``feature_names``, an ``.npz``'s ``feature_names``); None: unnamed (shown as ``x0 .. x{D-1}``), and
+        always None for images.
+    texts_train, texts_test : np.ndarray, or None
+        Unicode ``[N]``: each item's text (a table's ``text_column``), None without one.
+    text : TextFeatures, or None
+        How the text became the last ``text.dim`` features; set exactly when the texts are.
     """
 
     name: str
@@ -64,10 +79,18 @@ class Dataset:
     ids_test: np.ndarray
     classes: tuple[str, ...]
     standardization: tuple[np.ndarray, np.ndarray] | None = None
+    feature_names: tuple[str, ...] | None = None
+    texts_train: np.ndarray | None = None
+    texts_test: np.ndarray | None = None
+    text: TextFeatures | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
         where = self.source or self.name
+        _check_texts(self, where)
+        if self.feature_names is not None:
+            names = _check_feature_names(self.feature_names, tuple(self.x_train.shape[1:]), where)
+            object.__setattr__(self, "feature_names", names)
         if self.standardization is not None:
             stats = _check_standardization(self.standardization, tuple(self.x_train.shape[1:]), where)
             object.__setattr__(self, "standardization", stats)
@@ -98,6 +121,11 @@ class Dataset:
         return self.x_train.ndim == 4
 
     @property
+    def names(self) -> tuple[str, ...] | None:
+        """The features' names, ``x0 .. x{D-1}`` when unnamed; None for images."""
+        return None if self.is_image else self.feature_names or default_feature_names(self.x_train.shape[1])
+
+    @property
     def n_classes(self) -> int:
         """Number of classes."""
         return len(self.classes)
@@ -120,6 +148,8 @@ def load_dataset(
     *,
     label_column: str | None = None,
     id_column: str | None = None,
+    text_column: str | None = None,
+    text_dim: int = TEXT_DIM,
     test_fraction: float = 0.25,
     split_seed: int = 0,
     standardization: tuple[np.ndarray, np.ndarray] | None = None,
@@ -135,6 +165,11 @@ def load_dataset(
         path ending in ``.npz``, ``.csv``, ``.parquet`` or ``.pq``.
     label_column, id_column : str, optional
         Tables only: the label column (required) and the id column (default ``row-<i>``).
+    text_column, text_dim : str, int
+        Tables only: a column of free text, kept as text (:attr:`Dataset.texts_train`) and featurised into
+        ``text_dim`` numbers by :class:`data.text.TextFeatures`, after the other feature columns. An empty or
+        missing cell (which includes what pandas reads as missing in a CSV: ``NA``, ``null``, …) is the empty
+        text, whose features are those of no words.
     test_fraction, split_seed : float, int
         Stratified split of labeled rows for bundled sets and tables without a ``split`` column.
     standardization : (mean, std), optional
@@ -156,12 +191,13 @@ def load_dataset(
     Notes
     -----
     ``.npz``: keys ``x_train``, ``x_test``, ``y_test`` and optionally ``y_train`` (absent = all unknown),
-    ``ids_train`` / ``ids_test`` (default ``train-<i>`` / ``test-<i>``) and ``classes``; any other key is an
-    error. Features ``[N, D]`` are vectors; ``[N, H, W]``, ``[N, H, W, C]`` and ``[N, C, H, W]`` (C in 1, 3,
-    4; channels-first wins when ambiguous) are images. Tables: the columns other than label, id and
-    ``split`` are numeric features; a ``split`` column (``train`` / ``test``) fixes the split, and rows
-    with an empty label always go to train as unknown. Numeric labels ``-1`` / NaN and string labels ``""``
-    are unknown; without ``classes`` the classes are the sorted distinct known labels (numeric order for
+    ``ids_train`` / ``ids_test`` (default ``train-<i>`` / ``test-<i>``), ``classes`` and, for vectors,
+    ``feature_names`` (one per feature); any other key is an error. Features ``[N, D]`` are vectors;
+    ``[N, H, W]``, ``[N, H, W, C]`` and ``[N, C, H, W]`` (C in 1, 3, 4; channels-first wins when ambiguous)
+    are images. Tables: the columns other than label, id and ``split`` are numeric features, named by their
+    column; a ``split`` column (``train`` / ``test``) fixes the split, and rows with an empty label always go
+    to train as unknown. Numeric labels ``-1`` / NaN and string labels ``""`` are unknown; without
+    ``classes`` the classes are the sorted distinct known labels (numeric order for
     numbers), with ``classes`` integer labels index it and string labels are looked up by name.
 
     Raises
@@ -175,8 +211,9 @@ def load_dataset(
         raise DatasetError(f"{source}: test_fraction must be in (0, 1), got {test_fraction}")
     scaling = {"standardization": standardization, "allow_empty_test": allow_empty_test}
     declared = None if classes is None else tuple(str(c) for c in classes)
+    text = TextFeatures(text_column, text_dim) if text_column is not None else None
     if isinstance(source, str) and source in BUNDLED:
-        _no_columns(source, label_column, id_column)
+        _no_columns(source, label_column, id_column, text_column)
         return _same_classes(_load_bundled(source, test_fraction, split_seed, **scaling), declared)
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
@@ -188,9 +225,9 @@ def load_dataset(
     if path.stat().st_size == 0:
         raise DatasetError(f"{path}: file is empty")
     if suffix == ".npz":
-        _no_columns(str(path), label_column, id_column)
+        _no_columns(str(path), label_column, id_column, text_column)
         return _load_npz(path, declared, **scaling)
-    return _load_table(path, label_column, id_column, test_fraction, split_seed, declared, **scaling)
+    return _load_table(path, label_column, id_column, test_fraction, split_seed, declared, text, **scaling)
 
 
 def _same_classes(dataset: Dataset, declared: tuple[str, ...] | None) -> Dataset:
@@ -214,7 +251,10 @@ def _load_bundled(name: str, test_fraction: float, seed: int, **scaling) -> Data
     y = np.asarray(bunch.target, dtype=np.int64)
     ids = _row_ids("row", len(x))
     train, test = _stratified_split(y, test_fraction, seed)
-    return _assemble(name, name, x[train], y[train], x[test], y[test], ids[train], ids[test], classes, **scaling)
+    names = tuple(str(n) for n in getattr(bunch, "feature_names", ())) or None
+    return _assemble(
+        name, name, x[train], y[train], x[test], y[test], ids[train], ids[test], classes, feature_names=names, **scaling
+    )
 
 
 def _load_npz(
@@ -269,8 +309,15 @@ def _load_npz(
     y_train, y_test, classes = _encode_labels(y_train, arrays["y_test"], classes, where)
     ids_train, ids_test = _as_str(ids_train, where, "ids_train"), _as_str(ids_test, where, "ids_test")
     x_train, x_test = _image_layout(x_train, where, "x_train"), _image_layout(x_test, where, "x_test")
+    names = None
+    if "feature_names" in arrays:
+        if x_train.ndim != 2:
+            raise DatasetError(f"{where}: feature_names apply to vectors [N, D]; x_train has shape {x_train.shape}")
+        names = tuple(_as_str(arrays["feature_names"], where, "feature_names").tolist())
     scaling["allow_empty_test"] = allow_empty_test
-    return _assemble(path.stem, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes, **scaling)
+    return _assemble(
+        path.stem, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes, feature_names=names, **scaling
+    )
 
 
 def _load_table(
@@ -280,6 +327,7 @@ def _load_table(
     frac: float,
     seed: int,
     declared: tuple[str, ...] | None = None,
+    text: TextFeatures | None = None,
     **scaling,
 ) -> Dataset:
     where = str(path.resolve())
@@ -310,9 +358,16 @@ def _load_table(
             raise DatasetError(f"{where}: id column {id_column!r} is empty in data row {missing[0]}")
         ids = _as_str(frame[id_column].to_numpy(), where, id_column)
     _check_unique_ids(ids, where)
-    features_excluded = {label_column, id_column, "split"}
+    texts = None
+    if text is not None:
+        if text.column not in columns:
+            raise DatasetError(f"{where}: text column {text.column!r} not found; columns are {columns}")
+        if text.column in (label_column, id_column, "split"):
+            raise DatasetError(f"{where}: text column {text.column!r} is also the label, id or split column")
+        texts = _text_cells(frame[text.column], ids, where, text.column)
+    features_excluded = {label_column, id_column, "split", text.column if text else None}
     features = [c for c in columns if c not in features_excluded]
-    if not features:
+    if not features and text is None:
         raise DatasetError(f"{where}: no feature columns besides label/id/split; columns are {columns}")
     for column in features:
         values = frame[column]
@@ -321,11 +376,15 @@ def _load_table(
             example = bad.iloc[0] if len(bad) else values.iloc[0]
             example = example.item() if isinstance(example, np.generic) else example
             raise DatasetError(f"{where}: feature column {column!r} is not numeric ({values.dtype}), e.g. {example!r}")
-    x = frame[features].to_numpy(dtype=np.float64, na_value=np.nan)
+    x = frame[features].to_numpy(dtype=np.float64, na_value=np.nan).reshape(len(frame), len(features))
     bad = np.argwhere(~np.isfinite(x))
     if bad.size:
         row, col = bad[0]
         raise DatasetError(f"{where}: NaN/inf in row {row} (id {ids[row].item()!r}), column {features[col]!r}")
+    names = [str(c) for c in features]
+    if text is not None:
+        x = np.concatenate([x, text.transform(texts)], axis=1)
+        names += text.feature_names()
     labels = frame[label_column]
     numeric = pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(labels)
     labels = labels.to_numpy(dtype=np.float64, na_value=np.nan) if numeric else labels.to_numpy(dtype=object)
@@ -353,16 +412,34 @@ def _load_table(
         train, test = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
     else:
         train, test = _stratified_split(y, frac, seed)
-    return _assemble(path.stem, where, x[train], y[train], x[test], y[test], ids[train], ids[test], classes, **scaling)
+    optional = {"feature_names": names}
+    if texts is not None:
+        optional.update(texts_train=texts[train], texts_test=texts[test], text=text)
+    return _assemble(
+        path.stem, where, x[train], y[train], x[test], y[test], ids[train], ids[test], classes, **scaling, **optional
+    )
 
 
 # ---------------------------------------------------------------------------------------------- helpers
 
 
 def _assemble(
-    name, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes, *, standardization, allow_empty_test
+    name,
+    where,
+    x_train,
+    y_train,
+    x_test,
+    y_test,
+    ids_train,
+    ids_test,
+    classes,
+    *,
+    standardization,
+    allow_empty_test,
+    **optional,
 ) -> Dataset:
-    """Check labels, ids and values, scale features and build the :class:`Dataset`."""
+    """Check labels, ids and values, scale features and build the :class:`Dataset` (``optional``: its fields with
+    defaults, such as ``feature_names``)."""
     if len(x_test) == 0 and not allow_empty_test:
         raise DatasetError(f"{where}: the test split is empty; at least one labeled test row is needed")
     unknown = np.flatnonzero(y_test < 0)
@@ -401,7 +478,28 @@ def _assemble(
             mean, std = _check_standardization(standardization, tuple(x_train.shape[1:]), where)
         x_train, x_test = standardize(x_train, mean, std), standardize(x_test, mean, std)
         stats = (mean, std)
-    return Dataset(name, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes, stats)
+    return Dataset(name, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes, stats, **optional)
+
+
+def default_feature_names(n: int) -> tuple[str, ...]:
+    """``x0 .. x{n-1}``: the names of unnamed features."""
+    return tuple(f"x{j}" for j in range(n))
+
+
+def _check_feature_names(names, feature_shape: tuple[int, ...], where: str) -> tuple[str, ...]:
+    """One distinct, non-empty name per feature of a vector ``[D]``."""
+    names = tuple(str(n) for n in names)
+    if len(feature_shape) != 1:
+        raise DatasetError(f"{where}: feature names apply to vectors [N, D]; features have shape {feature_shape}")
+    if len(names) != feature_shape[0]:
+        raise DatasetError(f"{where}: {len(names)} feature names for {feature_shape[0]} features")
+    if "" in names:
+        raise DatasetError(f"{where}: feature name {names.index('')} is empty")
+    values, counts = np.unique(np.asarray(names, dtype=str), return_counts=True)
+    repeated = values[counts > 1].tolist()
+    if repeated:
+        raise DatasetError(f"{where}: feature names must be distinct; repeated: {repeated[:5]}")
+    return names
 
 
 def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -586,6 +684,43 @@ def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[n
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
 
-def _no_columns(where: str, label_column: str | None, id_column: str | None) -> None:
-    if label_column is not None or id_column is not None:
-        raise DatasetError(f"{where}: label_column / id_column apply to CSV and Parquet tables only")
+def _no_columns(where: str, label_column: str | None, id_column: str | None, text_column: str | None) -> None:
+    if label_column is not None or id_column is not None or text_column is not None:
+        raise DatasetError(f"{where}: label_column / id_column / text_column apply to CSV and Parquet tables only")
+
+
+def _text_cells(values: pd.Series, ids: np.ndarray, where: str, column: str) -> np.ndarray:
+    """A text column's cells as unicode ``[N]``: a missing cell (empty, NaN) is the empty text, a number its
+    digits; a cell holding a list (Parquet) is refused with its row and id."""
+    cells = values.to_numpy(dtype=object)
+    out = []
+    for row, value in enumerate(cells):
+        if not pd.api.types.is_scalar(value):
+            raise DatasetError(
+                f"{where}: text column {column!r} in row {row} (id {ids[row].item()!r}) holds "
+                f"{type(value).__name__} {np.asarray(value).tolist()!r}, expected one text"
+            )
+        if pd.isna(value):
+            out.append("")
+        elif isinstance(value, bytes):
+            out.append(value.decode("utf-8", errors="replace"))
+        else:
+            out.append(str(value.item() if isinstance(value, np.generic) else value))
+    return np.array(out, dtype=str).reshape(len(out))
+
+
+def _check_texts(dataset: Dataset, where: str) -> None:
+    """Texts of both splits and the featuriser that made the last features, all or none."""
+    parts = (dataset.texts_train, dataset.texts_test, dataset.text)
+    if all(part is None for part in parts):
+        return
+    if any(part is None for part in parts):
+        raise DatasetError(f"{where}: texts_train, texts_test and text are given together or not at all")
+    if dataset.is_image or dataset.x_train.shape[1] < dataset.text.dim:
+        raise DatasetError(
+            f"{where}: text features need vectors of at least {dataset.text.dim} features, got {dataset.feature_shape}"
+        )
+    for split in ("train", "test"):
+        texts, n = getattr(dataset, f"texts_{split}"), len(getattr(dataset, f"x_{split}"))
+        if texts.dtype.kind != "U" or texts.shape != (n,):
+            raise DatasetError(f"{where}: texts_{split} must be unicode [{n}], got {texts.dtype} {texts.shape}")

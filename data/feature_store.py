@@ -9,7 +9,12 @@ Layout of a store folder (the campaign keeps it at ``workspace/datasets/<name>/`
     meta.json      name, source, classes, n_train, n_test, feature_shape, is_image, dtype,
                    format_version, content_hash; n_appended and standardization (vectors: the original
                    import's train mean and std, which every appended row must have gone through; null for
-                   images) where present
+                   images) where present; feature_names (vectors: one name per feature) where known — a
+                   store written before names were kept opens with ``x0 .. x{D-1}``; text (a table's text
+                   column: how it became the last features, :class:`data.text.TextFeatures`) where set
+    texts.npy      with ``text`` only: uint8, the items' texts as UTF-8, one after the other
+    text_offsets.npy  with ``text`` only: int64 [n + 1], item ``i``'s text is bytes ``offsets[i]:offsets[i+1]``
+                   (compact whatever the lengths, memory-mapped, appended to like the other arrays)
 
 ``rows_train`` / ``rows_test`` describe the original import only; which rows a campaign uses, and in which
 split, is the label store's ``items`` table. A store is written into a temporary sibling folder and renamed
@@ -35,8 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from data.datasets import Dataset, DatasetError
+from data.datasets import Dataset, DatasetError, default_feature_names
 from data.faults import kill_point
+from data.text import TextFeatures
 
 try:
     import fcntl
@@ -45,6 +51,8 @@ except ImportError:  # pragma: no cover - Windows: appends are then not serialis
 
 FORMAT_VERSION = 1
 META_KEYS = ("name", "source", "classes", "n_train", "n_test", "feature_shape", "is_image", "dtype")
+HASHED_IF_SET = ("feature_names", "text")
+"""Metadata added after the first stores: hashed when set, so that the hashes of older stores stay valid."""
 _DTYPES = ("float32", "float16")
 
 
@@ -54,6 +62,38 @@ class FeatureStoreError(DatasetError):
 
 class FeatureStoreMissing(FeatureStoreError):
     """An array file of an existing store (its ``meta.json`` is there) is missing or unreadable."""
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class Texts:
+    """Items' texts as one UTF-8 byte array and ``[n + 1]`` offsets: item ``i`` is ``utf8[offsets[i]:offsets[i+1]]``."""
+
+    utf8: np.ndarray
+    offsets: np.ndarray
+
+    @classmethod
+    def encode(cls, texts: Sequence[str] | np.ndarray) -> Texts:
+        encoded = [str(t).encode("utf-8") for t in np.asarray(texts, dtype=str).reshape(-1).tolist()]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in encoded], out=offsets[1:])
+        return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, row: int) -> str:
+        return bytes(self.utf8[int(self.offsets[row]) : int(self.offsets[row + 1])]).decode("utf-8")
+
+    def decode(self, rows: Sequence[int] | range | np.ndarray) -> np.ndarray:
+        """The texts of ``rows`` as a unicode array."""
+        return np.array([self[int(r)] for r in rows], dtype=str).reshape(len(rows))
+
+    def __add__(self, other: Texts) -> Texts:
+        """These texts followed by ``other``'s."""
+        return Texts(
+            np.concatenate([self.utf8, other.utf8]),
+            np.concatenate([self.offsets, other.offsets[1:] + self.offsets[-1]]),
+        )
 
 
 @dataclass(repr=False, eq=False)
@@ -69,6 +109,8 @@ class FeatureStore:
     features: np.ndarray
     targets: np.ndarray
     ids: np.ndarray
+    texts: Texts | None = None
+    """The items' texts when the store has a text column (``meta["text"]``), else None."""
     _sorted_ids: np.ndarray | None = field(default=None, init=False)
     _order: np.ndarray | None = field(default=None, init=False)
 
@@ -95,6 +137,20 @@ class FeatureStore:
     @property
     def classes(self) -> tuple[str, ...]:
         return tuple(self.meta["classes"])
+
+    @property
+    def feature_names(self) -> tuple[str, ...] | None:
+        """Vectors: each feature's name (``x0 .. x{D-1}`` for a store written without names); None for images."""
+        if self.meta["is_image"]:
+            return None
+        names = self.meta.get("feature_names")
+        return tuple(names) if names is not None else default_feature_names(self.feature_shape[0])
+
+    @property
+    def text_features(self) -> TextFeatures | None:
+        """How the store's text column became its last features; None without one."""
+        text = self.meta.get("text")
+        return None if text is None else TextFeatures.from_json(text)
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -150,12 +206,20 @@ class FeatureStore:
         x = np.asarray(self.features[:end], dtype=np.float32)
         y, ids = np.asarray(self.targets[:end]), np.asarray(self.ids[:end])
         name, source = self.meta["name"], self.meta["source"]
-        stats = self.standardization
-        return Dataset(name, source, x[:n], y[:n], x[n:], y[n:], ids[:n], ids[n:], self.classes, stats)
+        stats, names = self.standardization, self.meta.get("feature_names")
+        names = tuple(names) if names is not None else None
+        texts = {}
+        if self.texts is not None:
+            texts = {
+                "texts_train": self.texts.decode(range(n)),
+                "texts_test": self.texts.decode(range(n, end)),
+                "text": self.text_features,
+            }
+        return Dataset(name, source, x[:n], y[:n], x[n:], y[n:], ids[:n], ids[n:], self.classes, stats, names, **texts)
 
     def verify(self) -> None:
         """Re-hash the arrays (reads everything) and raise :class:`FeatureStoreError` if they changed."""
-        digest = _content_hash(self.meta, self.features, self.targets, self.ids)
+        digest = _content_hash(self.meta, self.features, self.targets, self.ids, self.texts)
         if digest != self.meta.get("content_hash"):
             raise FeatureStoreError(
                 f"{self.directory}: content hash {digest} does not match meta.json's {self.meta.get('content_hash')}"
@@ -217,17 +281,24 @@ def write_feature_store(
         "dtype": str(features.dtype),
         "n_appended": 0,
         "standardization": _stats_json(dataset.standardization),
+        "feature_names": None if dataset.feature_names is None else list(dataset.feature_names),
+        "text": None if dataset.text is None else dataset.text.to_json(),
     }
-    meta["content_hash"] = _content_hash(meta, features, targets, ids)
+    texts = None if dataset.text is None else Texts.encode(np.concatenate([dataset.texts_train, dataset.texts_test]))
+    meta["content_hash"] = _content_hash(meta, features, targets, ids, texts)
     recover_store(directory)  # a store that a killed rewrite left aside is the one in place, not this import
     if _same_or_refuse(directory, meta["content_hash"], overwrite):
         return directory
-    _write_and_swap(directory, meta, features, targets, ids)
+    _write_and_swap(directory, meta, features, targets, ids, texts)
     return directory
 
 
 def append_rows(
-    directory: str | Path, x: np.ndarray, targets: np.ndarray, ids: Sequence[str] | np.ndarray
+    directory: str | Path,
+    x: np.ndarray,
+    targets: np.ndarray,
+    ids: Sequence[str] | np.ndarray,
+    texts: Sequence[str] | np.ndarray | None = None,
 ) -> np.ndarray:
     """Append items after the existing rows, rewriting the store atomically; return their rows (int64).
 
@@ -245,6 +316,9 @@ def append_rows(
         ``[M]`` class indices into the store's classes, ``-1`` = unknown.
     ids : sequence of str
         ``[M]`` new item ids, distinct from each other and from every id in the store.
+    texts : sequence of str, optional
+        ``[M]`` the items' texts: required exactly when the store has a text column, whose featuriser
+        (:class:`data.text.TextFeatures`, stateless) must have made the last features of ``x``.
 
     Raises
     ------
@@ -272,6 +346,14 @@ def append_rows(
                 f"{directory}: appended item {str(ids[bad[0]])!r} has label {targets[bad[0]]}, "
                 f"expected -1..{len(store.classes) - 1}"
             )
+        if (texts is None) != (store.texts is None):
+            raise FeatureStoreError(
+                f"{directory}: the store {'has' if store.texts is not None else 'has no'} text column; rows to "
+                f"append {'need' if store.texts is not None else 'must not have'} texts"
+            )
+        new_texts = None if texts is None else Texts.encode(texts)
+        if new_texts is not None and len(new_texts) != len(ids):
+            raise FeatureStoreError(f"{directory}: {len(new_texts)} texts for {len(ids)} rows to append")
         _refuse_duplicates(directory, store, ids)
         rows = np.arange(len(store.ids), len(store.ids) + len(ids), dtype=np.int64)
         if not len(ids):
@@ -287,8 +369,9 @@ def append_rows(
         all_ids = np.concatenate([store.ids, ids])
         meta = {key: value for key, value in store.meta.items() if key != "content_hash"}
         meta["n_appended"] = store.n_appended + len(ids)
-        meta["content_hash"] = _content_hash(meta, features, all_targets, all_ids)
-        _write_and_swap(directory, meta, features, all_targets, all_ids)
+        all_texts = None if new_texts is None else store.texts + new_texts
+        meta["content_hash"] = _content_hash(meta, features, all_targets, all_ids, all_texts)
+        _write_and_swap(directory, meta, features, all_targets, all_ids, all_texts)
     return rows
 
 
@@ -313,8 +396,9 @@ def extend_classes(directory: str | Path, new_classes: Sequence[str]) -> tuple[s
         meta = {key: value for key, value in store.meta.items() if key != "content_hash"}
         meta["classes"] = classes
         features, targets, ids = (np.asarray(a) for a in (store.features, store.targets, store.ids))
-        meta["content_hash"] = _content_hash(meta, features, targets, ids)
-        _write_and_swap(directory, meta, features, targets, ids)
+        texts = None if store.texts is None else Texts(np.asarray(store.texts.utf8), np.asarray(store.texts.offsets))
+        meta["content_hash"] = _content_hash(meta, features, targets, ids, texts)
+        _write_and_swap(directory, meta, features, targets, ids, texts)
     return tuple(classes)
 
 
@@ -361,16 +445,48 @@ def _open_store(directory: Path) -> FeatureStore:
     bad = np.flatnonzero((targets < low) | (targets >= len(meta["classes"])))
     if bad.size:
         raise FeatureStoreError(f"{directory / 'targets.npy'}: row {bad[0]} holds invalid label {targets[bad[0]]}")
-    return FeatureStore(directory, meta, arrays["features"], arrays["targets"], arrays["ids"])
+    texts = _open_texts(directory, n) if meta["text"] is not None else None
+    return FeatureStore(directory, meta, arrays["features"], arrays["targets"], arrays["ids"], texts)
+
+
+def _open_texts(directory: Path, n: int) -> Texts:
+    """The memory-mapped texts of a store with a text column, checked against its ``n`` rows."""
+    arrays = {}
+    for name in ("texts", "text_offsets"):
+        path = directory / f"{name}.npy"
+        try:
+            arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise FeatureStoreMissing(
+                f"{path}: missing from the feature store {directory} (meta.json has text)"
+            ) from None
+        except (OSError, ValueError) as error:
+            raise FeatureStoreMissing(f"{path}: cannot open: {error}") from error
+    utf8, offsets = arrays["texts"], arrays["text_offsets"]
+    if utf8.dtype != np.uint8 or utf8.ndim != 1:
+        raise FeatureStoreError(f"{directory / 'texts.npy'}: expected uint8 [bytes], got {utf8.dtype} {utf8.shape}")
+    if offsets.dtype != np.int64 or offsets.shape != (n + 1,):
+        raise FeatureStoreError(
+            f"{directory / 'text_offsets.npy'}: expected int64 ({n + 1},), got {offsets.dtype} {offsets.shape}"
+        )
+    if offsets[0] != 0 or offsets[-1] != len(utf8) or (np.diff(offsets) < 0).any():
+        raise FeatureStoreError(
+            f"{directory / 'text_offsets.npy'}: offsets must rise from 0 to the {len(utf8)} bytes of texts.npy"
+        )
+    return Texts(utf8, offsets)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _content_hash(meta: dict[str, Any], features: np.ndarray, targets: np.ndarray, ids: np.ndarray) -> str:
+def _content_hash(
+    meta: dict[str, Any], features: np.ndarray, targets: np.ndarray, ids: np.ndarray, texts: Texts | None = None
+) -> str:
     core = {key: meta[key] for key in META_KEYS if key != "source"}
+    core.update({key: meta[key] for key in HASHED_IF_SET if meta.get(key) is not None})
     digest = hashlib.sha256(json.dumps(core, sort_keys=True).encode())
-    for array in (features, targets, ids):
+    extra = () if texts is None else (texts.utf8, texts.offsets)
+    for array in (features, targets, ids, *extra):
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype.str}{array.shape}".encode())
         digest.update(memoryview(array).cast("B"))
@@ -416,6 +532,23 @@ def _read_meta(directory: Path) -> dict[str, Any]:
             ok = False
         if not ok:
             raise FeatureStoreError(f"{path}: standardization must be null or {{mean, std}} of {size} numbers each")
+    text = meta.setdefault("text", None)
+    if text is not None:
+        try:
+            features = TextFeatures.from_json(text)
+        except (TypeError, KeyError, ValueError) as error:
+            raise FeatureStoreError(f"{path}: text must be null or the settings of a text column: {error}") from error
+        if len(meta["feature_shape"]) != 1 or meta["feature_shape"][0] < features.dim:
+            raise FeatureStoreError(
+                f"{path}: text of {features.dim} features, but features are {meta['feature_shape']}"
+            )
+    names = meta.setdefault("feature_names", None)
+    if names is not None:
+        shape = meta["feature_shape"]
+        if not (isinstance(names, list) and all(isinstance(n, str) and n for n in names)) or len(shape) != 1:
+            raise FeatureStoreError(f"{path}: feature_names must be null or a list of names of vector features")
+        if len(names) != shape[0] or len(set(names)) != len(names):
+            raise FeatureStoreError(f"{path}: feature_names must be {shape[0]} distinct names, got {len(names)}")
     return meta
 
 
@@ -487,13 +620,21 @@ def _restore_aside(directory: Path) -> None:
 
 
 def _write_and_swap(
-    directory: Path, meta: dict[str, Any], features: np.ndarray, targets: np.ndarray, ids: np.ndarray
+    directory: Path,
+    meta: dict[str, Any],
+    features: np.ndarray,
+    targets: np.ndarray,
+    ids: np.ndarray,
+    texts: Texts | None = None,
 ) -> None:
     """Write the arrays and ``meta.json`` into a temporary sibling folder, then rename it into place."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    arrays = [("features", features), ("targets", targets), ("ids", ids)]
+    if texts is not None:
+        arrays += [("texts", texts.utf8), ("text_offsets", texts.offsets)]
     try:
-        for name, array in (("features", features), ("targets", targets), ("ids", ids)):
+        for name, array in arrays:
             with open(tmp / f"{name}.npy", "wb") as handle:
                 np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
                 handle.flush()

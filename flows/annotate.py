@@ -25,7 +25,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from data import FeatureStore
 from data.store import LabelAnswer, LabelStore, QueuedItem, StoreError
-from flows.item_views import feature_table, image_png
+from flows.item_views import feature_table, image_png, item_text
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).with_name("templates"))
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
@@ -119,6 +119,7 @@ def create_app(
                 context["image"] = base64.b64encode(image_png(features.features[row])).decode()
             else:
                 context["table"] = feature_table(features, row)
+                context["text"] = item_text(features, row)
             context["predicted"] = classes[item.predicted] if item.predicted is not None else None
         return {"request": request, **context}
 

@@ -48,6 +48,8 @@ def ensure_feature_store(settings: Settings, *, simulate: bool = False) -> Featu
             settings.dataset.name,
             label_column=settings.dataset.label_column,
             id_column=settings.dataset.id_column,
+            text_column=settings.dataset.text_column,
+            text_dim=settings.dataset.text_dim,
             test_fraction=settings.dataset.test_fraction,
             allow_empty_test=settings.dataset.test_fraction == 0,
             classes=settings.dataset.classes,

@@ -99,6 +99,12 @@ LabelColumnOpt = Annotated[
 IdColumnOpt = Annotated[
     str | None, typer.Option("--id-column", help="CSV/Parquet: a column of stable item ids (default: row-<i>).")
 ]
+TextColumnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--text-column", help="CSV/Parquet: a column of free text (shown as text, featurised for the models)."
+    ),
+]
 ClassesOpt = Annotated[
     str | None,
     typer.Option("--classes", help="Every class, comma-separated (a,b,c): classes no labelled row has yet."),
@@ -126,12 +132,14 @@ def _dataset_overrides(
     id_column: str | None,
     classes: str | None,
     test_fraction: float | None,
+    text_column: str | None,
 ) -> dict[str, Any]:
     """The ``dataset`` settings that the flags give (``None``: not given)."""
     return {
         "name": dataset,
         "label_column": label_column,
         "id_column": id_column,
+        "text_column": text_column,
         "classes": None if classes is None else [c.strip() for c in classes.split(",")],
         "test_fraction": test_fraction,
     }
@@ -277,6 +285,7 @@ def simulate(
     dataset: DatasetOpt = None,
     label_column: LabelColumnOpt = None,
     id_column: IdColumnOpt = None,
+    text_column: TextColumnOpt = None,
     classes: ClassesOpt = None,
     test_fraction: TestFractionOpt = None,
     rounds: Annotated[int | None, typer.Option(help="Number of rounds.")] = None,
@@ -301,7 +310,7 @@ def simulate(
         params,
         {
             "workspace": workspace,
-            "dataset": _dataset_overrides(dataset, label_column, id_column, classes, test_fraction),
+            "dataset": _dataset_overrides(dataset, label_column, id_column, classes, test_fraction, text_column),
             "campaign": {"name": campaign, "rounds": rounds, "k": k, "initial": initial, "seed": seed},
             "acquisition": {
                 "name": acquisition,
@@ -322,7 +331,7 @@ def simulate(
         from flows.rounds import simulate_campaign
 
         print_header()  # once the dataset is known to be usable
-        results = simulate_campaign(settings)
+        results = simulate_campaign(settings, progress=True)
     if json_path:
         _write_json(json_path, results)
     if summary_path:
@@ -346,6 +355,7 @@ def run_round(
     dataset: DatasetOpt = None,
     label_column: LabelColumnOpt = None,
     id_column: IdColumnOpt = None,
+    text_column: TextColumnOpt = None,
     classes: ClassesOpt = None,
     test_fraction: TestFractionOpt = None,
     k: Annotated[int | None, typer.Option("--k", help="Pending items the round tops the queue up to.")] = None,
@@ -363,7 +373,7 @@ def run_round(
     """Run one live round: ingest answers, train once enough labels exist, top the queue up to k pending items."""
     overrides = {
         "workspace": workspace,
-        "dataset": _dataset_overrides(dataset, label_column, id_column, classes, test_fraction),
+        "dataset": _dataset_overrides(dataset, label_column, id_column, classes, test_fraction, text_column),
         "campaign": {"k": k, "name": campaign},
         "acquisition": {
             "name": acquisition,
@@ -383,7 +393,7 @@ def run_round(
     with _flow_context(meanwhile=warm_up):
         from flows.rounds import run_round
 
-        result = run_round(settings, full_batch=full_batch)
+        result = run_round(settings, full_batch=full_batch, progress=True)
     print_header()
     print_round(result)
     pending, queued = int(result["n_pending"]), int(result["n_queued"])
@@ -403,6 +413,7 @@ def serve(
     dataset: DatasetOpt = None,
     label_column: LabelColumnOpt = None,
     id_column: IdColumnOpt = None,
+    text_column: TextColumnOpt = None,
     classes: ClassesOpt = None,
     test_fraction: TestFractionOpt = None,
     interval: Annotated[float | None, typer.Option(help="Run a round every this many seconds.")] = None,
@@ -419,7 +430,7 @@ def serve(
         raise CommandError("give one schedule: --interval SECONDS or --cron EXPRESSION")
     overrides = {
         "workspace": workspace,
-        "dataset": _dataset_overrides(dataset, label_column, id_column, classes, test_fraction),
+        "dataset": _dataset_overrides(dataset, label_column, id_column, classes, test_fraction, text_column),
         "campaign": {"k": k, "name": campaign},
         "acquisition": {"name": acquisition},
     }
@@ -572,6 +583,9 @@ def ingest_file(
     id_column: Annotated[
         str | None, typer.Option("--id-column", help="Tables: the id column (default: dataset.id_column).")
     ] = None,
+    text_column: Annotated[
+        str | None, typer.Option("--text-column", help="Tables: the text column (default: the campaign's).")
+    ] = None,
     workspace: WorkspaceOpt = None,
     campaign: CampaignOpt = None,
     params: ParamsOpt = None,
@@ -588,6 +602,7 @@ def ingest_file(
         id_prefix=id_prefix,
         label_column=label_column,
         id_column=id_column,
+        text_column=text_column,
     )
     typer.echo(report.summary())
     typer.echo("the next round (beliefloop round) trains on the new labels and scores the new pool items")
@@ -751,6 +766,7 @@ def select(
     dataset: DatasetOpt = None,
     label_column: LabelColumnOpt = None,
     id_column: IdColumnOpt = None,
+    text_column: TextColumnOpt = None,
     classes: ClassesOpt = None,
     test_fraction: TestFractionOpt = None,
     candidate: Annotated[
@@ -770,7 +786,7 @@ def select(
         params,
         {
             "workspace": workspace,
-            "dataset": _dataset_overrides(dataset, label_column, id_column, classes, test_fraction),
+            "dataset": _dataset_overrides(dataset, label_column, id_column, classes, test_fraction, text_column),
             "selection": selection,
         },
     )
@@ -810,13 +826,14 @@ def prepare(
     dataset: DatasetOpt = None,
     label_column: LabelColumnOpt = None,
     id_column: IdColumnOpt = None,
+    text_column: TextColumnOpt = None,
     classes: ClassesOpt = None,
     test_fraction: TestFractionOpt = None,
     workspace: WorkspaceOpt = None,
     params: ParamsOpt = None,
 ) -> None:
     """Import a dataset into the workspace's feature store, and fit its pool representation (DVC's ``prepare``)."""
-    dataset_flags = _dataset_overrides(dataset, label_column, id_column, classes, test_fraction)
+    dataset_flags = _dataset_overrides(dataset, label_column, id_column, classes, test_fraction, text_column)
     settings = _settings(params, {"workspace": workspace, "dataset": dataset_flags})
     from flows.campaign_setup import model_feature_store
 

@@ -78,6 +78,7 @@ def ingest(
     id_prefix: str | None = None,
     label_column: str | None = None,
     id_column: str | None = None,
+    text_column: str | None = None,
 ) -> IngestReport:
     """Add the items of ``path`` (``.npz``, CSV or Parquet, labeled or not) to ``campaign``.
 
@@ -98,18 +99,24 @@ def ingest(
         (e.g. labels for pool items arriving from elsewhere).
     label_column, id_column : str, optional
         Tables only; default the settings' ``dataset.label_column`` / ``dataset.id_column``.
+    text_column : str, optional
+        Tables of a campaign whose dataset has a text column: the file's text column (default the campaign's).
+        The texts are featurised as the campaign's were (the stateless pipeline and settings its feature store
+        records), so a text gets the same features whenever it arrives.
 
     Raises
     ------
     DatasetError
         Unreadable file, features of another shape, classes the campaign does not know (naming them and the
-        file), an item id the feature store holds with different features.
+        file), an item id the feature store holds with different features, a text column that the installed
+        scikit-learn would featurise differently from the campaign's.
     StoreError
         Unknown campaign, an unfinished round, unlabeled rows for a simulated campaign.
     """
     store = open_label_store(settings)
     try:
-        return _ingest(settings, store, Path(path), campaign, allow_new_classes, id_prefix, label_column, id_column)
+        columns = (label_column, id_column, text_column)
+        return _ingest(settings, store, Path(path), campaign, allow_new_classes, id_prefix, *columns)
     finally:
         store.close()
 
@@ -123,6 +130,7 @@ def _ingest(
     id_prefix: str | None,
     label_column: str | None,
     id_column: str | None,
+    text_column: str | None,
 ) -> IngestReport:
     classes = store.classes(campaign)
     unfinished = store.unfinished_rounds(campaign)
@@ -141,14 +149,25 @@ def _ingest(
         )
 
     table = path.suffix.lower() in _TABLE_SUFFIXES
+    text = features.text_features
     data = load_dataset(
         path,
         label_column=label_column if label_column is not None or not table else settings.dataset.label_column,
         id_column=id_column if id_column is not None or not table else settings.dataset.id_column,
+        text_column=None if text is None else text_column or text.column,
+        text_dim=text.dim if text is not None else 1,
         test_fraction=0.0,
         allow_empty_test=True,
         standardization=_standardization(settings, dataset_name, features),
     )
+    if text is not None and (
+        data.text.to_json() | {"column": text.column} != features.meta["text"]
+    ):  # another projection: the installed scikit-learn draws another matrix from the recorded seed
+        raise DatasetError(
+            f"{data.source}: texts would be featurised differently from campaign {campaign!r}'s (its settings and "
+            f"projection fingerprint are in {directory / 'meta.json'}, key text); install the scikit-learn version "
+            "that imported the dataset to add rows to it"
+        )
     if data.feature_shape != features.feature_shape:
         raise DatasetError(
             f"{data.source}: items have features of shape {data.feature_shape}, campaign {campaign!r} "
@@ -191,7 +210,8 @@ def _ingest(
     _check_same_items(features, ids, x, targets, splits, rows, data.source)
     missing = rows < 0
     if missing.any():
-        rows[missing] = append_rows(directory, x[missing], targets[missing], ids[missing])
+        texts = None if text is None else np.concatenate([data.texts_train, data.texts_test])[missing]
+        rows[missing] = append_rows(directory, x[missing], targets[missing], ids[missing], texts)
 
     new = ~in_campaign
     store.add_items(campaign, ids[new].tolist(), splits[new].tolist(), rows[new].tolist())

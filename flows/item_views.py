@@ -1,4 +1,5 @@
-"""How an item looks to a person: an image as PNG at a readable size, a vector as named values in file units."""
+"""How an item looks to a person: an image as PNG at a readable size, a vector as named values in file units, a
+text as its text."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from data import FeatureStore
 
 IMAGE_MIN_SIDE = 224
 """Images are enlarged (each pixel an integer square) to at least this many pixels on their longer side."""
+SNIPPET_LENGTH = 60
+"""Characters of an item's text where only a glimpse fits (the queued gallery)."""
 
 
 def image_png(image_C_H_W: np.ndarray, min_side: int = IMAGE_MIN_SIDE) -> bytes:
@@ -30,9 +33,23 @@ def image_png(image_C_H_W: np.ndarray, min_side: int = IMAGE_MIN_SIDE) -> bytes:
 
 
 def feature_table(features: FeatureStore, row: int) -> list[tuple[str, str]]:
-    """A vector's features as ``(name, value)`` in the units of the imported file (standardisation undone)."""
+    """A vector's features as ``(name, value)`` in the units of the imported file (standardisation undone),
+    named as in the file (``x0``, ``x1``, … when it named none). The features a text column became are left out:
+    people read the text itself (:func:`item_text`)."""
     x = np.asarray(features.features[row], dtype=np.float64)
     if (stats := features.standardization) is not None:
         mean, std = stats
         x = x * std + mean
-    return [(f"x{j}", f"{value:.4g}") for j, value in enumerate(x)]
+    shown = len(x) - (text.dim if (text := features.text_features) is not None else 0)
+    return [(name, f"{value:.4g}") for name, value in zip(features.feature_names[:shown], x[:shown], strict=True)]
+
+
+def item_text(features: FeatureStore, row: int) -> str | None:
+    """The item's text when the dataset has a text column, else None."""
+    return None if features.texts is None else features.texts[row]
+
+
+def snippet(text: str, length: int = SNIPPET_LENGTH) -> str:
+    """The text on one line, cut to ``length`` characters with an ellipsis."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= length else flat[: length - 1].rstrip() + "…"

@@ -67,15 +67,26 @@ def learning_curve(n_labeled: list[int], accuracy: list[float], nll: list[float]
 
 GALLERY_MAX = 20
 """Items shown in a queued batch's gallery (the best-ranked ones)."""
+GALLERY_FEATURES = 4
+"""Vector features shown per item in the gallery's table (the first ones, by their names)."""
 
 
 def queued_gallery(
-    items: list, classes: list[str], images: list[np.ndarray] | None, path: Path, *, columns: int = 5
+    items: list,
+    classes: list[str],
+    images: list[np.ndarray] | None,
+    path: Path,
+    *,
+    columns: int = 5,
+    vectors: list[list[tuple[str, str]]] | None = None,
+    texts: list[str] | None = None,
 ) -> Path:
     """The queued batch as a reviewer checks it: each item (``QueuedItem``: id, rank, predicted class, its
     probability, acquisition score and epistemic / aleatoric parts) as a picture with its caption when ``images``
-    (``[C, H, W]`` each, raw pixels) are given, else as a table of the same columns; the first ``GALLERY_MAX``
-    by rank."""
+    (``[C, H, W]`` each, raw pixels) are given, else as a table of the same columns, followed by the first
+    ``GALLERY_FEATURES`` of ``vectors`` (each item's ``(name, value)`` features, in the order of ``items`` by
+    rank) under their names and by a snippet of each item's text when ``texts`` are given (same order); the first
+    ``GALLERY_MAX`` by rank."""
     from matplotlib.figure import Figure
 
     shown = sorted(items, key=lambda q: q.rank)[:GALLERY_MAX]
@@ -102,10 +113,13 @@ def queued_gallery(
             )
         fig.suptitle("Queued for labeling (predicted class, its probability, acquisition score)", fontsize=9)
     else:
-        fig = Figure(figsize=(9, 0.22 * len(shown) + 0.7))
+        named = [row[:GALLERY_FEATURES] for row in vectors[: len(shown)]] if vectors else []
+        width = 9 + 1.3 * len(named[0] if named else ()) + (6 if texts else 0)
+        fig = Figure(figsize=(width, 0.22 * len(shown) + 0.7))
         ax = fig.add_subplot()
         ax.set_axis_off()
         header = ["rank", "item", "predicted", "p", "score", "epistemic", "aleatoric"]
+        header += [name for name, _ in (named[0] if named else ())] + (["text"] if texts else [])
         cells = [
             [
                 str(q.rank),
@@ -115,10 +129,32 @@ def queued_gallery(
                 number(q.score, 3),
                 number(q.epistemic, 3),
                 number(q.aleatoric, 3),
+                *(value for _, value in (named[index] if index < len(named) else ())),
+                *([_plain(texts[index]) if index < len(texts) else ""] if texts else []),
             ]
-            for q in shown
+            for index, q in enumerate(shown)
         ]
-        ax.table(cellText=cells or [["–"] * len(header)], colLabels=header, loc="upper center", cellLoc="left")
+        units = [1.0] * len(header)
+        if texts:
+            units[-1] = 5.5  # a text snippet needs room: matplotlib would otherwise shrink every cell's font to fit it
+        widths = [0.96 * u / sum(units) for u in units]
+        table = ax.table(
+            cellText=cells or [["–"] * len(header)],
+            colLabels=header,
+            colWidths=widths,
+            loc="upper center",
+            cellLoc="left",
+        )
+        table.auto_set_font_size(False)
+        table.set_fontsize(9)
+        for (_, column), cell in table.get_celld().items():
+            if texts and column == len(header) - 1:
+                cell.PAD = 0.02  # of the cell's width: the default 0.1 of a wide cell is a wide gap
         ax.set_title("Queued for labeling", fontsize=9)
     fig.savefig(path, dpi=100)
     return path
+
+
+def _plain(text: str) -> str:
+    """``text`` drawn as it is: a ``$`` would start matplotlib's mathtext."""
+    return text.replace("$", r"\$")

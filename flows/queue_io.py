@@ -17,7 +17,7 @@ from pathlib import Path
 
 from data import FeatureStore
 from data.store import LabelAnswer, LabelStore, QueuedItem
-from flows.item_views import feature_table, image_png
+from flows.item_views import feature_table, image_png, item_text
 
 EXPORT_FORMATS = ("csv", "jsonl", "label-studio")
 QUEUE_COLUMNS = (
@@ -100,13 +100,17 @@ def export_queue(entries: list[QueuedItem], classes: list[str], features: Featur
 
 
 def _label_studio_task(row: dict, features: FeatureStore) -> dict:
-    """A task: the item in ``data`` (``$image`` or ``$features`` for the labeling config), the model's choice."""
+    """A task: the item in ``data`` (``$image``, or ``$text`` and / or ``$features`` for the labeling config), the
+    model's choice."""
     index = int(features.row_of(row["item_id"]))
     data = {"item_id": row["item_id"], "round": row["round"], "rank": row["rank"]}
     if features.meta["is_image"]:
         data["image"] = "data:image/png;base64," + base64.b64encode(image_png(features.features[index])).decode()
     else:
-        data["features"] = ", ".join(f"{name}={value}" for name, value in feature_table(features, index))
+        if (text := item_text(features, index)) is not None:
+            data["text"] = text
+        if table := feature_table(features, index):
+            data["features"] = ", ".join(f"{name}={value}" for name, value in table)
     task = {"data": data}
     if row["predicted"] is not None:
         choice = {"from_name": "label", "to_name": "item", "type": "choices", "value": {"choices": [row["predicted"]]}}

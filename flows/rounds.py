@@ -8,6 +8,7 @@ is written once, and its MLflow run is found again by tag, so re-running after a
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import tempfile
@@ -41,6 +42,7 @@ from flows.campaign_setup import (
 )
 from flows.console import console, pool_exhausted, print_round
 from flows.models import candidate_specs, evidence_options, load_candidate, prior_checkpoint, save_candidate
+from flows.progress import ProgressCallback, RoundProgress
 from flows.registry import EXAMPLE_ROWS, RoundModelConfig, log_round_model
 from flows.retry import transient_cause, with_retries
 from flows.settings import Settings
@@ -154,9 +156,11 @@ def fit_candidate_task(
     labeled: dict[str, int],
     round_: int,
     held_out: np.ndarray | None = None,
+    bars: RoundProgress | None = None,
 ) -> FittedCandidate:
     """Fit (``update: retrain``) or belief-update (``update: belief``) one candidate on the current labels; with
-    ``held_out`` (positions in ``labeled``), on the others, reporting the held-out items' NLL.
+    ``held_out`` (positions in ``labeled``), on the others, reporting the held-out items' NLL. ``bars`` shows its
+    training steps.
 
     The body names no ``torch`` attribute: cloudpickle, sending this task to a Dask worker, would then also pickle
     every ``torch`` submodule named like an attribute used here — ``features.classes`` pulled in ``torch.classes``,
@@ -170,6 +174,27 @@ def fit_candidate_task(
     prior = None
     if spec.model.prior_from:
         prior = load_checkpoint(prior_checkpoint(Path(spec.model.prior_from), spec.name))
+    if bars is None:
+        return _fit(spec, settings, features, x, y, ids, round_, previous, held_out, prior, None)
+    what = f"fit {spec.name}" + (" (validation split)" if held_out is not None else "")
+    with bars.step(what, 0, "steps") as step:
+        return _fit(spec, settings, features, x, y, ids, round_, previous, held_out, prior, step.part())
+
+
+def _fit(
+    spec: CandidateSpec,
+    settings: Settings,
+    features: FeatureStore,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    ids: list[str],
+    round_: int,
+    previous: dict | None,
+    held_out: np.ndarray | None,
+    prior: dict | None,
+    progress: ProgressCallback | None,
+) -> FittedCandidate:
+    """``learner.fit_candidate`` with the round's settings."""
     return fit_candidate(
         spec,
         evidence_options(settings),
@@ -183,6 +208,7 @@ def fit_candidate_task(
         held_out=held_out,
         samples=settings.acquisition.samples,
         prior_payload=prior,
+        progress=progress,
     )
 
 
@@ -240,23 +266,33 @@ def score_shard(
     seed: int,
     shard: int,
     shards: int,
+    progress: ProgressCallback | None = None,
 ) -> StreamResult:
-    """Stream shard ``shard`` (of ``shards``) of the pool through the model (``learner.stream_scores``).
+    """Stream shard ``shard`` (of ``shards``) of the pool through the model (``learner.stream_scores``), telling
+    ``progress`` the items scored after each chunk.
 
     Takes the feature store's path, not the arrays, so a Dask worker maps the file itself.
     """
     features = open_feature_store(store_dir)
     chunks = iter_pool_chunks(features.features, rows, ids, SCORE_CHUNK)
-    result = stream_scores(model, chunks, plan, samples=samples, seed=seed, shard=shard)
+    result = stream_scores(
+        model, chunks, plan, samples=samples, seed=seed, shard=shard, progress=progress, total=len(rows)
+    )
     kill_point("scoring")
     return result
 
 
 def score_pool(
-    model, features: FeatureStore, pool: dict[str, int], settings: Settings, round_: int, k: int
+    model,
+    features: FeatureStore,
+    pool: dict[str, int],
+    settings: Settings,
+    round_: int,
+    k: int,
+    bars: RoundProgress | None = None,
 ) -> PoolScores:
-    """The learner's query of ``k`` items of the pool, scored in ``acquisition.shards`` Prefect tasks; the batch
-    to queue.
+    """The learner's query of ``k`` items of the pool, scored in ``acquisition.shards`` Prefect tasks (their
+    progress shown on ``bars``); the batch to queue.
 
     Without a model (cold start) a seeded random batch is queued; an exhausted pool (every item labeled, queued or
     skipped) queues nothing (``learner.query_pool``), and so does ``k = 0`` (a full queue), without scoring.
@@ -269,11 +305,16 @@ def score_pool(
 
     def stream(plan: StreamPlan, positions: np.ndarray) -> list[StreamResult]:
         shards = [s for s in np.array_split(positions, a.shards) if len(s)]
-        futures = [
-            score_shard.submit(model, str(features.directory), rows[s], ids[s], plan, a.samples, seed, i, len(shards))
-            for i, s in enumerate(shards)
-        ]
-        return [future.result() for future in futures]
+        with contextlib.ExitStack() as stack:
+            step = None if bars is None else stack.enter_context(bars.step("score pool", len(positions), "items"))
+            futures = [
+                score_shard.submit(
+                    model, str(features.directory), rows[s], ids[s], plan, a.samples, seed, i, len(shards),
+                    None if step is None else step.part(i),
+                )
+                for i, s in enumerate(shards)
+            ]  # fmt: skip
+            return [future.result() for future in futures]
 
     query = query_pool(
         model,
@@ -328,7 +369,16 @@ def log_round(
         fields += ("aleatoric", "status")
         paths = [_write_csv({f: [getattr(q, f) for q in queued] for f in fields}, tmp_path / "queued_batch.csv")]
         if queued:
-            paths.append(plots.queued_gallery(queued, gallery.classes, gallery.images, tmp_path / "queued_gallery.png"))
+            paths.append(
+                plots.queued_gallery(
+                    queued,
+                    gallery.classes,
+                    gallery.images,
+                    tmp_path / "queued_gallery.png",
+                    vectors=gallery.vectors,
+                    texts=gallery.texts,
+                )
+            )
         if query.n_scored:
             paths.append(
                 plots.uncertainty_histogram(
@@ -408,21 +458,30 @@ def register_model(
 @dataclass(frozen=True)
 class Gallery:
     """What the queued batch's gallery shows: class names, and each queued item's raw image (``None``: vectors,
-    shown as a table)."""
+    shown as a table), or its first named features in the file's units (``None``: images) and a snippet of its text
+    (``None``: no text column), best rank first."""
 
     classes: list[str]
     images: list[np.ndarray] | None
+    vectors: list[list[tuple[str, str]]] | None = None
+    texts: list[str] | None = None
 
 
 def queued_items_gallery(settings: Settings, features: FeatureStore, queued: list) -> Gallery:
-    """The queued items' pictures from the imported (raw) feature store when it holds images, whatever
+    """The queued items' pictures, or their named features, from the imported (raw) feature store, whatever
     representation the models train on."""
+    from flows.item_views import feature_table, item_text, snippet
+
     raw = features if features.meta["is_image"] else open_feature_store(feature_store_dir(settings))
     classes = list(features.classes)
-    if not raw.meta["is_image"] or not queued:
+    if not queued:
         return Gallery(classes, None)
     ranked = sorted(queued, key=lambda q: q.rank)[: plots.GALLERY_MAX]
     rows = raw.row_of([q.item_id for q in ranked])
+    if not raw.meta["is_image"]:
+        vectors = [feature_table(raw, int(r))[: plots.GALLERY_FEATURES] for r in rows]
+        texts = None if raw.texts is None else [snippet(item_text(raw, int(r))) for r in rows]
+        return Gallery(classes, None, vectors, texts)
     return Gallery(classes, [np.asarray(raw.features[int(r)]) for r in rows])
 
 
@@ -454,12 +513,18 @@ def _write_csv(columns: dict[str, list], path: Path) -> Path:
     return path
 
 
-def select_model(settings: Settings, features: FeatureStore, labeled: dict[str, int], round_: int) -> Selection:
-    """Fit every candidate as a Prefect task, rank them by evidence or, when one has none, by validation NLL
-    (``learner.select_candidates``), evaluate each on the test split."""
+def select_model(
+    settings: Settings,
+    features: FeatureStore,
+    labeled: dict[str, int],
+    round_: int,
+    bars: RoundProgress | None = None,
+) -> Selection:
+    """Fit every candidate as a Prefect task (its training steps shown on ``bars``), rank them by evidence or, when
+    one has none, by validation NLL (``learner.select_candidates``), evaluate each on the test split."""
 
     def fit_all(specs: list[CandidateSpec], held_out: np.ndarray | None) -> list[FittedCandidate]:
-        args = (settings, features, labeled, round_, held_out)
+        args = (settings, features, labeled, round_, held_out, bars)
         if settings.selection.workers > 1:  # concurrent fits share torch's RNG: faster, not bit-reproducible
             futures = [fit_candidate_task.submit(spec, *args) for spec in specs]
             return [future.result() for future in futures]
@@ -487,8 +552,13 @@ def _few_test_items(n_test: int, min_test: int) -> str:
 
 
 @flow(name="labeling_round")
-def labeling_round(settings: Settings, oracle: bool = False, full_batch: bool = False) -> dict[str, float]:
+def labeling_round(
+    settings: Settings, oracle: bool = False, full_batch: bool = False, progress: bool = False
+) -> dict[str, float]:
     """One round: ingest labels → fit and select (evaluate) → query the pool → enqueue → log to MLflow.
+
+    ``progress`` shows the training and scoring steps as they go (``flows.progress``: bars on a terminal, else a
+    line each in the round's log); not with a Dask cluster, whose workers have no terminal.
 
     The queue is topped up to ``campaign.k`` pending items: items still pending from earlier rounds count
     (``n_pending``), so only ``k − n_pending`` new ones are queued; ``full_batch`` queues ``k`` new items anyway.
@@ -503,7 +573,10 @@ def labeling_round(settings: Settings, oracle: bool = False, full_batch: bool = 
         round_ = store.next_round(campaign)
         _label_flow_run(campaign, round_)
         with tags(campaign, f"round:{round_}"):
-            return _round_steps(settings, store, round_, oracle, full_batch, started_at)
+            if not progress or settings.acquisition.dask_address:
+                return _round_steps(settings, store, round_, oracle, full_batch, started_at, None)
+            with RoundProgress(console, get_run_logger()).shown() as bars:
+                return _round_steps(settings, store, round_, oracle, full_batch, started_at, bars)
 
 
 def _label_flow_run(campaign: str, round_: int) -> None:
@@ -519,7 +592,13 @@ def _label_flow_run(campaign: str, round_: int) -> None:
 
 
 def _round_steps(
-    settings: Settings, store: LabelStore, round_: int, oracle: bool, full_batch: bool, started_at: float
+    settings: Settings,
+    store: LabelStore,
+    round_: int,
+    oracle: bool,
+    full_batch: bool,
+    started_at: float,
+    bars: RoundProgress | None,
 ) -> dict:
     """The body of :func:`labeling_round` for round ``round_``."""
     logger = get_run_logger()
@@ -556,7 +635,7 @@ def _round_steps(
             logger.info("%d items with tied answers are left out of training until resolved", snapshot.n_tied)
     model, selection, checkpoint = None, None, None
     if len(labeled) >= settings.campaign.min_labels or (oracle and labeled):
-        selection = select_model(settings, features, labeled, round_)
+        selection = select_model(settings, features, labeled, round_, bars)
         chosen = selection.selected.fitted
         model = chosen.model
         metrics["train_seconds"] = sum(c.fitted.train_seconds for c in selection.candidates)
@@ -606,7 +685,7 @@ def _round_steps(
         )
         warn(f"{why}: no model trained; {'the batch is random' if k else 'nothing new is queued'}")
     start = time.perf_counter()
-    scores = score_pool(model, features, pool, settings, round_, k)
+    scores = score_pool(model, features, pool, settings, round_, k, bars)
     query = scores.query
     metrics["acquisition_seconds"] = time.perf_counter() - start
     metrics["pool_size"] = query.pool_size
@@ -688,13 +767,16 @@ def _round_flow(dask_address: str | None, max_workers: int):
     return labeling_round.with_options(task_runner=runner)
 
 
-def run_round(settings: Settings, *, oracle: bool = False, full_batch: bool = False) -> dict[str, float]:
+def run_round(
+    settings: Settings, *, oracle: bool = False, full_batch: bool = False, progress: bool = False
+) -> dict[str, float]:
     """``labeling_round`` on the task runner the settings ask for; a round that fails on a transient error (an MLflow
-    store unreachable, a database locked) is run again with backoff (``flows.retry``), then fails in one line."""
+    store unreachable, a database locked) is run again with backoff (``flows.retry``), then fails in one line.
+    ``progress``: show the round's long steps (``labeling_round``)."""
     workers = max(settings.selection.workers, settings.acquisition.shards)
     round_flow = _round_flow(settings.acquisition.dask_address, workers)
     return with_retries(
-        lambda: round_flow(settings, oracle=oracle, full_batch=full_batch),
+        lambda: round_flow(settings, oracle=oracle, full_batch=full_batch, progress=progress),
         what=f"a round of campaign {settings.campaign_name}",
         labels_at=sa.make_url(settings.store_url).render_as_string(hide_password=True),
         notify=lambda message: console.print(message, soft_wrap=True, markup=False),
@@ -702,9 +784,10 @@ def run_round(settings: Settings, *, oracle: bool = False, full_batch: bool = Fa
 
 
 @flow(name="simulate_campaign")
-def simulate_campaign(settings: Settings) -> list[dict[str, float]]:
+def simulate_campaign(settings: Settings, progress: bool = False) -> list[dict[str, float]]:
     """Rounds 1..``campaign.rounds`` with a simulated oracle; resumes where an earlier run stopped, and stops
-    after a round that found the pool exhausted (or runs none when an earlier run ended so)."""
+    after a round that found the pool exhausted (or runs none when an earlier run ended so). ``progress``: show
+    each round's long steps (``labeling_round``)."""
     store = open_label_store(settings)
     prepare_campaign(settings, store, simulate=True)
     campaign = settings.campaign_name
@@ -716,7 +799,7 @@ def simulate_campaign(settings: Settings) -> list[dict[str, float]]:
         )
         return store.round_metrics(campaign)[: settings.campaign.rounds]
     while store.next_round(campaign) <= settings.campaign.rounds:
-        result = run_round(settings, oracle=True)
+        result = run_round(settings, oracle=True, progress=progress)
         print_round(result)
         if pool_exhausted(result):  # later rounds would only refit the same labels
             break

@@ -53,6 +53,12 @@ class DatasetSettings(_Section):
     """CSV/Parquet: the column holding labels (blank = unknown)."""
     id_column: str | None = None
     """CSV/Parquet: a column of stable item ids (default: ``row-<i>``)."""
+    text_column: str | None = None
+    """CSV/Parquet: a column of free text, shown to people as text and turned into ``text_dim`` features for the
+    models by a stateless hashing + seeded random projection pipeline (``data.text``); other numeric columns are
+    kept beside them. An empty cell is the empty text."""
+    text_dim: int = Field(256, ge=1, le=4096)
+    """Number of features the text column becomes (fixed when the dataset is first imported)."""
     classes: list[str] | None = None
     """Every class of the campaign, in this order, when the labelled rows do not show them all yet (a class none
     of them has can then be answered); ``null``: the dataset's own list (``.npz`` ``classes``, a bundled set's

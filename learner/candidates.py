@@ -38,6 +38,7 @@ from bayes_models.laplace import PriorTuning, fit_laplace, laplace_subset, tune_
 from bayes_models.metrics import nll
 from bayes_models.priors import check_prior_shapes
 from bayes_models.selection import BayesFactorRow, validation_table
+from bayes_models.training import StepProgress, reporting_steps
 from learner.query import pool_predict
 
 BELIEF_FAMILIES = ("laplace", "vi")
@@ -317,10 +318,14 @@ def fit_candidate(
     samples: int = 20,
     prior_payload: dict[str, Any] | None = None,
     update: Literal["belief", "finetune"] = "belief",
+    progress: StepProgress | None = None,
 ) -> FittedCandidate:
     """Fit one candidate on ``(x, y)``; with ``previous`` (a :func:`candidate_payload`) update its beliefs on new
     ids only (``update="finetune"``: fine-tune it on them without a prior instead, a ``laplace``-only baseline whose
     posterior and evidence then hold the new labels alone, :meth:`LaplaceClassifier.finetune`).
+
+    ``progress(done, total)`` is told the training steps done so far, counted over every training loop of the fit
+    (an ensemble's members, a validation fit), ``total`` growing when a loop starts; it changes nothing in the fit.
 
     A belief update's evidence is accumulated: ``log p(D) = log p(D_old) + log p(D_new | D_old)``, the second term
     being the Laplace evidence (or ELBO) of the update, so candidates stay comparable on all data seen.
@@ -329,6 +334,10 @@ def fit_candidate(
     ``prior_payload`` (:func:`load_checkpoint` of ``spec.model.prior_from``): a fresh fit starts from that saved
     posterior of an earlier campaign as its prior, for ``spec.model.steps`` steps on all of ``(x, y)``.
     """
+    if progress is not None:  # the same fit, observed: every argument but progress (locals() holds just them here)
+        arguments = {name: value for name, value in locals().items() if name != "progress"}
+        with reporting_steps(_cumulative(progress)):
+            return fit_candidate(**arguments)
     family = spec.model.family
     start = time.perf_counter()
     if held_out is not None:
@@ -405,6 +414,21 @@ def fit_candidate(
     return FittedCandidate(
         spec.name, family, model, log_z, kind, seconds, {**seen, **labels}, len(new), elbo=elbo, steps=steps
     )
+
+
+def _cumulative(progress: StepProgress) -> StepProgress:
+    """``progress`` told the steps of successive training loops as one count: a loop restarting at step 1 adds
+    its steps after those of the loops before it."""
+    before, last = 0, 0
+
+    def report(step: int, steps: int) -> None:
+        nonlocal before, last
+        if step <= last:  # a new loop
+            before += last
+        last = step
+        progress(before + step, before + steps)
+
+    return report
 
 
 def _tunes_on_validation(spec: CandidateSpec, evidence_options: EvidenceOptions) -> bool:

@@ -7,7 +7,7 @@ them, while :class:`learner.ActiveLearner` runs the same steps in-process: same 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,12 +90,17 @@ def stream_scores(
     samples: int,
     seed: int,
     shard: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    total: int | None = None,
 ) -> StreamResult:
     """Stream one shard of the pool through the model: running top-k and uncertainty histograms.
 
     Every shard draws the same posterior samples (``seed``), so item scores do not depend on the sharding; only
-    random score functions (``random``, ``powerbald``) draw per shard.
+    random score functions (``random``, ``powerbald``) draw per shard. ``progress(done, total)`` is told the items
+    scored so far after each chunk (``total``: the shard's items, when the caller knows them; else the count so far).
     """
+    if progress is not None:
+        chunks = _reporting(chunks, progress, total)
     return score_pool_streaming(
         functools.partial(pool_predict, model, seed=seed),
         chunks,
@@ -106,6 +111,17 @@ def stream_scores(
         bins=HIST_BINS,
         keep_probs=True,
     )
+
+
+def _reporting(
+    chunks: Iterable[tuple[Sequence[str], torch.Tensor]], progress: Callable[[int, int], None], total: int | None
+) -> Iterator[tuple[Sequence[str], torch.Tensor]]:
+    """The chunks, calling ``progress(done, total)`` once each chunk is scored (when the next one is asked for)."""
+    done = 0
+    for ids, x in chunks:
+        yield ids, x
+        done += len(ids)
+        progress(done, total if total is not None else done)
 
 
 def subsample_positions(n: int, subsample: int | None, rng: np.random.Generator) -> np.ndarray | None:

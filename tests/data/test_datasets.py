@@ -289,6 +289,7 @@ def test_table_import_with_ids_unlabeled_rows_and_stratified_split(tmp_path, suf
     frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path)
     d = load_dataset(path, label_column="animal", id_column="item", test_fraction=0.25, split_seed=5)
     assert d.name == "animals" and d.classes == ("cat", "dog") and d.feature_shape == (3,)
+    assert d.feature_names == d.names == ("f1", "f2", "const")  # the columns' names, in the file's order
     assert {"it003", "it010"} <= set(d.ids_train)  # unlabeled rows stay in the train pool
     assert (d.y_train == -1).sum() == 2 and (d.y_test >= 0).all()
     assert (d.y_test == 0).sum() == (d.y_test == 1).sum() == 5  # 19 labeled per class: round(19 / 4)
@@ -437,3 +438,27 @@ def test_declared_classes_name_classes_no_labelled_row_has(tmp_path):
     bare = tmp_path / "bare.npz"
     np.savez(bare, x_train=np.zeros((2, 1)), x_test=np.zeros((1, 1)), y_test=np.array([1]))
     assert load_dataset(bare, classes=["p", "q"]).classes == ("p", "q")  # integer labels index the declared list
+
+
+# ------------------------------------------------------------------------------------------ feature names
+
+
+def test_bundled_sets_keep_their_feature_names():
+    assert load_dataset("iris").feature_names == tuple(skd.load_iris().feature_names)
+    assert load_dataset("wine").names[:2] == ("alcohol", "malic_acid")
+
+
+def test_npz_feature_names_are_optional_and_checked(tmp_path):
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    arrays = {"x_train": x, "x_test": x[:2], "y_test": np.array([0, 1])}
+    unnamed = load_dataset(_npz(tmp_path / "a.npz", **arrays))
+    assert unnamed.feature_names is None and unnamed.names == ("x0", "x1", "x2")
+    named = load_dataset(_npz(tmp_path / "b.npz", **arrays, feature_names=np.array(["len", "width", "mass"])))
+    assert named.names == ("len", "width", "mass")
+    with pytest.raises(DatasetError, match=r"c\.npz: 2 feature names for 3 features"):
+        load_dataset(_npz(tmp_path / "c.npz", **arrays, feature_names=np.array(["len", "width"])))
+    with pytest.raises(DatasetError, match=r"d\.npz: feature names must be distinct; repeated: \['w'\]"):
+        load_dataset(_npz(tmp_path / "d.npz", **arrays, feature_names=np.array(["w", "w", "mass"])))
+    images = {"x_train": np.zeros((4, 2, 2), np.uint8), "x_test": np.zeros((1, 2, 2), np.uint8), "y_test": [0]}
+    with pytest.raises(DatasetError, match=r"e\.npz: feature_names apply to vectors"):
+        load_dataset(_npz(tmp_path / "e.npz", **images, feature_names=np.array(["a", "b", "c", "d"])))

@@ -177,3 +177,22 @@ def _edit_meta(directory: Path, **changes) -> None:
 def _truncate(path: Path) -> None:
     with open(path, "r+b") as handle:
         handle.truncate(os.path.getsize(path) // 2)
+
+
+def test_feature_names_are_kept_and_a_store_written_without_them_still_opens(tmp_path):
+    d = load_dataset("iris")
+    directory = write_feature_store(d, tmp_path / "iris")
+    store = open_feature_store(directory)
+    assert store.feature_names == d.feature_names and store.to_dataset().feature_names == d.feature_names
+    store.verify()
+    assert open_feature_store(write_feature_store(_images(), tmp_path / "img")).feature_names is None
+
+    # A store of the format before names were kept: no feature_names key, its content hash as it was then.
+    meta = json.loads((directory / "meta.json").read_text())
+    del meta["feature_names"]
+    meta["content_hash"] = fs._content_hash(meta, store.features, store.targets, store.ids)
+    assert meta["content_hash"] != store.meta["content_hash"]  # the names are part of a new store's hash
+    (directory / "meta.json").write_text(json.dumps(meta))
+    old = open_feature_store(directory)
+    assert old.feature_names == ("x0", "x1", "x2", "x3") and old.to_dataset().feature_names is None
+    old.verify()

@@ -2,6 +2,7 @@
 
 import base64
 import html
+import json
 import re
 import struct
 
@@ -156,3 +157,35 @@ def test_a_class_gets_its_first_letter_as_key_only_when_unambiguous(queued_works
     # c is shared, s and u are skip and undo, a digit or sign is not a letter, é is not on every keyboard
     assert letter_keys(["cat", "cow", "sheep", "unicorn", "7up", "-", "élan", "Zebra"]) == [None] * 7 + ["z"]
     assert letter_keys([str(d) for d in range(10)]) == [None] * 10  # digits keep their 1–9
+
+
+def test_a_tables_items_are_shown_with_its_column_names(tmp_path):
+    """A CSV's feature columns name the values on the page and in the Label Studio export, in the file's units."""
+    from data.store import QueueEntry
+    from flows.campaign_setup import open_label_store, prepare_campaign
+    from flows.queue_io import export_queue
+    from flows.settings import load_settings
+
+    path = tmp_path / "fruit.csv"
+    rows = [f"f{i},{100 + i},{0.5 + i / 10:.1f},{'apple' if i % 2 else 'pear'}" for i in range(12)]
+    path.write_text("id,weight_g,sugar <b>%</b>,fruit\n" + "\n".join(rows) + "\n")
+    settings = load_settings(
+        None,
+        {
+            "workspace": str(tmp_path / "w"),
+            "campaign": {"name": "fruit"},
+            "dataset": {"name": str(path), "label_column": "fruit", "id_column": "id"},
+        },
+    )
+    store = open_label_store(settings)
+    features = prepare_campaign(settings, store, simulate=False)
+    pool_item = str(features.ids[0])
+    store.enqueue("fruit", 1, [QueueEntry(pool_item, 1, 0.3, "bald", 0, 0.8, 0.1, 0.2)])
+    with TestClient(create_app(store, "fruit", features), base_url="http://127.0.0.1") as client:
+        page = client.get("/item").text
+    value = int(pool_item[1:])
+    assert f"<dt>weight_g</dt><dd>{100 + value}</dd>" in page
+    assert f"<dt>sugar &lt;b&gt;%&lt;/b&gt;</dt><dd>{0.5 + value / 10:.4g}</dd>" in page  # column names escaped
+    assert "<dt>x0</dt>" not in page
+    task = json.loads(export_queue(store.queued("fruit"), store.classes("fruit"), features, "label-studio"))[0]
+    assert task["data"]["features"] == f"weight_g={100 + value}, sugar <b>%</b>={0.5 + value / 10:.4g}"

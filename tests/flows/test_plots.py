@@ -57,7 +57,20 @@ def test_a_vector_gallery_is_a_table_growing_with_the_batch(tmp_path):
 
     store = ensure_feature_store(settings)
     few, many = _queued([str(i) for i in store.ids[:2]]), _queued([str(i) for i in store.ids[:12]])
-    assert queued_items_gallery(settings, store, few).images is None
+    gallery = queued_items_gallery(settings, store, few)
+    assert gallery.images is None
+    # each item's first features by the dataset's names, in the file's units (the raw wine table's first row)
+    assert gallery.vectors[0] == [
+        ("alcohol", "14.23"),
+        ("malic_acid", "1.71"),
+        ("ash", "2.43"),
+        ("alcalinity_of_ash", "15.6"),
+    ]
+    named, bare = (
+        matplotlib.image.imread(plots.queued_gallery(few, gallery.classes, None, tmp_path / f"{v}.png", vectors=v))
+        for v in (gallery.vectors, None)
+    )
+    assert named.shape[1] > bare.shape[1]  # a column per named feature
     heights = [
         matplotlib.image.imread(plots.queued_gallery(q, list(store.classes), None, tmp_path / f"{len(q)}.png")).shape[0]
         for q in (few, many)

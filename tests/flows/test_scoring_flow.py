@@ -1,13 +1,19 @@
 """Pool scoring inside real flows: shards on a real Dask cluster equal one process; BatchBALD and subsampling."""
 
+import io
+import logging
+import re
+
 import numpy as np
 import pytest
 import torch
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
+from rich.console import Console
 
 from bayes_models import MCDropout, MCDropoutConfig
 from flows.campaign_setup import ensure_feature_store
+from flows.progress import RoundProgress
 from flows.rounds import score_pool
 from flows.settings import load_settings
 
@@ -78,3 +84,30 @@ def test_batchbald_and_subsample_in_the_flow(tmp_path):
     # Deterministic: the same seed and round choose the same batch again.
     again, _ = _run(settings, features, model, pool, ThreadPoolTaskRunner(max_workers=1))
     assert again == entries
+
+
+SCREEN = io.StringIO()
+
+
+@flow
+def _score_flow_shown(settings, pool: dict, state: dict, terminal: bool):
+    from flows.campaign_setup import ensure_feature_store
+
+    model = MCDropout.from_state_dict(state, device="cpu")
+    screen = Console(file=SCREEN, force_terminal=terminal, width=120)
+    with RoundProgress(screen, logging.getLogger("beliefloop.test.progress")).shown() as bars:
+        return score_pool(model, ensure_feature_store(settings), pool, settings, 1, settings.campaign.k, bars)
+
+
+def test_scoring_progress_is_a_bar_on_a_terminal_else_one_log_line_and_changes_nothing(tmp_path, caplog):
+    settings, features, model, pool = _setup(tmp_path, shards=3)
+    quiet, _ = _run(settings, features, model, pool, ThreadPoolTaskRunner(max_workers=3))
+    shown = _score_flow_shown.with_options(task_runner=ThreadPoolTaskRunner(max_workers=3))
+    bar = shown(settings, pool, model.state_dict(), True)
+    assert [(e.item_id, e.score, e.predicted) for e in bar.entries] == quiet
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", SCREEN.getvalue())  # without the terminal's control codes
+    assert "score pool ━" in screen and f" {len(pool)}/{len(pool)} " in screen  # the three shards summed
+    with caplog.at_level(logging.INFO, logger="beliefloop.test.progress"):
+        shown(settings, pool, model.state_dict(), False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "beliefloop.test.progress"]
+    assert len(lines) == 1 and re.fullmatch(rf"score pool: {len(pool)} of {len(pool)} items in \d+\.\d s", lines[0])
