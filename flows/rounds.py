@@ -573,10 +573,20 @@ def labeling_round(
         round_ = store.next_round(campaign)
         _label_flow_run(campaign, round_)
         with tags(campaign, f"round:{round_}"):
-            if not progress or settings.acquisition.dask_address:
-                return _round_steps(settings, store, round_, oracle, full_batch, started_at, None)
-            with RoundProgress(console, get_run_logger()).shown() as bars:
-                return _round_steps(settings, store, round_, oracle, full_batch, started_at, bars)
+            return _shown_round_steps(settings, store, round_, oracle, full_batch, started_at, progress)
+
+
+def _shown_round_steps(
+    settings: Settings, store: LabelStore, round_: int, oracle: bool, full_batch: bool, started_at: float, show: bool
+) -> dict:
+    """:func:`_round_steps`, its long steps shown when ``show`` (not on Dask, whose workers have no terminal).
+
+    Not in the flow's body: Prefect sends the flow to Dask with every task, pickled by value with the globals its
+    body names, and the console holds a lock that cannot be pickled (a round on Dask failed so)."""
+    if not show or settings.acquisition.dask_address:
+        return _round_steps(settings, store, round_, oracle, full_batch, started_at, None)
+    with RoundProgress(console, get_run_logger()).shown() as bars:
+        return _round_steps(settings, store, round_, oracle, full_batch, started_at, bars)
 
 
 def _label_flow_run(campaign: str, round_: int) -> None:
