@@ -32,7 +32,7 @@ reference: dev
 	$(BIN)/python -c "import laplace, torch; print('laplace-torch', laplace.__name__, 'with torch', torch.__version__)"
 
 demo: install
-	$(BIN)/beliefloop simulate --dataset digits --rounds 10 --k 10 --acquisition bald --workspace workspace
+	$(BIN)/beliefloop simulate --dataset digits --rounds 10 --k 10 --workspace workspace
 
 # Two pytest workers, a test file each at a time: most of the suite waits on servers, browsers and CLI processes,
 # so two workers halve its wall time on 2 cores (measured: 748 s vs 1,375 s). TEST_WORKERS=0 runs it in one process.

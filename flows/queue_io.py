@@ -100,10 +100,11 @@ def export_queue(entries: list[QueuedItem], classes: list[str], features: Featur
 
 
 def _label_studio_task(row: dict, features: FeatureStore) -> dict:
-    """A task: the item in ``data`` (``$image``, or ``$text`` and / or ``$features`` for the labeling config), the
-    model's choice."""
+    """A task: the item in ``data`` (``$image``, or ``$text`` and / or ``$features`` for the labeling config) with its
+    acquisition score and that score's epistemic / aleatoric parts, and the model's choice with its probability."""
     index = int(features.row_of(row["item_id"]))
     data = {"item_id": row["item_id"], "round": row["round"], "rank": row["rank"]}
+    data |= {key: row[key] for key in ("score", "epistemic", "aleatoric") if row[key] is not None}
     if features.meta["is_image"]:
         data["image"] = "data:image/png;base64," + base64.b64encode(image_png(features.features[index])).decode()
     else:
@@ -114,9 +115,10 @@ def _label_studio_task(row: dict, features: FeatureStore) -> dict:
     task = {"data": data}
     if row["predicted"] is not None:
         choice = {"from_name": "label", "to_name": "item", "type": "choices", "value": {"choices": [row["predicted"]]}}
-        task["predictions"] = [
-            {"model_version": f"round {row['round']} {row['acquisition']}", "score": row["score"], "result": [choice]}
-        ]
+        # Label Studio sorts and filters tasks by a prediction's score as the model's confidence: the predicted
+        # class's probability (the acquisition score, with its parts, is in ``data``).
+        version = f"round {row['round']} {row['acquisition']}"
+        task["predictions"] = [{"model_version": version, "score": row["probability"], "result": [choice]}]
     return task
 
 

@@ -218,7 +218,11 @@ class SelectionSettings(_Section):
 
 
 class AcquisitionSettings(_Section):
-    name: str = "bald"
+    name: str = "powerbald"
+    """PowerBALD (Kirsch et al. 2023): k items drawn without replacement with probability ∝ BALD score, not the
+    top k by BALD, whose picks crowd into one ambiguous region. Measured here with the other defaults: digits, mean
+    test accuracy over 10 rounds 0.856 vs BALD's 0.839 and random's 0.824 (5 seeds, each ahead of random); MNIST,
+    95% test accuracy with 40 labels where top-k BALD and random needed more (``benchmarks/``, README)."""
     samples: int = Field(100, ge=1)
     """Posterior draws S per item. 100, not 20: with 20 the mutual information of a 10-class predictive is
     estimated too noisily to rank a pool (digits: BALD ahead of random on 2 of 5 seeds at S = 20, 5 of 5 at 100)."""

@@ -92,7 +92,8 @@ class ActiveLearner:
     model : str
         Family of every candidate not naming its own: ``mc_dropout``, ``laplace``, ``vi`` or ``ensemble``.
     acquisition : str
-        An ``acquisition`` name: ``bald``, ``batchbald``, ``powerbald``, ``random``, ``predictive_entropy``, …
+        An ``acquisition`` name: ``powerbald`` (the default, as in the flows' settings), ``bald``, ``batchbald``,
+        ``random``, ``predictive_entropy``, …
     candidates : list of mappings, optional
         Each a ``name`` plus the model options it changes (``{"name": "h64", "hidden": 64, "depth": 1}``);
         ``None``: the model options alone. Every round fits all and selects the one of highest log evidence.
@@ -129,7 +130,7 @@ class ActiveLearner:
     def __init__(
         self,
         model: str = "mc_dropout",
-        acquisition: str = "bald",
+        acquisition: str = "powerbald",
         candidates: Sequence[Mapping[str, Any]] | None = None,
         update: str = "retrain",
         samples: int = 100,

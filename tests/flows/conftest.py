@@ -56,7 +56,8 @@ def _queued_campaign(tmp_path_factory):
     )
     params = root / "params.yaml"
     params.write_text(
-        "campaign:\n  min_labels: 10\nmodel:\n  steps: 30\nacquisition:\n  samples: 4\nselection:\n  candidates: []\n"
+        "campaign:\n  min_labels: 10\nmodel:\n  steps: 30\nacquisition:\n  name: bald\n  samples: 4\n"
+        "selection:\n  candidates: []\n"
     )
     workspace = root / "w"
     _run_cli(

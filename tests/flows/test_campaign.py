@@ -85,7 +85,7 @@ def test_two_round_campaign_writes_mlflow_and_queue(tmp_path, prefect_no_heartbe
     rounds = [r for r in runs if r.data.tags.get("beliefloop.role") == "round"]
     assert len(parents) == 1 and len(rounds) == 2
     assert {r.data.tags["mlflow.parentRunId"] for r in rounds} == {parents[0].info.run_id}
-    assert parents[0].data.params["acquisition.name"] == "bald"
+    assert parents[0].data.params["acquisition.name"] == "powerbald"
     for run in rounds:
         step = int(run.data.tags["beliefloop.round"])
         history = client.get_metric_history(run.info.run_id, "test_accuracy")
@@ -190,7 +190,7 @@ def test_killed_round_rerun_adds_no_duplicates(tmp_path):
     ]
     env = {**os.environ, "BELIEFLOOP_MODEL__STEPS": "200"}
     process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    campaign = "iris-bald-seed0"
+    campaign = "iris-powerbald-seed0"
     store = LabelStore.for_workspace(workspace)
     deadline = time.monotonic() + 240
     # Kill the whole process group as soon as round 3 has started (it is mid-round then).
@@ -306,7 +306,7 @@ def test_a_round_killed_at_each_step_resumes_to_the_uninterrupted_result(tmp_pat
     then finishes: the store and MLflow hold what an uninterrupted campaign with the same seed holds, once."""
     from data.faults import ROUND_STEPS
 
-    campaign, killed, clean = "iris-bald-seed0", tmp_path / "killed", tmp_path / "clean"
+    campaign, killed, clean = "iris-powerbald-seed0", tmp_path / "killed", tmp_path / "clean"
     assert _simulate(killed, 1).returncode == 0
     for step in ROUND_STEPS:
         result = _simulate(killed, 2, kill_at=step)
@@ -353,6 +353,6 @@ def test_a_belief_update_round_killed_after_saving_its_posterior_restarts_from_t
         result = _simulate(workspace, 2, **belief)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     keys = ("n_fitted/laplace", "log_evidence/laplace", "test_nll")
-    rounds = {w: LabelStore.for_workspace(w).round_metrics("iris-bald-seed0") for w in (killed, clean)}
+    rounds = {w: LabelStore.for_workspace(w).round_metrics("iris-powerbald-seed0") for w in (killed, clean)}
     assert [[r[k] for k in keys] for r in rounds[killed]] == [[r[k] for k in keys] for r in rounds[clean]]
     assert rounds[killed][1]["n_fitted/laplace"] == 5

@@ -75,7 +75,7 @@ def test_live_round_label_and_train(tmp_path, unlabeled_npz):
     trained = _cli("round", "--dataset", str(path), "--k", "5", *common, "--params", str(params), "--full-batch")
     assert "10 items wait" in trained.stdout and "topped" not in trained.stdout  # round 2's 5 are still pending
     third = store.queued("flowers", round_=3)
-    assert {q.acquisition for q in third} == {"bald"} and all(q.predicted is not None for q in third)
+    assert {q.acquisition for q in third} == {"powerbald"} and all(q.predicted is not None for q in third)
     metrics = store.round_metrics("flowers")
     assert [m["round"] for m in metrics] == [1, 2, 3]
     assert "test_accuracy" in metrics[2] and "test_accuracy" not in metrics[0]

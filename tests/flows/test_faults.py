@@ -19,7 +19,7 @@ from data.store import LabelStore
 from flows.cli import app
 from flows.failures import LABELS_SAFE
 
-CAMPAIGN = "iris-bald-seed0"
+CAMPAIGN = "iris-powerbald-seed0"
 SIMULATE = ["simulate", "--dataset", "iris", "--k", "5", "--initial", "9", "--samples", "4"]
 FAST = {"BELIEFLOOP_MODEL__STEPS": "40", "BELIEFLOOP_SELECTION__CANDIDATES": "[]"}
 runner = CliRunner()

@@ -47,7 +47,7 @@ def mlflow_ui(tmp_path):
             except OSError:
                 assert time.monotonic() < deadline, "the MLflow UI did not answer within 300 s"
                 time.sleep(1)
-        campaign = "digits-bald-seed0"
+        campaign = "digits-powerbald-seed0"
         announced = [ui.stdout.readline() for _ in range(2)]  # the UI's address, then one line per campaign
         assert announced[1].startswith(f"  campaign {campaign}: http://127.0.0.1:{port}/#/experiments/"), announced
         yield announced[1].split(": ", 1)[1].strip()

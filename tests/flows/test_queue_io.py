@@ -63,7 +63,8 @@ def test_label_studio_round_trip_gives_the_labels_of_the_cli_path(queued_workspa
     assert tasks[0]["data"]["image"].startswith("data:image/png;base64,")
     prediction = tasks[0]["predictions"][0]
     assert prediction["result"][0]["value"]["choices"] == [str(pending[0].predicted)]
-    assert prediction["score"] == pending[0].score
+    assert prediction["score"] == pending[0].probability  # the model's confidence, what Label Studio sorts by
+    assert tasks[0]["data"]["score"] == pending[0].score and tasks[0]["data"]["epistemic"] == pending[0].epistemic
 
     def annotation(choices, cancelled=False):
         result = [{"from_name": "label", "to_name": "item", "type": "choices", "value": {"choices": choices}}]

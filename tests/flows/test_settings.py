@@ -73,7 +73,7 @@ def test_unsafe_campaign_names_are_refused(name):
 def test_safe_campaign_names_and_derived_names():
     assert load_settings(None, {"campaign": {"name": "lab-2_v1.0"}}).campaign_name == "lab-2_v1.0"
     settings = load_settings(None, {"dataset": {"name": "/data/..my set (v2).csv"}, "campaign": {"seed": 4}})
-    assert settings.campaign_name == "my_set__v2_-bald-seed4"
+    assert settings.campaign_name == "my_set__v2_-powerbald-seed4"
     assert load_settings(None, {"campaign": {"name": settings.campaign_name}}).campaign_name == settings.campaign_name
     with pytest.raises(SettingsError, match=r"campaign\.seed"):
         load_settings(None, {"campaign": {"seed": -1}})

@@ -143,16 +143,16 @@ def test_a_round_on_postgresql_an_mlflow_server_and_a_dask_cluster(team, tmp_pat
     # The label store is the PostgreSQL database (nothing in the workspace), the scoring ran on the cluster.
     assert not (tmp_path / "w" / "labels.db").exists() and not (tmp_path / "w" / "mlflow.db").exists()
     store = LabelStore(labels_url)
-    assert store.round_metrics("iris-bald-seed0")[0]["n_queued"] == 5
+    assert store.round_metrics("iris-powerbald-seed0")[0]["n_queued"] == 5
     store.close()
     assert any("score" in prefix for prefix in _scheduler_task_prefixes(scheduler))
 
     # The MLflow server holds the round, its artifacts (proxied to its destination) and the registered model.
     client = MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.get_experiment_by_name("iris-bald-seed0")
+    experiment = client.get_experiment_by_name("iris-powerbald-seed0")
     assert experiment.artifact_location.startswith("mlflow-artifacts:")
     (run,) = client.search_runs([experiment.experiment_id], filter_string="tags.`beliefloop.round` = '1'")
     assert {"queued_batch.csv", "bayes_factors.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     assert list((tmp_path / "mlartifacts").rglob("queued_batch.csv"))
-    (version,) = client.search_model_versions("name = 'iris-bald-seed0-model'")
+    (version,) = client.search_model_versions("name = 'iris-powerbald-seed0-model'")
     assert version.tags["beliefloop.round"] == "1" and version.run_id == run.info.run_id

@@ -70,7 +70,7 @@ def test_a_round_queues_text_items_shown_as_escaped_text(text_campaign):
     settings, frame = text_campaign
     store = LabelStore.for_workspace(settings.workspace)
     pending = store.queued("reviews", status="pending")
-    assert len(pending) == 12 and {q.acquisition for q in pending} == {"bald"}  # a trained model chose them
+    assert len(pending) == 12 and {q.acquisition for q in pending} == {"powerbald"}  # a trained model chose them
     features = open_feature_store(feature_store_dir(settings, store.dataset_of("reviews")))
     assert features.feature_shape == (257,) and features.meta["text"]["column"] == "body"
 

@@ -33,7 +33,7 @@ def _learner(**options) -> ActiveLearner:
 
 def test_query_shapes_and_parts(wine):
     x, y, pool, _, held = wine
-    learner = _learner().fit(x, y)
+    learner = _learner(acquisition="bald").fit(x, y)
     batch = learner.query(pool, k=7)
     assert len(batch.ids) == len(batch.indices) == 7 and len(set(batch.indices.tolist())) == 7
     assert batch.scores.shape == batch.epistemic.shape == batch.aleatoric.shape == batch.predicted.shape == (7,)
