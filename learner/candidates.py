@@ -402,7 +402,7 @@ def fit_candidate(
     seen = previous["trained_on"]
     new = [i for i, item in enumerate(ids) if item not in seen]
     log_z = previous["log_evidence"]
-    steps = spec.model.fit_steps(len(new), update=True) if new else 0  # today's options
+    steps = spec.model.fit_steps(len(new), update=True) if new else 0
     if new and update == "finetune":
         log_z = model.finetune(x[new], y[new], steps=steps).log_evidence()  # of the new labels alone
     elif new:
