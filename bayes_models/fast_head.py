@@ -81,23 +81,39 @@ def head_samples_consistent(
     if features_B_H.ndim != 2:
         raise ValueError(f"features_B_H must have shape [B, H], got {tuple(features_B_H.shape)}")
     layers = list(head) if isinstance(head, nn.Sequential) else [head]
-    x = features_B_H  # [B, H] while no dropout has been applied, then [S, B, H]
-    shared = True
-    i = 0
-    while i < len(layers):
+    masks: dict[int, torch.Tensor] = {}  # drawn in layer order, whatever order they are needed in
+
+    def mask(i: int, width: int) -> torch.Tensor:
         layer = layers[i]
         if isinstance(layer, nn.modules.dropout._DropoutNd) and type(layer) is not nn.Dropout:
             raise TypeError(f"{type(layer).__name__} is not supported in a consistent-mask head; use nn.Dropout")
-        if not isinstance(layer, nn.Dropout):
-            x = layer(x)
+        if i not in masks:
+            masks[i] = dropout_masks(S, width, layer.p, generator=generator, device=x.device, dtype=x.dtype)
+        return masks[i]
+
+    x = features_B_H  # [B, H] while no dropout has been applied, then [S, B, H], or [S, B, K]: kept units only
+    shared = True
+    kept: torch.Tensor | None = None  # [S, K]: the units x holds, when it holds only the next dropout's kept ones
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        if not isinstance(layer, nn.modules.dropout._DropoutNd):
+            # a compact x meets only element-wise layers here (see _next_dropout); after the first dropout x is
+            # this function's own tensor, so a ReLU may overwrite it
+            x = x.relu_() if type(layer) is nn.ReLU and not shared else layer(x)
             i += 1
             continue
-        mask_S_H = dropout_masks(S, x.shape[-1], layer.p, generator=generator, device=x.device, dtype=x.dtype)
+        mask_S_H = mask(i, layer_width(x, kept, layers, i))
         following = layers[i + 1] if i + 1 < len(layers) else None
         if isinstance(following, nn.Linear):
-            x = _masked_linear(x, mask_S_H, following, shared)
+            j = _next_dropout(layers, i + 2)
+            out_kept = None if j is None else _kept_units(mask(j, following.out_features))
+            x = _masked_linear(x, mask_S_H, following, shared, kept, out_kept)
+            kept = out_kept
             i += 2
         else:
+            if kept is not None:
+                raise AssertionError("a compact x is always consumed by the Linear after its dropout")
             x = x * mask_S_H.unsqueeze(1)  # [B, H] or [S, B, H] -> [S, B, H]
             i += 1
         shared = False
@@ -106,17 +122,67 @@ def head_samples_consistent(
     return x.contiguous()
 
 
-def _masked_linear(x: torch.Tensor, mask_S_H: torch.Tensor, linear: nn.Linear, shared: bool) -> torch.Tensor:
-    r"""``(x ⊙ m_s) Wᵀ + b`` for every s, as ``x (W ⊙ m_s)ᵀ``: one GEMM ``[B, H] @ [H, S·C]`` for shared x."""
-    S, H = mask_S_H.shape
-    weight_S_C_H = linear.weight.unsqueeze(0) * mask_S_H.unsqueeze(1)
-    C = weight_S_C_H.shape[1]
-    if shared:
-        out_B_SC = x @ weight_S_C_H.reshape(S * C, H).T
-        out_S_B_C = out_B_SC.view(x.shape[0], S, C).transpose(0, 1)
+_ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.ELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Identity)
+"""Layers acting on each unit alone: between a Linear and the next dropout they may run on its kept units only."""
+
+
+def layer_width(x: torch.Tensor, kept: torch.Tensor | None, layers: list[nn.Module], i: int) -> int:
+    """Width of the full layer a dropout at ``layers[i]`` acts on (x holds only ``kept`` of it when compact)."""
+    if kept is None:
+        return x.shape[-1]
+    return next(layer.out_features for layer in reversed(layers[:i]) if isinstance(layer, nn.Linear))
+
+
+def _next_dropout(layers: list[nn.Module], start: int) -> int | None:
+    """Index of an ``nn.Dropout`` reached from ``start`` through element-wise layers only, else ``None``."""
+    j = start
+    while j < len(layers) and isinstance(layers[j], _ELEMENTWISE):
+        j += 1
+    return j if j < len(layers) and isinstance(layers[j], nn.modules.dropout._DropoutNd) else None
+
+
+def _kept_units(mask_S_H: torch.Tensor) -> torch.Tensor:
+    """``index[S, K]`` of each sample's kept units, ascending, padded with dropped ones up to the largest count
+    K (a padded unit's mask is 0, so it contributes nothing downstream)."""
+    keep = mask_S_H != 0
+    width = int(keep.sum(1).max()) if keep.numel() else 0
+    return torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :width]
+
+
+def _masked_linear(
+    x: torch.Tensor,
+    mask_S_H: torch.Tensor,
+    linear: nn.Linear,
+    shared: bool,
+    kept: torch.Tensor | None,
+    out_kept: torch.Tensor | None,
+) -> torch.Tensor:
+    r"""``(x ⊙ m_s) Wᵀ + b`` for every s, as ``x (W ⊙ m_s)ᵀ``: one GEMM ``[B, H] @ [H, S·C]`` for shared x.
+
+    Exact sparsity, no approximation: a dropped input unit contributes nothing, so a compact x (``kept``: the
+    units it holds) meets only the matching columns of W; and an output unit the next dropout drops
+    (``out_kept``: those it keeps) is never needed, so only the kept rows are computed. With p = 0.5 between two
+    hidden layers that is a quarter of the multiply-adds (measured: MNIST pool scoring's largest cost)."""
+    weight, bias = linear.weight, linear.bias
+    S = mask_S_H.shape[0]
+    if out_kept is not None:  # [S, K_out, H_in]: the rows the next dropout keeps
+        weight = weight[out_kept]
+        bias = None if bias is None else bias[out_kept].unsqueeze(1)  # [S, 1, K_out]
     else:
-        out_S_B_C = torch.bmm(x, weight_S_C_H.transpose(1, 2))
-    return out_S_B_C if linear.bias is None else out_S_B_C + linear.bias
+        weight = weight.unsqueeze(0).expand(S, *weight.shape)
+    if kept is not None:  # x holds the kept inputs only: their columns, scaled by the mask
+        scale = torch.gather(mask_S_H, 1, kept)
+        weight = torch.gather(weight, 2, kept.unsqueeze(1).expand(-1, weight.shape[1], -1)) * scale.unsqueeze(1)
+    else:
+        weight = weight * mask_S_H.unsqueeze(1)
+    C, H = weight.shape[1:]
+    if bias is not None:  # added inside the GEMM (addmm / baddbmm), not as another pass over [S, B, C]
+        bias = bias.expand(S, 1, C)
+    if shared:
+        flat = weight.reshape(S * C, H).T
+        out = x @ flat if bias is None else torch.addmm(bias.reshape(1, S * C), x, flat)
+        return out.view(x.shape[0], S, C).transpose(0, 1)
+    return torch.bmm(x, weight.transpose(1, 2)) if bias is None else torch.baddbmm(bias, x, weight.transpose(1, 2))
 
 
 @torch.no_grad()

@@ -59,6 +59,31 @@ def test_deeper_head_and_no_dropout():
         head_samples_consistent(nn.Sequential(nn.AlphaDropout(0.5), nn.Linear(6, 3)), x.float(), 2, generator=None)
 
 
+@pytest.mark.parametrize("p", [0.5, 0.0, 1.0])
+def test_kept_units_only_is_exact_on_a_deep_head(p):
+    """Only the units the next dropout keeps are computed (the fast path): equal to the dense computation with the
+    same masks, through element-wise layers of either kind, for every keep rate incl. none and all."""
+    torch.manual_seed(2)
+    widths = (6, 9, 7, 8)
+    head = nn.Sequential(
+        nn.Dropout(p), nn.Linear(6, 9), nn.Tanh(), nn.Dropout(p), nn.Linear(9, 7), nn.ReLU(), nn.Identity(),
+        nn.Dropout(p), nn.Linear(7, 8), nn.Sigmoid(), nn.Dropout(p), nn.Linear(8, 3),
+    ).double()  # fmt: skip
+    x = torch.randn(5, 6, dtype=torch.float64)
+    logits = head_samples_consistent(head, x, 11, generator=torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    masks = [dropout_masks(11, w, p, generator=g, device=x.device, dtype=x.dtype) for w in widths]
+    dense = x.expand(11, *x.shape)
+    for mask, index in zip(masks, (1, 4, 8, 11), strict=True):
+        dense = (dense * mask[:, None]) @ head[index].weight.T + head[index].bias
+        for layer in head[index + 1 :]:
+            if isinstance(layer, nn.Dropout):
+                break
+            dense = layer(dense)
+    assert logits.shape == (11, 5, 3) and logits.is_contiguous()
+    torch.testing.assert_close(logits, dense, rtol=1e-12, atol=1e-12)
+
+
 def test_marginals_match_independent_masks_and_exact_enumeration():
     """Per-item mean and variance of the probabilities, consistent vs independent masks vs all 2^H masks."""
     H, C, B, S = 6, 3, 4, 20000
