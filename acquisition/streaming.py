@@ -15,8 +15,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from acquisition.batch import _check_positive
-from acquisition.scores import ScoreFn, bald, expected_entropy, get_acquisition, predictive_entropy
+from acquisition.batch import _check_positive, perturbed_scores, powerbald_scores
+from acquisition.scores import (
+    ScoreFn,
+    _as_float64,
+    _entropy,
+    bald,
+    expected_entropy,
+    get_acquisition,
+    predictive_entropy,
+)
 from acquisition.topk import RunningTopK, _check_k
 
 __all__ = ["StreamResult", "score_pool_streaming"]
@@ -154,14 +162,16 @@ def score_pool_streaming(
             n_classes = probs_S_B_C.shape[2]
         elif probs_S_B_C.shape[2] != n_classes:
             raise ValueError(f"predict_samples returned {probs_S_B_C.shape[2]} classes after {n_classes}")
-        expected_B = expected_entropy(probs_S_B_C)
-        bald_B = (predictive_entropy(probs_S_B_C) - expected_B).clamp_min(0.0)
-        scores_B = bald_B if score_fn is bald else score_fn(probs_S_B_C, generator=generator)
+        total_B, expected_B = _entropies(probs_S_B_C)
+        bald_B = (total_B - expected_B).clamp_min(0.0)
+        from_parts = _FROM_PARTS.get(score_fn)
+        if from_parts is not None:
+            scores_B = from_parts(total_B, expected_B, bald_B, generator)
+        else:
+            scores_B = score_fn(probs_S_B_C, generator=generator)
         kept_positions = running.update(scores_B, ids)
         if keep_probs:
-            chunk_S_B_C = probs_S_B_C.detach().cpu()
-            both = chunk_S_B_C if kept_probs_S_K_C is None else torch.cat([kept_probs_S_K_C, chunk_S_B_C], dim=1)
-            kept_probs_S_K_C = both[:, torch.from_numpy(kept_positions)]
+            kept_probs_S_K_C = _kept_probs(kept_probs_S_K_C, probs_S_B_C.detach().cpu(), kept_positions)
         upper = math.log(n_classes) if n_classes > 1 else 1.0
         aleatoric += _histogram(expected_B, upper, bins)
         epistemic += _histogram(bald_B, upper, bins)
@@ -172,6 +182,38 @@ def score_pool_streaming(
     upper = math.log(n_classes) if n_classes is not None and n_classes > 1 else 1.0
     edges = np.linspace(0.0, upper, bins + 1)
     return StreamResult(ids_top, scores_top, n_scored, aleatoric, epistemic, edges, n_read, kept_probs_S_K_C)
+
+
+def _entropies(probs_S_B_C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(H[p̄], E_s H[p_s])`` per item from one float64 copy of the chunk's samples (the score functions would
+    each make their own: three copies and as many entropy passes per chunk for PowerBALD, measured)."""
+    p = _as_float64(probs_S_B_C, "probs_S_B_C")
+    return _entropy(p.mean(0)), _entropy(p).mean(0)
+
+
+_FROM_PARTS: dict[ScoreFn, Callable[..., torch.Tensor]] = {
+    bald: lambda total, expected, mutual, generator: mutual,
+    predictive_entropy: lambda total, expected, mutual, generator: total,
+    expected_entropy: lambda total, expected, mutual, generator: expected,
+    powerbald_scores: lambda total, expected, mutual, generator: perturbed_scores(
+        mutual, beta=1.0, mode="power", generator=generator
+    ),
+}
+"""Score functions of the entropies the stream computes anyway, with the same values (and the same random draws
+for PowerBALD) as calling them on the samples."""
+
+
+def _kept_probs(kept_S_K_C: torch.Tensor | None, chunk_S_B_C: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
+    """The samples of the running top k: ``positions`` index the kept-then-chunk concatenation, which is never
+    formed (a copy of every chunk's samples, measured)."""
+    if kept_S_K_C is None:
+        return chunk_S_B_C[:, torch.from_numpy(positions)]
+    n_kept = kept_S_K_C.shape[1]
+    in_chunk = positions >= n_kept
+    joined = torch.cat([kept_S_K_C, chunk_S_B_C[:, torch.from_numpy(positions[in_chunk] - n_kept)]], dim=1)
+    remapped = positions.copy()
+    remapped[in_chunk] = n_kept + np.arange(int(in_chunk.sum()))
+    return joined[:, torch.from_numpy(remapped)]
 
 
 def _histogram(values_B: torch.Tensor, upper: float, bins: int) -> np.ndarray:

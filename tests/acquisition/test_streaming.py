@@ -57,7 +57,7 @@ def _exhaustive(scores: torch.Tensor, k: int) -> list[int]:
     return sorted(range(N), key=lambda i: (-values[i], IDS[i]))[:k]
 
 
-@pytest.mark.parametrize("acquisition", ["bald", "predictive_entropy", "margin"])
+@pytest.mark.parametrize("acquisition", ["bald", "predictive_entropy", "expected_entropy", "margin"])
 @pytest.mark.parametrize("chunk_size", [1, 7, 64, N])
 def test_streaming_top_k_equals_sorting_exhaustive_scores(acquisition, chunk_size):
     predictor = TablePredictor()
@@ -68,6 +68,22 @@ def test_streaming_top_k_equals_sorting_exhaustive_scores(acquisition, chunk_siz
     np.testing.assert_allclose(result.scores, scores[expected].numpy(), rtol=1e-12, atol=0)
     assert result.n_scored == result.n_read == N
     assert max(predictor.batches) <= chunk_size  # never more than a chunk at a time
+
+
+def test_powerbald_from_the_streams_entropies_equals_its_score_function():
+    """The stream derives PowerBALD from the BALD it computes anyway: the same keys, the same Gumbel draws."""
+    result = score_pool_streaming(
+        TablePredictor(),
+        _chunks(N),
+        k=N,
+        acquisition="powerbald",
+        samples=S,
+        generator=torch.Generator().manual_seed(5),
+    )
+    keys = get_acquisition("powerbald")(TABLE, generator=torch.Generator().manual_seed(5))
+    expected = _exhaustive(keys, N)
+    assert result.ids == IDS[expected].tolist()
+    np.testing.assert_allclose(result.scores, keys[expected].numpy(), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, N])
