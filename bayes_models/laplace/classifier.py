@@ -10,9 +10,10 @@ Networks that an all-weights KFAC does not cover (convolutions) train the ``"map
 fitted on the new data only, then ``H_new = GGN_new + H_prev``.
 
 The predictive of a network trained under an explicit prior (marglik or stated) is by default not the evidence's
-all-weights KFAC but a last-layer Laplace with the exact (full) GGN under the same prior's last-layer precision,
-Monte Carlo link (``predictive="last_layer_full"``, ``link="mc"``): the all-weights KFAC posterior is far too wide
-for prediction (MNIST with 1,000 labels: test NLL 0.60 and ECE 0.22 against 0.44 / 0.08; ``benchmarks/evidence.py``).
+all-weights KFAC but a last-layer KFAC Laplace under the same prior's last-layer precision, Monte Carlo link
+(``predictive="last_layer_kfac"``, ``link="mc"``): the all-weights KFAC posterior is far too wide for prediction
+(MNIST with 1,000 labels, 12 networks: test NLL 0.60 and ECE 0.22 against 0.44 / 0.07), and the last layer's exact
+(full) GGN predicts no better (0.44 / 0.08) at ``N·P²`` cost (``benchmarks/evidence.py``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from bayes_models.training import TrainingConfig, train_map
 
 log = logging.getLogger(__name__)
 TRAININGS = ("marglik", "map")
-PREDICTIVES = ("last_layer_full", "evidence")
+PREDICTIVES = ("last_layer_kfac", "last_layer_full", "evidence")
 LINKS = ("mc", "probit")
 
 
@@ -62,11 +63,11 @@ class LaplaceConfig(TrainingConfig):
     layer_prior_std: tuple[tuple[str, float], ...] = ()
     """Stated prior std per layer group (a module name or dotted prefix, e.g. ``"head"``; the most specific wins);
     layers no group covers take ``prior_std``, or 1.0 when it is ``None``."""
-    predictive: str = "last_layer_full"
+    predictive: str = "last_layer_kfac"
     """The posterior that ``predict`` and ``predictive_samples`` use after training under an explicit prior (marglik
-    or stated): ``"last_layer_full"``, a last-layer Laplace with the full GGN under that prior's last-layer precision
-    (last-layer KFAC when the layer has more than ``full.MAX_PARAMS`` weights); ``"evidence"``, the evidence's own
-    Laplace (``subset`` × ``structure``). MAP training and belief updates always predict with the evidence's."""
+    or stated): ``"last_layer_kfac"`` / ``"last_layer_full"``, a last-layer Laplace (KFAC or full GGN; KFAC when the
+    layer has more than ``full.MAX_PARAMS`` weights) under that prior's last-layer precision; ``"evidence"``, the
+    evidence's own Laplace (``subset`` × ``structure``). MAP training and belief updates predict with the evidence's."""
     link: str = "mc"
     """``predict``'s default link: ``"mc"`` (mean softmax of sampled outputs) or ``"probit"`` (MacKay)."""
 
@@ -261,11 +262,12 @@ class LaplaceClassifier:
             self.laplace = result.laplace
         else:
             self.laplace = self._under_prior(result.prior_precision, x, y, subset, c.structure)
-        if c.predictive == "last_layer_full":
-            layer = Subnet(self.network, "last_layer")
-            structure = "full" if layer.n_params <= full.MAX_PARAMS else "kfac"
-            if structure != "full":
-                log.warning("last layer of %d weights: a last-layer KFAC predictive, not full", layer.n_params)
+        if c.predictive != "evidence":
+            structure = c.predictive.removeprefix("last_layer_")
+            n_params = Subnet(self.network, "last_layer").n_params
+            if structure == "full" and n_params > full.MAX_PARAMS:
+                log.warning("last layer of %d weights: a last-layer KFAC predictive, not full", n_params)
+                structure = "kfac"
             self.predictive_laplace = self._under_prior(result.prior_precision, x, y, "last_layer", structure)
         log.info("laplace predictive: %s (%s link)", c.predictive, c.link)
 

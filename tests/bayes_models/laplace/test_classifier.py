@@ -83,27 +83,35 @@ def test_a_stated_prior_is_trained_under_and_its_evidence_is_the_dense_one():
 
 
 @pytest.mark.skipif(not HAS_LAPLACE_TORCH, reason="laplace-torch is not installed (`make reference` installs it)")
-def test_default_predictive_is_the_last_layer_full_laplace_under_the_trained_prior():
-    """After marglik training, ``predict`` is the last-layer full-GGN Laplace under the trained last-layer precision:
-    the same as laplace-torch's ``Laplace(subset_of_weights="last_layer", hessian_structure="full")`` on a float64
-    copy of the network (probit 1e-5: our model is float32; MC within 5 standard errors of 20,000 draws each)."""
+@pytest.mark.parametrize(("predictive", "structure"), [("last_layer_kfac", "kron"), ("last_layer_full", "full")])
+def test_predictive_is_the_last_layer_laplace_under_the_trained_prior(predictive, structure):
+    """After marglik training, ``predict`` is the last-layer Laplace under the trained last-layer precision: the same
+    as laplace-torch's ``Laplace(subset_of_weights="last_layer", hessian_structure=structure)`` on a float64 copy of
+    the network (probit 1e-5: our model is float32; MC within 5 standard errors of 20,000 draws each). The layers
+    have no biases: laplace-torch gives a bias a Kronecker block of its own, this code joins it to its layer's."""
     import copy
+    import dataclasses
 
     from laplace import Laplace as Reference
+    from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
+
+    from bayes_models.architectures import SplitNet
 
     x, y = _blobs(150, 7)
     x_test, _ = _blobs(40, 8)
-    model = LaplaceClassifier(CONFIG, device="cpu").fit(x, y)
-    delta_last = model.laplace.prior_precision[-1]  # layer-wise: [features.0, head.1]
-    predictive = model.predictive_laplace
-    assert (predictive.subset, predictive.structure) == ("last_layer", "full")
-    assert torch.equal(predictive.prior_precision, delta_last.reshape(1).to(predictive.prior_precision))
+    torch.manual_seed(0)
+    network = SplitNet(nn.Sequential(nn.Linear(2, 16, bias=False), nn.Tanh()), nn.Linear(16, 3, bias=False))
+    config = dataclasses.replace(CONFIG, predictive=predictive)
+    model = LaplaceClassifier(config, device="cpu", network=network).fit(x, y)
+    delta_last = model.laplace.prior_precision[-1]  # layer-wise: [features.0, head]
+    laplace = model.predictive_laplace
+    assert (laplace.subset, laplace.structure) == ("last_layer", predictive.removeprefix("last_layer_"))
+    assert torch.equal(laplace.prior_precision, delta_last.reshape(1).to(laplace.prior_precision))
 
-    network = copy.deepcopy(model.network).double().eval()
     reference = Reference(
-        network, "classification", subset_of_weights="last_layer", hessian_structure="full",
-        prior_precision=float(delta_last),
+        copy.deepcopy(model.network).double().eval(), "classification", subset_of_weights="last_layer",
+        hessian_structure=structure, prior_precision=float(delta_last),
     )  # fmt: skip
     reference.fit(DataLoader(TensorDataset(x.double(), y), batch_size=50))
     expected = reference(x_test.double(), pred_type="glm", link_approx="probit")
@@ -132,5 +140,7 @@ def test_predictive_option_and_round_trip():
     assert not torch.allclose(default.predict(x_test, link="probit"), evidence.predict(x_test, link="probit"))
     restored = LaplaceClassifier.from_state_dict(default.state_dict(), device="cpu")
     assert torch.equal(restored.predict(x_test), default.predict(x_test))
-    with pytest.raises(ValueError, match=r"predictive='kfac'; expected one of 'last_layer_full', 'evidence'"):
+    with pytest.raises(
+        ValueError, match=r"predictive='kfac'; expected one of 'last_layer_kfac', 'last_layer_full', 'evidence'"
+    ):
         LaplaceConfig((2,), 3, predictive="kfac")
