@@ -28,6 +28,11 @@ cores shared with other work, load average 5–8)::
 
     OMP_NUM_THREADS=1 python benchmarks/evidence.py --threads 1
 
+The default grid's two prior settings are both tuned by the evidence (layer-wise or scalar), so its candidates differ
+mostly in architecture. Two other grids, kept as options, make them differ more: ``--priors layerwise std=1`` (the
+tuned prior against a stated N(0, 1) on every weight, which the evidence then compares by Bayes factors) and
+``--widths 8 64 512`` (a width that under-fits). The default grid stays the issue's figure of record.
+
 Smoke run (< 1 min): ``python benchmarks/evidence.py --quick``. Times assume ``OMP_WAIT_POLICY=PASSIVE``, which the
 script sets unless the environment already has a value. Writes ``benchmarks/results/evidence.json`` (``--out``).
 """

@@ -288,14 +288,21 @@ class LaplaceClassifier:
             raise RuntimeError("call fit(x, y) first")
         return self.laplace
 
-    def _predictive(self) -> Laplace:
+    def predictor(self) -> Laplace:
+        """The Laplace that ``predict`` and ``predictive_samples`` use (``config.predictive``)."""
         return self._fitted() if self.predictive_laplace is None else self.predictive_laplace
+
+    def scale_prior(self, factor: float) -> None:
+        """Multiply the prior precision by ``factor`` in the evidence's Laplace and in the predictor's (the same
+        prior): a prior scale tuned on validation NLL (:func:`.tuning.tune_prior_on_validation`)."""
+        for laplace in {id(la): la for la in (self._fitted(), self.predictor())}.values():
+            laplace.prior_precision = factor * laplace.prior_precision
 
     def predictive_samples(self, x: torch.Tensor, n: int, *, seed: int = 0) -> torch.Tensor:
         """``probs[S=n, N, C]`` under ``n`` weight samples from the predictive's Laplace posterior (the same for every
         item)."""
         generator = torch.Generator(self.device).manual_seed(seed)
-        return self._predictive().predictive_samples(x.to(self.device, torch.float32), n, generator=generator)
+        return self.predictor().predictive_samples(x.to(self.device, torch.float32), n, generator=generator)
 
     def predict(self, x: torch.Tensor, link: str | None = None, n_samples: int = 100, *, seed: int = 0) -> torch.Tensor:
         """Predictive ``probs[N, C]`` of the linearised network: ``"mc"``, the mean of ``n_samples`` sampled softmaxes
@@ -303,7 +310,7 @@ class LaplaceClassifier:
         link = self.config.link if link is None else link
         generator = torch.Generator(self.device).manual_seed(seed)
         x = x.to(self.device, torch.float32)
-        return self._predictive().predict(x, link=link, n_samples=n_samples, generator=generator)
+        return self.predictor().predict(x, link=link, n_samples=n_samples, generator=generator)
 
     def log_evidence(self) -> float:
         return self._fitted().log_evidence()

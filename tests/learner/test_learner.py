@@ -260,8 +260,12 @@ def test_prior_tuned_on_validation_scales_the_evidence_prior_of_the_fit_on_every
     tuning = tuned.selected.prior_tuning
     assert tuning.validation_nll <= tuning.evidence_nll and tuning.scale in tuning.scales
     assert plain.selected.prior_tuning is None and tuned.selected.n_fitted == len(y)
-    evidence_prior = plain.selected.model.laplace.prior_precision  # the same network, fitted on every label
-    torch.testing.assert_close(tuned.selected.model.laplace.prior_precision, tuning.scale * evidence_prior)
+    plain_model, tuned_model = plain.selected.model, tuned.selected.model  # the same network, fitted on every label
+    torch.testing.assert_close(tuned_model.laplace.prior_precision, tuning.scale * plain_model.laplace.prior_precision)
+    # ... and the predictive (a last-layer Laplace) predicts under the same scaled prior
+    predictor = tuned_model.predictor()
+    assert predictor is not tuned_model.laplace and predictor.subset == "last_layer"
+    torch.testing.assert_close(predictor.prior_precision, tuning.scale * plain_model.predictor().prior_precision)
     assert tuned.evidence_table().prior_scale[0] == tuning.scale
     assert ActiveLearner.from_state_dict(tuned.state_dict()).selected.prior_tuning == tuning
     with pytest.raises(ValueError, match="prior_tuning must be 'evidence' or 'validation'"):
