@@ -11,9 +11,10 @@ fitted on the new data only, then ``H_new = GGN_new + H_prev``.
 
 The predictive of a network trained under an explicit prior (marglik or stated) is by default not the evidence's
 all-weights KFAC but a last-layer KFAC Laplace under the same prior's last-layer precision, Monte Carlo link
-(``predictive="last_layer_kfac"``, ``link="mc"``): the all-weights KFAC posterior is far too wide for prediction
-(MNIST with 1,000 labels, 12 networks: test NLL 0.60 and ECE 0.22 against 0.44 / 0.07), and the last layer's exact
-(full) GGN predicts no better (0.44 / 0.08) at ``N·P²`` cost (``benchmarks/evidence.py``).
+(``predictive="last_layer_kfac"``, ``link="mc"``) — the evidence's posterior with the backbone held at its MAP
+(its last block of the layer-block-diagonal KFAC precision, exactly). The all-weights KFAC is far too wide for
+prediction (MNIST with 1,000 labels, 12 networks: test NLL 0.60 and ECE 0.22 against 0.44 / 0.07), and the last
+layer's exact (full) GGN predicts no better (0.44 / 0.08) at ``N·P²`` cost (``benchmarks/evidence.py``).
 """
 
 from __future__ import annotations

@@ -136,6 +136,10 @@ def test_predictive_option_and_round_trip():
     default = LaplaceClassifier(CONFIG, device="cpu").fit(x, y)
     evidence = LaplaceClassifier(dataclasses.replace(CONFIG, predictive="evidence"), device="cpu").fit(x, y)
     assert evidence.predictive_laplace is None and default.log_evidence() == evidence.log_evidence()
+    # the default's posterior is the evidence's all-weights KFAC posterior with the backbone held fixed: its block of
+    # the (layer-block-diagonal) precision, exactly
+    last = default.predictor().posterior().precision.to_dense()
+    assert torch.equal(default.laplace.posterior().precision.to_dense()[-last.shape[0] :, -last.shape[0] :], last)
     assert torch.equal(evidence.predict(x_test, link="probit"), evidence.laplace.predict(x_test, link="probit"))
     assert not torch.allclose(default.predict(x_test, link="probit"), evidence.predict(x_test, link="probit"))
     restored = LaplaceClassifier.from_state_dict(default.state_dict(), device="cpu")
