@@ -77,6 +77,9 @@ class ModelOptions:
     prior post hoc."""
     prior_structure: Literal["layerwise", "scalar"] = "layerwise"
     """Marglik training: one prior precision per layer, or one for all weights."""
+    predictive: Literal["last_layer_kfac", "last_layer_full", "evidence"] = "last_layer_kfac"
+    """The ``laplace`` posterior a network trained under an explicit prior predicts with (``LaplaceConfig.predictive``):
+    the last layer's (KFAC or full GGN) under that prior, or the evidence's all-weights one."""
     members: int = 5
     device: str = "auto"
     prior_std: float | None = None
@@ -241,6 +244,7 @@ def build_model(
             structure=evidence_options.structure,
             training=m.training,
             prior_structure=m.prior_structure,
+            predictive=m.predictive,
             prior_std=std,
             layer_prior_std=layers,
         )

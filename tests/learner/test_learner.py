@@ -185,6 +185,17 @@ def test_auto_evidence_subset_is_all_weights_only_for_marglik_trained_candidates
     assert EvidenceOptions.for_candidates("all", "diag", [dropout]) == EvidenceOptions("all", "diag")
 
 
+def test_laplace_predictive_option_reaches_the_model(wine):
+    """``model.predictive`` (a ModelOptions key) sets what a laplace candidate predicts with: the evidence's
+    all-weights KFAC, or by default the last layer's Laplace."""
+    x, y, _, _, _ = wine
+    spec = [{"name": "lap", "hidden": 8, "depth": 1}]
+    for predictive, subset in (("evidence", "all"), ("last_layer_kfac", "last_layer")):
+        learner = _learner(model="laplace", candidates=spec, predictive=predictive).fit(x, y)
+        model = learner.selected.model
+        assert model.config.predictive == predictive and model.predictor().subset == subset
+
+
 def test_a_round_with_an_ensemble_selects_every_candidate_by_validation_nll(wine):
     """An ensemble has no evidence: the round compares all candidates by the NLL of a held-out split, refits the
     selected one on every label, and reports no Bayes factor (never the mean of the members' log Z)."""
