@@ -147,6 +147,10 @@ class ModelSettings(_Section):
     prior post hoc."""
     prior_structure: Literal["layerwise", "scalar"] = "layerwise"
     """Marglik training: one prior precision per layer, or one for all weights."""
+    predictive: Literal["last_layer_kfac", "last_layer_full", "evidence"] = "last_layer_kfac"
+    """What a ``laplace`` network trained under an explicit prior (marglik or stated) predicts and scores the pool
+    with: the last layer's Laplace (KFAC or full GGN) under that prior, MC link, or ``evidence``, the all-weights
+    posterior its evidence comes from (far too wide to predict with: ``benchmarks/evidence.py``)."""
     members: int = Field(5, ge=1)
     """Members of a deep ensemble."""
     device: str = "auto"

@@ -77,6 +77,9 @@ class ModelOptions:
     prior post hoc."""
     prior_structure: Literal["layerwise", "scalar"] = "layerwise"
     """Marglik training: one prior precision per layer, or one for all weights."""
+    predictive: Literal["last_layer_kfac", "last_layer_full", "evidence"] = "last_layer_kfac"
+    """The ``laplace`` posterior a network trained under an explicit prior predicts with (``LaplaceConfig.predictive``):
+    the last layer's (KFAC or full GGN) under that prior, or the evidence's all-weights one."""
     members: int = 5
     device: str = "auto"
     prior_std: float | None = None
@@ -241,6 +244,7 @@ def build_model(
             structure=evidence_options.structure,
             training=m.training,
             prior_structure=m.prior_structure,
+            predictive=m.predictive,
             prior_std=std,
             layer_prior_std=layers,
         )
@@ -376,7 +380,7 @@ def fit_candidate(
             build = functools.partial(build_model, spec, feature_shape, n_classes, seed, evidence_options)
             tuning = _tune_prior_scale(build, x, y, validation_rows(ids, seed))
             model.fit(x, y)
-            model.laplace.prior_precision = tuning.scale * model.laplace.prior_precision
+            model.scale_prior(tuning.scale)
         else:
             model.fit(x, y)
         seconds = time.perf_counter() - start
@@ -445,13 +449,14 @@ def _tune_prior_scale(
     build: Callable[[], LaplaceClassifier], x: torch.Tensor, y: torch.Tensor, held_out: np.ndarray
 ) -> PriorTuning:
     """The validation grid search of the prior's scale: a new candidate (``build()``) fitted without the held-out
-    rows (its prior tuned on the evidence as usual), then :func:`tune_prior_on_validation` on them. The caller
-    applies the scale to the candidate fitted on every label, so no label is left out of the final model."""
+    rows (its prior tuned on the evidence as usual), then :func:`tune_prior_on_validation` of the Laplace it predicts
+    with on them. The caller applies the scale to the candidate fitted on every label (its evidence's prior and its
+    predictor's), so no label is left out of the final model."""
     held = torch.from_numpy(held_out)
     keep = torch.ones(len(y), dtype=torch.bool)
     keep[held] = False
     split = build().fit(x[keep], y[keep])
-    return tune_prior_on_validation(split.laplace, x[held].to(split.device), y[held].to(split.device))
+    return tune_prior_on_validation(split.predictor(), x[held].to(split.device), y[held].to(split.device))
 
 
 def _prior_of(model: Any, family: str) -> Any:

@@ -185,6 +185,17 @@ def test_auto_evidence_subset_is_all_weights_only_for_marglik_trained_candidates
     assert EvidenceOptions.for_candidates("all", "diag", [dropout]) == EvidenceOptions("all", "diag")
 
 
+def test_laplace_predictive_option_reaches_the_model(wine):
+    """``model.predictive`` (a ModelOptions key) sets what a laplace candidate predicts with: the evidence's
+    all-weights KFAC, or by default the last layer's Laplace."""
+    x, y, _, _, _ = wine
+    spec = [{"name": "lap", "hidden": 8, "depth": 1}]
+    for predictive, subset in (("evidence", "all"), ("last_layer_kfac", "last_layer")):
+        learner = _learner(model="laplace", candidates=spec, predictive=predictive).fit(x, y)
+        model = learner.selected.model
+        assert model.config.predictive == predictive and model.predictor().subset == subset
+
+
 def test_a_round_with_an_ensemble_selects_every_candidate_by_validation_nll(wine):
     """An ensemble has no evidence: the round compares all candidates by the NLL of a held-out split, refits the
     selected one on every label, and reports no Bayes factor (never the mean of the members' log Z)."""
@@ -260,8 +271,12 @@ def test_prior_tuned_on_validation_scales_the_evidence_prior_of_the_fit_on_every
     tuning = tuned.selected.prior_tuning
     assert tuning.validation_nll <= tuning.evidence_nll and tuning.scale in tuning.scales
     assert plain.selected.prior_tuning is None and tuned.selected.n_fitted == len(y)
-    evidence_prior = plain.selected.model.laplace.prior_precision  # the same network, fitted on every label
-    torch.testing.assert_close(tuned.selected.model.laplace.prior_precision, tuning.scale * evidence_prior)
+    plain_model, tuned_model = plain.selected.model, tuned.selected.model  # the same network, fitted on every label
+    torch.testing.assert_close(tuned_model.laplace.prior_precision, tuning.scale * plain_model.laplace.prior_precision)
+    # ... and the predictive (a last-layer Laplace) predicts under the same scaled prior
+    predictor = tuned_model.predictor()
+    assert predictor is not tuned_model.laplace and predictor.subset == "last_layer"
+    torch.testing.assert_close(predictor.prior_precision, tuning.scale * plain_model.predictor().prior_precision)
     assert tuned.evidence_table().prior_scale[0] == tuning.scale
     assert ActiveLearner.from_state_dict(tuned.state_dict()).selected.prior_tuning == tuning
     with pytest.raises(ValueError, match="prior_tuning must be 'evidence' or 'validation'"):
