@@ -82,6 +82,13 @@ def test_kept_units_only_is_exact_on_a_deep_head(p):
             dense = layer(dense)
     assert logits.shape == (11, 5, 3) and logits.is_contiguous()
     torch.testing.assert_close(logits, dense, rtol=1e-12, atol=1e-12)
+    # a dropout not directly followed by a Linear: its layer is computed whole
+    odd = nn.Sequential(nn.Dropout(p), nn.Linear(6, 5), nn.ReLU(), nn.Dropout(p), nn.ReLU(), nn.Linear(5, 3)).double()
+    logits = head_samples_consistent(odd, x, 4, generator=torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    m1, m2 = (dropout_masks(4, w, p, generator=g, device=x.device, dtype=x.dtype) for w in (6, 5))
+    hidden = torch.relu(torch.relu((x * m1[:, None]) @ odd[1].weight.T + odd[1].bias) * m2[:, None])
+    torch.testing.assert_close(logits, hidden @ odd[5].weight.T + odd[5].bias, rtol=1e-12, atol=1e-12)
 
 
 def test_marginals_match_independent_masks_and_exact_enumeration():
