@@ -304,7 +304,13 @@ class LabelStore:
 
     @_retry_busy
     def _create_tables(self) -> None:
-        metadata.create_all(self.engine)
+        for attempt in range(3):  # another process opening the same new store may create a table in between
+            try:
+                metadata.create_all(self.engine)  # checks for each table first, then creates it: not atomic
+                break
+            except sa.exc.OperationalError as error:
+                if "already exists" not in str(error.orig).lower() or attempt == 2:
+                    raise
         add_missing_columns(self.engine)
         if self.engine.dialect.name == "postgresql":  # a store created before rounds could be marked failed
             with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:

@@ -1,5 +1,7 @@
 """Label store and queue on real SQLite and PostgreSQL databases: uniqueness, transactions, rejection reports."""
 
+import multiprocessing
+
 import pytest
 import sqlalchemy as sa
 
@@ -262,3 +264,23 @@ def test_small_and_large_batches_check_items_alike(store, n_items):
     assert dict(report.rejected).keys() == {"p0", "p2", "ghost"}
     assert "never queued" in dict(report.rejected)["p0"] and "skipped" in dict(report.rejected)["p2"]
     assert report.accepted == ids[1:2] + ids[3:] and len(store.current_labels("c")) == n_items - 2
+
+
+def _open_store_after(barrier, url: str) -> None:
+    barrier.wait()  # every process checks for the tables at once
+    LabelStore(url).close()
+
+
+def test_processes_opening_the_same_new_store_at_once_all_succeed(tmp_path):
+    """Creating the tables is check-then-create per table: a process that loses the race to another one re-checks
+    instead of failing with "table ... already exists" (seen when a served round and a CLI opened a new store)."""
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(3):
+        url = f"sqlite:///{tmp_path / f'race-{attempt}.db'}"
+        barrier = context.Barrier(4)
+        workers = [context.Process(target=_open_store_after, args=(barrier, url)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(120)
+        assert [worker.exitcode for worker in workers] == [0] * 4
