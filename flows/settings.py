@@ -207,6 +207,10 @@ class SelectionSettings(_Section):
     prior_tuning: Literal["evidence", "validation"] = "evidence"
     """``laplace`` candidates: the prior precision tuned on the evidence, or then scaled by the grid factor of lowest
     NLL on a held-out 20% of the labels (the candidate is refitted on all of them); logged per round."""
+    exact_ggn: bool = True
+    """The evidence's log determinant under the exact GGN (computed over the labels, cost cubic in labels × classes;
+    blocks of 16,384 rows beyond, a lower bound) instead of under ``structure``, whose KFAC over-penalises wide and
+    deep networks. Networks with layers other than ``nn.Linear`` and belief updates use ``structure``."""
     workers: int = Field(1, ge=1)
     """Candidates fitted concurrently (threads). Dropout draws from torch's process-wide RNG, so more than one
     worker trades reproducibility of MC-dropout training for speed."""

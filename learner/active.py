@@ -113,6 +113,9 @@ class ActiveLearner:
     prior_tuning : str
         ``evidence`` or ``validation``: ``laplace`` candidates scale their evidence-tuned prior precision by the
         factor of lowest NLL on a held-out 20% of the labels (then refit on all of them).
+    exact_ggn : bool
+        The evidence's log determinant under the exact GGN (kernel form over the labels) where it applies, instead
+        of under ``structure`` (:class:`learner.candidates.EvidenceOptions`).
     batch_candidates : int
         BatchBALD picks among this many of the pool's best items by BALD.
     pool_subsample : int, optional
@@ -140,6 +143,7 @@ class ActiveLearner:
         subset: str = "auto",
         structure: str = "kfac",
         prior_tuning: str = "evidence",
+        exact_ggn: bool = True,
         batch_candidates: int = 1000,
         pool_subsample: int | None = None,
         n_classes: int | None = None,
@@ -164,7 +168,7 @@ class ActiveLearner:
         self.seed = seed
         if prior_tuning not in ("evidence", "validation"):
             raise ValueError(f"prior_tuning must be 'evidence' or 'validation', got {prior_tuning!r}")
-        self.evidence_options = EvidenceOptions.for_candidates(subset, structure, self.specs, prior_tuning)
+        self.evidence_options = EvidenceOptions.for_candidates(subset, structure, self.specs, prior_tuning, exact_ggn)
         self.batch_candidates = batch_candidates
         self.pool_subsample = pool_subsample
         self.n_classes = n_classes
@@ -375,6 +379,7 @@ class ActiveLearner:
                 "subset": self.evidence_options.subset,
                 "structure": self.evidence_options.structure,
                 "prior_tuning": self.evidence_options.prior_tuning,
+                "exact_ggn": self.evidence_options.exact_ggn,
                 "batch_candidates": self.batch_candidates,
                 "pool_subsample": self.pool_subsample,
                 "n_classes": self.n_classes,
@@ -406,7 +411,10 @@ class ActiveLearner:
             options["seed"],
         )
         self.evidence_options = EvidenceOptions(
-            options["subset"], options["structure"], options.get("prior_tuning", "evidence")
+            options["subset"],
+            options["structure"],
+            options.get("prior_tuning", "evidence"),
+            options.get("exact_ggn", True),
         )
         self.batch_candidates, self.pool_subsample = options["batch_candidates"], options["pool_subsample"]
         self.n_classes = options["n_classes"]

@@ -34,7 +34,7 @@ from bayes_models import (
     bayes_factor_table,
     prior_from_posterior,
 )
-from bayes_models.laplace import PriorTuning, fit_laplace, laplace_subset, tune_prior_on_validation
+from bayes_models.laplace import Laplace, PriorTuning, fit_laplace, laplace_subset, tune_prior_on_validation
 from bayes_models.metrics import nll
 from bayes_models.priors import check_prior_shapes
 from bayes_models.selection import BayesFactorRow, validation_table
@@ -147,10 +147,20 @@ class EvidenceOptions:
     """How a ``laplace`` candidate's prior precision is tuned: on the evidence (marglik or post hoc), or, after that,
     scaled by the factor of lowest NLL on a held-out validation split (:func:`fit_candidate`). A stated prior, a
     ``prior_from`` and a belief update are never tuned."""
+    exact_ggn: bool = True
+    """The evidence's log determinant under the exact GGN, computed in the labels' space (``Laplace.ggn_log_evidence``)
+    instead of under ``structure``, where it applies (``nn.Linear`` layers, an isotropic prior: not a belief update's
+    increment). KFAC's determinant penalised width and depth so much that the evidence picked networks that predict
+    worse (``benchmarks/evidence.py``)."""
 
     @classmethod
     def for_candidates(
-        cls, subset: str, structure: str, specs: Sequence[CandidateSpec], prior_tuning: str = "evidence"
+        cls,
+        subset: str,
+        structure: str,
+        specs: Sequence[CandidateSpec],
+        prior_tuning: str = "evidence",
+        exact_ggn: bool = True,
     ) -> EvidenceOptions:
         """``subset="auto"``: all weights when every candidate is a ``laplace`` network, whose marginal-likelihood
         training tunes the prior of every layer; else the last layer. A post-hoc all-weights evidence of networks
@@ -158,7 +168,7 @@ class EvidenceOptions:
         ECE 0.16–0.19), where the last-layer evidence kept the widest (ECE ≤ 0.06)."""
         if subset == "auto":
             subset = "all" if all(s.model.family == "laplace" for s in specs) else "last_layer"
-        return cls(subset, structure, prior_tuning)
+        return cls(subset, structure, prior_tuning, exact_ggn)
 
 
 @dataclass(frozen=True)
@@ -281,11 +291,22 @@ def evidence(model: Any, family: str, x: torch.Tensor, y: torch.Tensor, evidence
     if family == "vi":
         return Evidence(model.log_evidence(), "ELBO (lower bound)")
     if family == "laplace":
-        return Evidence(model.log_evidence(), f"Laplace log Z ({model.laplace.subset}, {structure})")
+        return laplace_evidence(model.laplace, x, evidence_options)
     subset = laplace_subset(model.network, evidence_options.subset, structure)
     device = next(model.network.parameters()).device
     laplace = fit_laplace(model.network, x.to(device), y.to(device), subset=subset, structure=structure)
-    return Evidence(laplace.log_evidence(), f"Laplace log Z ({subset}, {structure})")
+    return laplace_evidence(laplace, x, evidence_options)
+
+
+def laplace_evidence(laplace: Laplace, x: torch.Tensor, evidence_options: EvidenceOptions) -> Evidence:
+    """A fitted Laplace's log Z: under the exact GGN where asked and where it applies, else under its structure.
+    Above ``kernel.MAX_ROWS`` rows the exact GGN's determinant is taken in blocks: a lower bound, named so."""
+    if evidence_options.exact_ggn:
+        found = laplace.ggn_log_evidence(x.to(laplace.device, laplace.dtype))
+        if found is not None:
+            bound = "" if found.log_det.exact else f", lower bound of {found.log_det.blocks} blocks"
+            return Evidence(found.log_evidence, f"Laplace log Z ({laplace.subset}, exact GGN{bound})")
+    return Evidence(laplace.log_evidence(), f"Laplace log Z ({laplace.subset}, {laplace.structure})")
 
 
 def selection_criterion(specs: Sequence[CandidateSpec]) -> Literal["evidence", "validation_nll", "none"]:

@@ -16,12 +16,13 @@ named by ``structure``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from bayes_models.laplace import diag, full, kfac
+from bayes_models.laplace import diag, full, kernel, kfac
 from bayes_models.laplace._common import (
     LIKELIHOODS,
     STRUCTURES,
@@ -36,6 +37,15 @@ from bayes_models.laplace._common import (
     tensors_to,
 )
 from bayes_models.laplace.belief import GaussianBelief, Precision
+
+
+@dataclass(frozen=True)
+class KernelEvidence:
+    """:meth:`Laplace.ggn_log_evidence`: ``log Z`` under the exact GGN, and its log determinant."""
+
+    log_evidence: float
+    log_det: kernel.KernelLogDet
+
 
 _OPS: dict[str, Any] = {"full": full, "diag": diag, "kfac": kfac}
 _PRIOR_STRUCTURES = {"full": ("full", "diag", "kfac"), "diag": ("diag",), "kfac": ("kfac",)}
@@ -186,6 +196,26 @@ class Laplace:
     def log_evidence(self) -> float:
         """Laplace log marginal likelihood ``log Z`` (module docstring) under this structure."""
         return float(self.log_marginal_likelihood())
+
+    @torch.no_grad()
+    def ggn_log_evidence(self, x: torch.Tensor, *, max_rows: int = kernel.MAX_ROWS) -> KernelEvidence | None:
+        """``log Z`` with the exact GGN's log determinant (:mod:`.kernel`, the network's NTK on the data) in place of
+        this structure's: ``x`` must be the inputs :meth:`fit` saw. ``None`` where the kernel form does not apply:
+        a prior that is an earlier posterior (a belief update), a precision that varies within a layer, or weights
+        outside ``nn.Linear`` layers."""
+        fit = self._checked_fit()
+        if x.shape[0] != self.n_data:
+            raise ValueError(f"the evidence needs the {self.n_data} items the Laplace was fitted on; got {x.shape[0]}")
+        precisions = kernel.layer_precisions(self.subnet, self._prior_precision)
+        if self.prior_belief is not None or precisions is None or not kernel.covered(self.subnet):
+            return None
+        scale = float(self._sigma) ** -2 if self.likelihood == "regression" else 1.0
+        log_det = kernel.ggn_log_det(
+            self.subnet, x, self.mean, precisions, likelihood=self.likelihood, scale=scale, max_rows=max_rows
+        )
+        loglik = log_likelihood(fit, self.n_data * self.n_outputs, self.likelihood, self._sigma)
+        value = loglik - 0.5 * self._prior().quad(self.mean - self.prior_mean) - 0.5 * log_det.value
+        return KernelEvidence(float(value), log_det)
 
     def optimize_prior_precision(
         self,

@@ -28,7 +28,7 @@ def test_select_prints_bayes_factor_table(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    assert "Laplace log Z (last_layer, kfac)" in out
+    assert "Laplace log Z (last_layer, exact GGN)" in out
     lines = [line for line in out.splitlines() if "tiny" in line or "h64" in line]
     assert len(lines) == 2 and "selected" in lines[0]  # the selected candidate is listed first
 

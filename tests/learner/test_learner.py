@@ -95,7 +95,7 @@ def test_evidence_table_is_the_bayes_factor_table(wine):
     assert table.log_evidence[0] == best
     assert table.log_bayes_factor.tolist() == pytest.approx((best - table.log_evidence).tolist(), abs=1e-12)
     assert table.kass_raftery.tolist() == ["selected", kass_raftery(table.log_bayes_factor[1])]
-    assert set(table.kind) == {"evidence"} and set(table.evidence_kind) == {"Laplace log Z (last_layer, kfac)"}
+    assert set(table.kind) == {"evidence"} and set(table.evidence_kind) == {"Laplace log Z (last_layer, exact GGN)"}
     elbo = _learner(model="vi").fit(x, y).evidence_table()
     assert set(elbo.kind) == {"bound"} and set(elbo.evidence_kind) == {"ELBO (lower bound)"}
     assert all(math.isfinite(v) for v in elbo.log_evidence)
