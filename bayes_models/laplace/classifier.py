@@ -56,8 +56,12 @@ class LaplaceConfig(TrainingConfig):
     """Hyperparameter updates of marglik training, one every ``steps // marglik_updates`` steps (the first ends the
     burn-in)."""
     marglik_steps: int = 20
-    """Adam steps on ``log δ`` per update."""
+    """Adam steps on ``log δ`` per update (``"kfac"``), or most fixed-point iterations (``"exact_ggn"``)."""
     marglik_lr: float = 0.1
+    marglik_evidence: str = "exact_ggn"
+    """The ``log Z`` marglik updates maximise: ``"exact_ggn"``, the exact GGN's in kernel form on ``marglik_rows`` rows
+    (items × classes) drawn at each update, or ``"kfac"`` (Immer et al. 2021; see ``marglik_training``)."""
+    marglik_rows: int = 1024
     prior_std: float | None = None
     """A stated Gaussian prior ``N(0, prior_std²)`` on every weight: trained under and evidence computed under it,
     never tuned (``training`` is then not used). ``None``: the prior is tuned (``training``)."""
@@ -254,6 +258,8 @@ class LaplaceClassifier:
             every=every,
             hyper_steps=c.marglik_steps,
             hyper_lr=c.marglik_lr,
+            hyper_evidence=c.marglik_evidence,
+            hyper_rows=c.marglik_rows,
             prior_precision=c.prior_precision if fixed is None else fixed,
             prior_structure=c.prior_structure if fixed is None else "layerwise",
             tune_prior=fixed is None,

@@ -23,6 +23,7 @@ bound.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -92,6 +93,18 @@ def ggn_log_det(
     return KernelLogDet(value=total, exact=len(starts) == 1, blocks=len(starts))
 
 
+def _layer_kernels(
+    subnet: Subnet, inp: torch.Tensor, out: torch.Tensor, theta: torch.Tensor, likelihood: str
+) -> Iterator[torch.Tensor]:
+    """Per ``nn.Linear`` layer, ``K_l[NC, NC]`` (float64, rows ``(n, k)``) at weights ``theta``."""
+    n, c = out.shape
+    sqrt_hess = hessian_sqrt(out.double(), likelihood).to(out.dtype)
+    for a, g in backprop(subnet, inp, sqrt_hess, theta):
+        rows = g.transpose(0, 1).reshape(n * c, -1).double()  # [(n, k), O]
+        a = a.double()
+        yield (rows @ rows.T).view(n, c, n, c).mul_((a @ a.T)[:, None, :, None]).view(n * c, n * c)
+
+
 def _block_log_det(
     subnet: Subnet,
     inp: torch.Tensor,
@@ -101,22 +114,89 @@ def _block_log_det(
     likelihood: str,
     scale: float,
 ) -> float:
-    n, c = out.shape
-    sqrt_hess = hessian_sqrt(out.double(), likelihood).to(out.dtype)
-    kernel = torch.zeros(n * c, n * c, dtype=torch.float64, device=out.device)
-    grid = kernel.view(n, c, n, c)
-    for (a, g), delta in zip(backprop(subnet, inp, sqrt_hess, theta), precisions, strict=True):
-        rows = g.transpose(0, 1).reshape(n * c, -1).double()  # [(n, k), O]
-        a = a.double()
-        grid.add_((rows @ rows.T).view(n, c, n, c).mul_((a @ a.T)[:, None, :, None]), alpha=scale / delta)
-    kernel.diagonal().add_(1.0)
-    chol, info = torch.linalg.cholesky_ex(kernel)
-    if int(info) != 0:
-        raise FloatingPointError(f"the {n * c}-row GGN kernel is not positive definite (Cholesky failed at {info})")
-    value = 2.0 * float(chol.diagonal().log().sum())
+    kernel = None
+    for layer, delta in zip(_layer_kernels(subnet, inp, out, theta, likelihood), precisions, strict=True):
+        kernel = layer.mul_(scale / delta) if kernel is None else kernel.add_(layer, alpha=scale / delta)
+    value = 2.0 * float(_cholesky_plus_identity(kernel).diagonal().log().sum())
     if not math.isfinite(value):
         raise FloatingPointError("the GGN kernel's log determinant is not finite")
     return value
+
+
+def _cholesky_plus_identity(kernel: torch.Tensor) -> torch.Tensor:
+    """The Cholesky factor of ``I + K`` (in place on ``kernel``); a clear error where it is not positive definite."""
+    kernel.diagonal().add_(1.0)
+    chol, info = torch.linalg.cholesky_ex(kernel)
+    if int(info) != 0:
+        raise FloatingPointError(f"the {kernel.shape[0]}-row GGN kernel is not positive definite (Cholesky: {info})")
+    return chol
+
+
+class SubsetEvidence:
+    """The prior-dependent part of the exact-GGN ``log Z`` as a function of the layers' ``log δ``, estimated from
+    ``m`` of the ``n`` items (as many as fit in ``rows`` rows; all of them when they fit):
+
+        ``−½ Σ_l δ_l ‖θ_l‖² − ½ (n / m) log det(I + Σ_l K_l^{(m)} · scale / δ_l)``
+
+    the kernel of the ``m`` items standing for ``n / m`` blocks like it. A block ignores the covariance with the
+    other items, which by Fischer's inequality can only raise the determinant (exact for ``m = n``). It tunes the
+    prior during marginal-likelihood training at ``O(rows³)`` per step, whatever the width."""
+
+    def __init__(
+        self,
+        subnet: Subnet,
+        x: torch.Tensor,
+        *,
+        likelihood: str,
+        scale: float = 1.0,
+        rows: int = 1024,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        theta = subnet.vector()
+        n = x.shape[0]
+        with torch.no_grad():
+            n_outputs = subnet.forward(subnet.inputs(x[:1]), theta).shape[1]
+            m = min(n, max(1, rows // n_outputs))
+            chosen = torch.randperm(n, generator=generator)[:m].to(x.device)
+            inp = subnet.inputs(x[chosen])
+            out = subnet.forward(inp, theta)
+            self.kernels = torch.stack(list(_layer_kernels(subnet, inp, out, theta, likelihood))) * scale  # [L, r, r]
+        self.sq_norms = torch.stack([(w.double() ** 2).sum() for w in torch.split(theta, subnet.group_sizes)])
+        self.weight = n / m
+        self.exact = m == n
+
+    @torch.no_grad()
+    def value_and_gradient(self, log_delta: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """The estimate at ``log δ`` (a scalar, or one per layer) and its gradient, in closed form:
+        ``∂/∂ log δ_l = −½ δ_l ‖θ_l‖² + ½ γ_l`` with ``γ_l = (n / m) tr((I + K)⁻¹ K_l) · scale / δ_l``, the
+        layer's effective number of parameters (one Cholesky and one inverse)."""
+        delta, value, gamma = self._terms(log_delta)
+        gradient = -0.5 * delta * self.sq_norms + 0.5 * gamma
+        return value, (gradient if log_delta.dim() else gradient.sum()).to(log_delta.dtype)
+
+    @torch.no_grad()
+    def maximise(self, log_delta: torch.Tensor, iterations: int, tolerance: float = 1e-4) -> torch.Tensor:
+        """MacKay's fixed point ``δ_l ← γ_l / ‖θ_l‖²`` (``Σ_l γ_l / Σ_l ‖θ_l‖²`` for a scalar ``δ``), where the
+        gradient above is zero, from ``log δ`` for up to ``iterations`` or until ``log δ`` moves less than
+        ``tolerance``; returns the new ``log δ``. A few iterations reach what 20 Adam steps approached."""
+        for _ in range(iterations):
+            _, _, gamma = self._terms(log_delta)
+            ratio = gamma / self.sq_norms if log_delta.dim() else gamma.sum() / self.sq_norms.sum()
+            new = ratio.log().to(log_delta.dtype)
+            moved = float((new - log_delta).abs().max())
+            log_delta = new
+            if moved < tolerance:
+                break
+        return log_delta
+
+    def _terms(self, log_delta: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor]:
+        """``(δ per layer, the estimate, γ per layer)`` at ``log δ``."""
+        delta = log_delta.double().exp().expand(self.kernels.shape[0])
+        chol = _cholesky_plus_identity(torch.einsum("l,lij->ij", 1.0 / delta, self.kernels))
+        log_det = 2.0 * chol.diagonal().log().sum()
+        traces = torch.einsum("ij,lij->l", torch.cholesky_inverse(chol), self.kernels)
+        value = -0.5 * (delta * self.sq_norms).sum() - 0.5 * self.weight * log_det
+        return delta, float(value), self.weight * traces / delta
 
 
 def _weight_space_log_det(
