@@ -435,6 +435,9 @@ def fit_candidate(
         log_z += model.log_evidence()
     seconds = time.perf_counter() - start
     kind = previous["evidence_kind"]
+    increments = " + updates under the structure's"  # a belief update's prior is a posterior: no kernel form
+    if new and update == "belief" and "exact GGN" in kind and increments not in kind:
+        kind += increments
     elbo = _elbo(model) if new else None
     return FittedCandidate(
         spec.name, family, model, log_z, kind, seconds, {**seen, **labels}, len(new), elbo=elbo, steps=steps

@@ -111,9 +111,12 @@ def test_teach_retrains_on_every_label_or_updates_beliefs_on_the_new_ones(wine):
 
     belief = _learner(model="laplace", update="belief", update_steps=20).fit(x, y)
     log_z = belief.evidence_table().set_index("candidate").log_evidence
+    assert set(belief.evidence_table().evidence_kind) == {"Laplace log Z (all, exact GGN)"}
     belief.teach(pool[:6], pool_y[:6])
     table = belief.evidence_table().set_index("candidate")
     assert set(table.n_fitted) == {6}
+    # the increment log p(D_new | D_old) has a posterior for its prior: under the KFAC structure, and labelled so
+    assert set(table.evidence_kind) == {"Laplace log Z (all, exact GGN) + updates under the structure's"}
     assert (table.log_evidence < log_z[table.index]).all()  # log p(D_old) + log p(D_new | D_old), each term < 0
     # A relabelled item: the old posterior holds its old label, so the candidates retrain on everything.
     belief.teach(x[:1], [(int(y[0]) + 1) % 3], ids=["000000000000"])
