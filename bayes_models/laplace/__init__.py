@@ -2,6 +2,7 @@
 
 ``Laplace(net, "classification", subset="last_layer", structure="kfac").fit(x, y)`` →
 ``optimize_prior_precision()`` → ``predict(x)`` / ``predictive_samples(x, S)`` → ``log_evidence()``;
+``ggn_log_evidence(x)`` is log Z with the exact GGN's determinant, computed over the data (:mod:`.kernel`);
 ``posterior()`` is the next round's prior: ``fit(x_new, y_new, prior=prior_from_posterior(posterior))``.
 ``marglik_training(net, x, y, ...)`` trains a network and its layer-wise prior precisions together (Immer et al. 2021);
 ``tune_prior_on_validation(laplace, x_val, y_val)`` tunes the prior precision on a validation split's NLL instead.

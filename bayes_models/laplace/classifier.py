@@ -320,6 +320,8 @@ class LaplaceClassifier:
         return self.predictor().predict(x, link=link, n_samples=n_samples, generator=generator)
 
     def log_evidence(self) -> float:
+        """The Laplace log Z under its structure; under the exact GGN it needs the training inputs:
+        ``self.laplace.ggn_log_evidence(x)`` (what model selection uses)."""
         return self._fitted().log_evidence()
 
     def posterior(self) -> GaussianBelief:
