@@ -203,7 +203,7 @@ def _flow_context(meanwhile: Callable[[], object] | None = None):
         with SyncClientContext.get_or_create():
             yield
         return
-    from prefect.server.api.server import SubprocessASGIServer
+    from flows.prefect_server import TemporaryServer
 
     # The environment's value, applied even when Prefect's settings were loaded before _prefect_defaults ran.
     timeout = int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
@@ -211,7 +211,7 @@ def _flow_context(meanwhile: Callable[[], object] | None = None):
 
     def start() -> None:
         try:
-            SubprocessASGIServer().start(timeout=timeout)  # the one flow runs use
+            TemporaryServer().start(timeout=timeout)  # the one flow runs use
         except BaseException as error:  # handed to the caller's thread
             failures.append(error)
 

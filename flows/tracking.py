@@ -7,7 +7,10 @@ ids: fluent ``mlflow.log_*`` calls from Prefect worker threads would not see the
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
+import sqlite3
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +20,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from data.store import database_url
+from data.store import database_url, sqlite_file
 
 ROLE, ROUND = "beliefloop.role", "beliefloop.round"
 EXPERIMENT_KIND = "mlflow.experimentKind"
@@ -33,8 +36,33 @@ ENTRY_BATCH, PARAM_BATCH = 1000, 100
 def tracking_client(tracking_uri: str) -> MlflowClient:
     """One client per tracking store and process: opening a SQL store costs seconds (engine, schema check), and
     a process running many rounds (a simulated campaign, a served deployment) would pay it every round. A bare
-    ``postgresql://`` URI gets the installed driver (``data.store.database_url``)."""
+    ``postgresql://`` URI gets the installed driver (``data.store.database_url``). A SQLite store is switched to
+    write-ahead logging (:func:`use_wal`)."""
+    path = sqlite_file(tracking_uri)
+    if path is not None:
+        use_wal(path)
     return MlflowClient(tracking_uri=database_url(tracking_uri))
+
+
+def use_wal(path: Path) -> None:
+    """Put the SQLite database at ``path`` (created empty when missing; MLflow then creates its tables) in WAL
+    mode, which the file keeps for every later connection, MLflow's included: a commit then syncs the log once
+    instead of a rollback journal's several (2.4 vs 9.9 ms a commit here), and a round makes ~35 commits to the
+    tracking store. Best effort: a database another process holds locked keeps its mode.
+
+    At exit the log is folded back into the file (:func:`_checkpoint`), so the file alone holds everything: DVC
+    caches ``workspace/mlflow.db`` without its ``-wal``."""
+    if not path.parent.is_dir():
+        return  # MLflow says what is wrong with the URI
+    with contextlib.suppress(sqlite3.OperationalError), contextlib.closing(sqlite3.connect(path, timeout=5)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+    atexit.register(_checkpoint, path)
+
+
+def _checkpoint(path: Path) -> None:
+    """Copy the write-ahead log of the SQLite database at ``path`` into it and empty the log."""
+    with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(path, timeout=5)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 class CampaignTracker:

@@ -37,12 +37,14 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_server():
-    """One Prefect server for the whole session, shared by in-process flows and every CLI subprocess (through
-    ``PREFECT_API_URL``): otherwise each ``beliefloop`` subprocess starts a temporary server of its own (7-20 s)."""
-    from prefect.server.api.server import SubprocessASGIServer
+    """One Prefect server for the whole session (the CLI's temporary server, ``flows.prefect_server``), shared by
+    in-process flows and every CLI subprocess (through ``PREFECT_API_URL``): otherwise each ``beliefloop``
+    subprocess starts a temporary server of its own (7-20 s)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    server = SubprocessASGIServer()
+    from flows.prefect_server import TemporaryServer
+
+    server = TemporaryServer()
     server.start(timeout=300)
     os.environ["PREFECT_API_URL"] = server.api_url
     try:

@@ -1,8 +1,13 @@
 """The campaign tracker against a real MLflow SQLite store, read back by an independent client."""
 
+import shutil
+import sqlite3
+import subprocess
+import sys
+
 from mlflow.tracking import MlflowClient
 
-from flows.tracking import CampaignTracker
+from flows.tracking import CampaignTracker, tracking_client
 
 
 def test_one_batch_per_round_within_mlflow_limits_and_nothing_logged_twice(tmp_path):
@@ -21,3 +26,35 @@ def test_one_batch_per_round_within_mlflow_limits_and_nothing_logged_twice(tmp_p
     assert run.data.tags["beliefloop.selected"] == "a"
     history = MlflowClient(tracking_uri=uri).get_metric_history(run_id, "m0")
     assert sorted((m.step, m.value) for m in history) == [(1, 0.0), (2, 6.0)]  # the first value at a step stands
+
+
+def test_a_sqlite_tracking_store_is_created_in_wal_mode_and_read_by_any_client(tmp_path):
+    """The workspace's MLflow database keeps write-ahead logging (fewer syncs per commit) in the file itself, and
+    a client that knows nothing of it (another process, ``mlflow ui``) reads what was logged."""
+    database = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{database}"
+    assert tracking_client(uri) is tracking_client(uri)
+    tracker = CampaignTracker(uri, (tmp_path / "artifacts").as_uri(), "c")
+    run_id = tracker.round_run(tracker.campaign_run({"seed": 0}), 1)
+    tracker.log_batch(run_id, {"test_accuracy": 0.5}, step=1)
+    assert sqlite3.connect(database).execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics == {"test_accuracy": 0.5}
+
+
+def test_the_tracking_database_file_alone_holds_what_a_finished_process_logged(tmp_path):
+    """DVC caches ``workspace/mlflow.db`` without its write-ahead log: after a process that logged a metric has
+    exited, a copy of the file alone has the metric. The process freezes its objects as the CLI does (``gc.freeze``),
+    so MLflow's connections are never closed (which would fold the log in by themselves)."""
+    database = tmp_path / "mlflow.db"
+    code = (
+        "from flows.tracking import CampaignTracker\n"
+        f"tracker = CampaignTracker('sqlite:///{database}', '{(tmp_path / 'artifacts').as_uri()}', 'c')\n"
+        "tracker.log_batch(tracker.round_run(tracker.campaign_run({}), 1), {'test_accuracy': 0.75}, step=1)\n"
+        "import gc; gc.freeze()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    copy = tmp_path / "copy" / "mlflow.db"
+    copy.parent.mkdir()
+    shutil.copy(database, copy)
+    rows = sqlite3.connect(copy).execute("SELECT key, value FROM metrics").fetchall()
+    assert rows == [("test_accuracy", 0.75)]

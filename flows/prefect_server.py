@@ -1,0 +1,128 @@
+"""Prefect's temporary server, less a 2 s stall when a task run starts.
+
+Every task run with tags asks the server for tag-concurrency slots (``POST …/concurrency_limits/increment-with-lease``).
+On SQLite that endpoint reads, then writes, in one deferred transaction; when the server commits another write in
+between — the task run's own record, written from its events at that moment — SQLite refuses the upgrade at once
+("database is locked", ``SQLITE_BUSY``/``SQLITE_BUSY_SNAPSHOT``), the server answers 503, and Prefect's client
+tries again 2 s later (±20%). Measured on MNIST rounds: one or two such stalls in most rounds. Here the server
+retries those requests itself after milliseconds: a refused transaction changed nothing, so a retry is what the
+client would have done, without the wait. A server set by ``PREFECT_API_URL`` is the user's and left as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from prefect.server.api.server import SubprocessASGIServer
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+RETRIED_PATHS = ("/concurrency_limits/increment-with-lease", "/concurrency_limits/increment")
+"""The requests retried on 503: tag-concurrency acquisitions, which every task run with tags makes."""
+
+RETRY_DELAYS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32)
+"""Seconds before each retry (0.64 s in all); after the last, the 503 goes to the client, which waits 2 s."""
+
+
+class RetryLockedAcquisitions:
+    """ASGI middleware: a tag-concurrency acquisition (:data:`RETRIED_PATHS`) answered 503 is run again after
+    :data:`RETRY_DELAYS`; other requests pass through untouched.
+
+    The server answers 503 only for errors a client may retry (a database lock): the refused transaction was
+    rolled back, so running the request again is safe."""
+
+    def __init__(self, app: ASGIApp, delays: tuple[float, ...] = RETRY_DELAYS) -> None:
+        self.app = app
+        self.delays = delays
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith(RETRIED_PATHS):
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        for delay in (*self.delays, None):
+            messages: list[Message] = []
+            error = None
+            try:
+                await self.app(dict(scope), _replay(body, receive), _collect(messages))  # routing edits its scope
+            except Exception as raised:
+                # Starlette re-raises a handled error after sending its response (the 503 among them), for the
+                # server's log: what counts is what was sent, and the error is raised again when it is answered.
+                if not messages:
+                    raise
+                error = raised
+            if delay is None or messages[0].get("status") != 503:
+                break
+            await asyncio.sleep(delay)
+        for message in messages:
+            await send(message)
+        if error is not None:
+            raise error
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if message["type"] != "http.request" or not message.get("more_body", False):  # whole, or the client left
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The request's body once, then the connection's own messages (a disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+def _collect(messages: list[Message]) -> Send:
+    async def collect(message: Message) -> None:
+        messages.append(message)
+
+    return collect
+
+
+def create_app() -> ASGIApp:
+    """Prefect's server application (as ``prefect server start`` and the temporary server build it), wrapped in
+    :class:`RetryLockedAcquisitions`; uvicorn's ``--factory``."""
+    from prefect.server.api.server import create_app as prefect_app
+
+    return RetryLockedAcquisitions(prefect_app())
+
+
+class TemporaryServer(SubprocessASGIServer):
+    """Prefect's temporary server (``SubprocessASGIServer``: same port choice, start-up wait and stop at exit, and
+    the instance every Prefect client finds when no ``PREFECT_API_URL`` is set) serving :func:`create_app`."""
+
+    def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
+        from prefect.settings import get_current_settings
+
+        env = {
+            **os.environ,
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+            **get_current_settings().to_environment_variables(exclude_unset=True),
+        }
+        command = [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(__file__).resolve().parents[1])]
+        command += ["--factory", f"{__name__}:create_app", "--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--log-level", "error", "--lifespan", "on"]
+        return subprocess.Popen(command, env=env)

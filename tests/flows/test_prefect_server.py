@@ -1,0 +1,85 @@
+"""The temporary Prefect server (``flows.prefect_server``): a tag-concurrency acquisition answered 503 (a locked
+SQLite database) is retried by the server after milliseconds instead of by Prefect's client after 2 s."""
+
+import asyncio
+import json
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+
+from flows.prefect_server import RetryLockedAcquisitions
+
+ACQUIRE = "/api/v2/concurrency_limits/increment-with-lease"
+
+
+class Locked(Exception):
+    """Stands for SQLite's "database is locked", which Prefect's exception handler answers 503."""
+
+
+def _app(locked_times: int, bodies: list) -> Starlette:
+    """An app shaped like Prefect's server: routes mounted under ``/api``, and an exception handler answering 503
+    (which Starlette re-raises after sending). The endpoint is locked ``locked_times`` times, then answers."""
+
+    async def acquire(request: Request) -> JSONResponse:
+        bodies.append(await request.json())
+        if len(bodies) <= locked_times:
+            raise Locked
+        return JSONResponse({"limits": [], "tries": len(bodies)})
+
+    async def locked(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"exception_message": "Service Unavailable"}, status_code=503)
+
+    api = Starlette(
+        routes=[Route(ACQUIRE.removeprefix("/api"), acquire, methods=["POST"])], exception_handlers={Exception: locked}
+    )
+    return Starlette(routes=[Mount("/api", app=api)])
+
+
+def _post(app, path: str = ACQUIRE) -> httpx.Response:
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://server") as client:
+            return await client.post(path, json={"names": ["tag:round:3"], "slots": 1})
+
+    return asyncio.run(post())
+
+
+def test_a_locked_acquisition_is_answered_once_the_lock_is_gone():
+    bodies: list = []
+    response = _post(RetryLockedAcquisitions(_app(locked_times=3, bodies=bodies)))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"limits": [], "tries": 4}
+    assert bodies == [{"names": ["tag:round:3"], "slots": 1}] * 4  # the same request each time
+
+
+def test_without_the_retry_the_client_gets_the_503():
+    assert _post(_app(locked_times=1, bodies=[])).status_code == 503
+
+
+def test_a_lock_that_outlasts_the_retries_reaches_the_client_as_503():
+    bodies: list = []
+    response = _post(RetryLockedAcquisitions(_app(locked_times=100, bodies=bodies), delays=(0.001, 0.001)))
+    assert response.status_code == 503
+    assert json.loads(response.text) == {"exception_message": "Service Unavailable"}
+    assert len(bodies) == 3
+
+
+def test_other_requests_are_not_retried():
+    bodies: list = []
+    app = RetryLockedAcquisitions(_app(locked_times=1, bodies=bodies))
+    assert _post(app, "/api/v2/concurrency_limits/decrement-with-lease").status_code == 404
+    assert _post(app).status_code == 200
+    assert len(bodies) == 2
+
+
+def test_the_temporary_server_serves_the_retrying_app(prefect_server):
+    """The tests' Prefect server is the CLI's temporary server: its process runs this module's app factory."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the instance every Prefect client finds
+    assert prefect_server == server.api_url
+    assert "flows.prefect_server:create_app" in server.server_process.args
+    assert httpx.get(f"{prefect_server}/health", timeout=10).status_code == 200
