@@ -11,8 +11,11 @@ their item id and reason, and the good rows are all written — or, on a databas
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import json
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -284,6 +287,24 @@ def sqlite_file(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
 
 
+_CHECKPOINTED: set[Path] = set()
+
+
+def checkpoint_at_exit(path: Path) -> None:
+    """At exit, fold the write-ahead log of the SQLite database at ``path`` back into the file and empty it (once
+    per file and process): a process that exits with connections open leaves its last commits in ``-wal``, and DVC
+    caches the database file alone."""
+    path = path.resolve()
+    if path not in _CHECKPOINTED:
+        _CHECKPOINTED.add(path)
+        atexit.register(_checkpoint, path)
+
+
+def _checkpoint(path: Path) -> None:
+    with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(path, timeout=5)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
 class LabelStore:
     """Campaign state in one database. Safe to share between processes (transactions, WAL).
 
@@ -295,6 +316,7 @@ class LabelStore:
     def __init__(self, url: str, *, busy_timeout: float = 30.0, attempts: int = 3) -> None:
         if (path := sqlite_file(url)) is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+            checkpoint_at_exit(path)
         self.url = database_url(url)
         self.busy_timeout, self.attempts = busy_timeout, max(1, attempts)
         self.engine: Engine = sa.create_engine(self.url)

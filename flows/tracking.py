@@ -7,7 +7,6 @@ ids: fluent ``mlflow.log_*`` calls from Prefect worker threads would not see the
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import sqlite3
@@ -20,7 +19,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from data.store import database_url, sqlite_file
+from data.store import checkpoint_at_exit, database_url, sqlite_file
 
 ROLE, ROUND = "beliefloop.role", "beliefloop.round"
 EXPERIMENT_KIND = "mlflow.experimentKind"
@@ -50,19 +49,13 @@ def use_wal(path: Path) -> None:
     instead of a rollback journal's several (2.4 vs 9.9 ms a commit here), and a round makes ~35 commits to the
     tracking store. Best effort: a database another process holds locked keeps its mode.
 
-    At exit the log is folded back into the file (:func:`_checkpoint`), so the file alone holds everything: DVC
-    caches ``workspace/mlflow.db`` without its ``-wal``."""
+    At exit the log is folded back into the file (:func:`data.store.checkpoint_at_exit`), so the file alone holds
+    everything: DVC caches ``workspace/mlflow.db`` without its ``-wal``."""
     if not path.parent.is_dir():
         return  # MLflow says what is wrong with the URI
     with contextlib.suppress(sqlite3.OperationalError), contextlib.closing(sqlite3.connect(path, timeout=5)) as db:
         db.execute("PRAGMA journal_mode=WAL")
-    atexit.register(_checkpoint, path)
-
-
-def _checkpoint(path: Path) -> None:
-    """Copy the write-ahead log of the SQLite database at ``path`` into it and empty the log."""
-    with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(path, timeout=5)) as db:
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    checkpoint_at_exit(path)
 
 
 class CampaignTracker:
