@@ -6,6 +6,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -111,3 +112,19 @@ def postgres_database(postgres_server):
 
     yield new
     admin.dispose()
+
+
+@pytest.fixture()
+def database_file_after_exit(tmp_path):
+    """``run(code, database)``: run ``code`` in a new Python process that ends with ``gc.freeze()`` (as the CLI
+    does, so its database connections are never closed), then return a copy of the SQLite file ``database`` alone,
+    without its write-ahead log: what DVC caches."""
+
+    def run(code: str, database: Path) -> Path:
+        subprocess.run([sys.executable, "-c", code + "import gc; gc.freeze()\n"], check=True, timeout=300)
+        copy = tmp_path / "copy" / database.name
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copy(database, copy)
+        return copy
+
+    return run

@@ -39,11 +39,14 @@ MAX_ROWS = 16_384
 
 @dataclass(frozen=True)
 class KernelLogDet:
-    """``log det(I + Σ_l K_l / δ_l)`` and whether it is exact (one block) or an upper bound (several)."""
+    """``log det(I + Σ_l K_l / δ_l)`` over ``blocks`` blocks of items: exact for one, an upper bound for several."""
 
     value: float
-    exact: bool
     blocks: int
+
+    @property
+    def exact(self) -> bool:
+        return self.blocks == 1
 
 
 def covered(subnet: Subnet) -> bool:
@@ -83,14 +86,14 @@ def ggn_log_det(
     out = subnet.forward(inp, theta)
     n, c = out.shape
     if subnet.n_params <= min(n * c, full.MAX_PARAMS):  # fewer weights than rows: the dense GGN is the cheaper
-        return KernelLogDet(_weight_space_log_det(subnet, inp, out, precisions, likelihood, scale), True, 1)
+        return KernelLogDet(_weight_space_log_det(subnet, inp, out, precisions, likelihood, scale), blocks=1)
     per_block = max(1, max_rows // c)
     starts = range(0, n, per_block)
     total = 0.0
     for start in starts:
         block = slice(start, start + per_block)
         total += _block_log_det(subnet, inp[block], out[block], theta, precisions, likelihood, scale)
-    return KernelLogDet(value=total, exact=len(starts) == 1, blocks=len(starts))
+    return KernelLogDet(value=total, blocks=len(starts))
 
 
 def _layer_kernels(
@@ -163,7 +166,11 @@ class SubsetEvidence:
             self.kernels = torch.stack(list(_layer_kernels(subnet, inp, out, theta, likelihood))) * scale  # [L, r, r]
         self.sq_norms = torch.stack([(w.double() ** 2).sum() for w in torch.split(theta, subnet.group_sizes)])
         self.weight = n / m
-        self.exact = m == n
+        """``n / m``: each item drawn stands for this many (1: all items, the exact estimate)."""
+
+    @property
+    def exact(self) -> bool:
+        return self.weight == 1
 
     @torch.no_grad()
     def value_and_gradient(self, log_delta: torch.Tensor) -> tuple[float, torch.Tensor]:

@@ -126,14 +126,16 @@ def marglik_training(
             optimizer.step()
             losses.append(loss.detach())
             laplace = None
-            if tune_prior and step >= burnin and step % every == 0 and hyper_evidence == "exact_ggn":
+            if not (tune_prior and step >= burnin and step % every == 0):
+                continue
+            if hyper_evidence == "exact_ggn":
                 objective = SubsetEvidence(
                     subnet, x, likelihood=likelihood, scale=ggn_scale, rows=hyper_rows, generator=generator
                 )
                 with torch.no_grad():
                     log_delta.copy_(objective.maximise(log_delta.detach(), hyper_steps))
                 history.append(objective.value_and_gradient(log_delta.detach())[0])
-            elif tune_prior and step >= burnin and step % every == 0:
+            else:
                 laplace = laplace_at(log_delta.detach().exp())
                 for _ in range(hyper_steps):
                     hyper_optimizer.zero_grad(set_to_none=True)

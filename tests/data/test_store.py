@@ -1,9 +1,6 @@
 """Label store and queue on real SQLite and PostgreSQL databases: uniqueness, transactions, rejection reports."""
 
 import multiprocessing
-import shutil
-import subprocess
-import sys
 
 import pytest
 import sqlalchemy as sa
@@ -289,7 +286,7 @@ def test_processes_opening_the_same_new_store_at_once_all_succeed(tmp_path):
         assert [worker.exitcode for worker in workers] == [0] * 4
 
 
-def test_the_database_file_alone_holds_what_a_finished_process_wrote(tmp_path):
+def test_the_database_file_alone_holds_what_a_finished_process_wrote(tmp_path, database_file_after_exit):
     """DVC caches ``workspace/labels.db`` without its write-ahead log: after a process that added items has exited
     with its connections open (objects frozen, as the CLI does), a copy of the file alone has them."""
     database = tmp_path / "labels.db"
@@ -298,10 +295,6 @@ def test_the_database_file_alone_holds_what_a_finished_process_wrote(tmp_path):
         f"store = LabelStore('sqlite:///{database}')\n"
         "store.create_campaign('c', 'digits', ['a', 'b'])\n"
         "store.add_items('c', ['i1', 'i2'], ['pool', 'pool'], [0, 1])\n"
-        "import gc; gc.freeze()\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
-    copy = tmp_path / "copy" / "labels.db"
-    copy.parent.mkdir()
-    shutil.copy(database, copy)
+    copy = database_file_after_exit(code, database)
     assert LabelStore(f"sqlite:///{copy}").item_rows("c") == {"i1": 0, "i2": 1}

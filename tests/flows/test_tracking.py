@@ -1,9 +1,6 @@
 """The campaign tracker against a real MLflow SQLite store, read back by an independent client."""
 
-import shutil
 import sqlite3
-import subprocess
-import sys
 
 from mlflow.tracking import MlflowClient
 
@@ -41,7 +38,7 @@ def test_a_sqlite_tracking_store_is_created_in_wal_mode_and_read_by_any_client(t
     assert MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics == {"test_accuracy": 0.5}
 
 
-def test_the_tracking_database_file_alone_holds_what_a_finished_process_logged(tmp_path):
+def test_the_tracking_database_file_alone_holds_what_a_finished_process_logged(tmp_path, database_file_after_exit):
     """DVC caches ``workspace/mlflow.db`` without its write-ahead log: after a process that logged a metric has
     exited, a copy of the file alone has the metric. The process freezes its objects as the CLI does (``gc.freeze``),
     so MLflow's connections are never closed (which would fold the log in by themselves)."""
@@ -50,11 +47,7 @@ def test_the_tracking_database_file_alone_holds_what_a_finished_process_logged(t
         "from flows.tracking import CampaignTracker\n"
         f"tracker = CampaignTracker('sqlite:///{database}', '{(tmp_path / 'artifacts').as_uri()}', 'c')\n"
         "tracker.log_batch(tracker.round_run(tracker.campaign_run({}), 1), {'test_accuracy': 0.75}, step=1)\n"
-        "import gc; gc.freeze()\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
-    copy = tmp_path / "copy" / "mlflow.db"
-    copy.parent.mkdir()
-    shutil.copy(database, copy)
+    copy = database_file_after_exit(code, database)
     rows = sqlite3.connect(copy).execute("SELECT key, value FROM metrics").fetchall()
     assert rows == [("test_accuracy", 0.75)]
