@@ -810,8 +810,8 @@ def select(
 
         rows = select_models(settings, labels)
     by = "validation NLL" if rows[0]["criterion"] == "validation_nll" else rows[0]["evidence_kind"]
-    table = Table(title=f"Model selection on {settings.dataset.name} ({by}; {rows[0]['n_test']} test items)")
-    columns = ("candidate", "log Z", "log BF", "val NLL", "Kass–Raftery", "test NLL", "test acc", "fit s")
+    table = Table(title=f"Model selection on {settings.dataset.name} ({rows[0]['n_test']} test items)")
+    columns = ("candidate", "log ev", "log BF", "val NLL", "Kass–Raftery", "test NLL", "test acc", "fit s")
     for column in columns:
         table.add_column(column, justify="left" if column in ("candidate", "Kass–Raftery") else "right")
 
@@ -829,6 +829,7 @@ def select(
             f"{row.get('test_accuracy', float('nan')):.3f}",
             f"{row['train_seconds']:.2f}",
         )
+    console.print(f"Candidates compared by {by}", soft_wrap=True)
     console.print(table)
 
 

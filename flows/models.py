@@ -25,7 +25,9 @@ def model_options(settings: Settings) -> ModelOptions:
 
 def evidence_options(settings: Settings) -> EvidenceOptions:
     s = settings.selection
-    return EvidenceOptions.for_candidates(s.subset, s.structure, candidate_specs(settings), s.prior_tuning, s.exact_ggn)
+    return EvidenceOptions.for_candidates(
+        s.subset, s.structure, candidate_specs(settings), s.prior_tuning, s.exact_ggn, s.condition_on
+    )
 
 
 def candidate_specs(settings: Settings) -> list[CandidateSpec]:
@@ -147,6 +149,7 @@ def learner_for(settings: Settings, *, n_classes: int | None = None) -> ActiveLe
         structure=settings.selection.structure,
         prior_tuning=settings.selection.prior_tuning,
         exact_ggn=settings.selection.exact_ggn,
+        condition_on=settings.selection.condition_on,
         batch_candidates=a.batch_candidates,
         pool_subsample=a.pool_subsample,
         n_classes=n_classes,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from acquisition import BATCH_ACQUISITIONS, get_acquisition
-from bayes_models.laplace import PriorTuning
+from bayes_models.laplace import CONDITIONED, PriorTuning
 from learner.candidates import (
     BELIEF_FAMILIES,
     CandidateSpec,
@@ -116,6 +116,9 @@ class ActiveLearner:
     exact_ggn : bool
         The evidence's log determinant under the exact GGN (kernel form over the labels) where it applies, instead
         of under ``structure`` (:class:`learner.candidates.EvidenceOptions`).
+    condition_on : float
+        With ``exact_ggn``, candidates are compared by the evidence of the labels outside a seeded fraction of them
+        given that fraction, ``log p(D₂|D₁)``; 0: by the marginal likelihood ``log Z``.
     batch_candidates : int
         BatchBALD picks among this many of the pool's best items by BALD.
     pool_subsample : int, optional
@@ -144,6 +147,7 @@ class ActiveLearner:
         structure: str = "kfac",
         prior_tuning: str = "evidence",
         exact_ggn: bool = True,
+        condition_on: float = CONDITIONED,
         batch_candidates: int = 1000,
         pool_subsample: int | None = None,
         n_classes: int | None = None,
@@ -168,7 +172,9 @@ class ActiveLearner:
         self.seed = seed
         if prior_tuning not in ("evidence", "validation"):
             raise ValueError(f"prior_tuning must be 'evidence' or 'validation', got {prior_tuning!r}")
-        self.evidence_options = EvidenceOptions.for_candidates(subset, structure, self.specs, prior_tuning, exact_ggn)
+        self.evidence_options = EvidenceOptions.for_candidates(
+            subset, structure, self.specs, prior_tuning, exact_ggn, condition_on
+        )
         self.batch_candidates = batch_candidates
         self.pool_subsample = pool_subsample
         self.n_classes = n_classes
@@ -380,6 +386,7 @@ class ActiveLearner:
                 "structure": self.evidence_options.structure,
                 "prior_tuning": self.evidence_options.prior_tuning,
                 "exact_ggn": self.evidence_options.exact_ggn,
+                "condition_on": self.evidence_options.condition_on,
                 "batch_candidates": self.batch_candidates,
                 "pool_subsample": self.pool_subsample,
                 "n_classes": self.n_classes,
@@ -415,6 +422,7 @@ class ActiveLearner:
             options["structure"],
             options.get("prior_tuning", "evidence"),
             options.get("exact_ggn", True),
+            options.get("condition_on", 0.0),  # saved before conditioning existed: log Z
         )
         self.batch_candidates, self.pool_subsample = options["batch_candidates"], options["pool_subsample"]
         self.n_classes = options["n_classes"]

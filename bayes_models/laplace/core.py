@@ -41,11 +41,17 @@ from bayes_models.laplace.belief import GaussianBelief, Precision
 
 @dataclass(frozen=True)
 class KernelEvidence:
-    """:meth:`Laplace.ggn_log_evidence`: ``log Z`` under the exact GGN, and its log determinant."""
+    """:meth:`Laplace.ggn_log_evidence` (``log Z``) or :meth:`Laplace.ggn_conditional_log_evidence`
+    (``log p(D₂|D₁)``) under the exact GGN, and its log determinant (its increment over ``D₁``'s)."""
 
     log_evidence: float
     log_det: kernel.KernelLogDet
+    log_z: float
+    """``log Z`` of all the items (``log_evidence`` itself unless conditioned): the same factorisation gives both."""
 
+
+CONDITIONED = 0.5
+"""The fraction of the items :meth:`Laplace.ggn_conditional_log_evidence` conditions on by default."""
 
 _OPS: dict[str, Any] = {"full": full, "diag": diag, "kfac": kfac}
 _PRIOR_STRUCTURES = {"full": ("full", "diag", "kfac"), "diag": ("diag",), "kfac": ("kfac",)}
@@ -204,18 +210,83 @@ class Laplace:
         a prior that is an earlier posterior (a belief update), a precision that varies within a layer, or weights
         outside ``nn.Linear`` layers."""
         fit = self._checked_fit()
-        if x.shape[0] != self.n_data:
-            raise ValueError(f"the evidence needs the {self.n_data} items the Laplace was fitted on; got {x.shape[0]}")
-        precisions = kernel.layer_precisions(self.subnet, self._prior_precision)
-        if self.prior_belief is not None or precisions is None or not kernel.covered(self.subnet):
+        precisions = self._kernel_precisions(x)
+        if precisions is None:
             return None
         scale = float(self._sigma) ** -2 if self.likelihood == "regression" else 1.0
         log_det = kernel.ggn_log_det(
             self.subnet, x, self.mean, precisions, likelihood=self.likelihood, scale=scale, max_rows=max_rows
         )
+        value = self._kernel_log_z(fit, log_det)
+        return KernelEvidence(value, log_det, value)
+
+    @torch.no_grad()
+    def ggn_conditional_log_evidence(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        conditioned: float = CONDITIONED,
+        seed: int = 0,
+        max_rows: int = kernel.MAX_ROWS,
+    ) -> KernelEvidence | None:
+        """``log p(D₂ | D₁) ≈ log Z(D) − log Z(D₁)``, both exact-GGN Laplace evidences at ``θ*`` under the same prior:
+        the evidence of the items outside ``D₁`` given ``D₁``: a ``conditioned`` fraction of ``(x, y)`` (the items
+        :meth:`fit` saw), the first of ``torch.randperm(N)`` drawn from a generator seeded with ``seed``. The prior's
+        term cancels, leaving ``log p(D₂|θ*)`` less the Occam factor of ``D₂`` given ``D₁``,
+        ``½ [log det(I + K) − log det(I + K₁₁)]`` (:func:`.kernel.ggn_log_det`).
+
+        ``log Z(D₁)`` is taken at ``θ*``, not at ``D₁``'s own mode, which flatters ``D₂``'s fit: for a linear-Gaussian
+        model by ``½ ΔᵀH₁Δ``, ``Δ`` the move between the two modes. Subtracting its one-Newton-step estimate
+        ``½ gᵀH₁⁻¹g`` (``g = ∇ log p(D₂|θ*)``) ranked MNIST candidates worse (ρ 0.42 against 0.77, seed 0), so it is
+        not.
+
+        Why: Lotfi et al. (2022, "Bayesian Model Selection, the Marginal Likelihood, and Generalization") show that
+        ``log Z`` also scores how well the prior alone predicts the first items, which says little about how the
+        trained model generalises, and propose this conditional marginal likelihood (a partial Bayes factor when
+        compared). On MNIST with 1,000 labels it ranked 12 candidates by test likelihood with ρ ≈ 0.8 where ``log Z``
+        reached 0.5 (``benchmarks/evidence.py``). ``None`` where the kernel form does not apply (as
+        :meth:`ggn_log_evidence`)."""
+        fit_of_all = self._checked_fit()
+        precisions = self._kernel_precisions(x)
+        if precisions is None:
+            return None
+        n = x.shape[0]
+        if not 0.0 < conditioned < 1.0 or n < 2:
+            raise ValueError(f"conditioning on a fraction in (0, 1) of at least 2 items; got {conditioned} of {n}")
+        first = min(n - 1, max(1, round(conditioned * n)))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(x.device)
+        x, y = x[order], y.to(x.device)[order]
+        scale = float(self._sigma) ** -2 if self.likelihood == "regression" else 1.0
+        log_det = kernel.ggn_log_det(
+            self.subnet,
+            x,
+            self.mean,
+            precisions,
+            likelihood=self.likelihood,
+            scale=scale,
+            max_rows=max_rows,
+            conditioned=first,
+        )
+        fit = data_fit(self.subnet.forward(self.subnet.inputs(x[first:])), y[first:].to(self.device), self.likelihood)
+        loglik = log_likelihood(fit, (n - first) * self.n_outputs, self.likelihood, self._sigma)
+        return KernelEvidence(float(loglik - 0.5 * log_det.value), log_det, self._kernel_log_z(fit_of_all, log_det))
+
+    def _kernel_log_z(self, fit: torch.Tensor, log_det: kernel.KernelLogDet) -> float:
+        """``log Z`` from the data fit of all items and the kernel's log determinant of all of them."""
         loglik = log_likelihood(fit, self.n_data * self.n_outputs, self.likelihood, self._sigma)
-        value = loglik - 0.5 * self._prior().quad(self.mean - self.prior_mean) - 0.5 * log_det.value
-        return KernelEvidence(float(value), log_det)
+        return float(loglik - 0.5 * self._prior().quad(self.mean - self.prior_mean) - 0.5 * log_det.whole)
+
+    def _kernel_precisions(self, x: torch.Tensor) -> list[float] | None:
+        """The layers' prior precisions where the kernel form applies to the ``x`` :meth:`fit` saw, else ``None``: a
+        prior that is an earlier posterior (a belief update), a precision that varies within a layer, or weights
+        outside ``nn.Linear`` layers."""
+        if x.shape[0] != self.n_data:
+            raise ValueError(f"the evidence needs the {self.n_data} items the Laplace was fitted on; got {x.shape[0]}")
+        precisions = kernel.layer_precisions(self.subnet, self._prior_precision)
+        if self.prior_belief is not None or precisions is None or not kernel.covered(self.subnet):
+            return None
+        return precisions
 
     def optimize_prior_precision(
         self,

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+LAST_LAYER_EVIDENCE = "Laplace log p(D₂|D₁) (last_layer, exact GGN, D₁ = 50% of the labels)"
+
 
 def test_select_prints_bayes_factor_table(tmp_path):
     result = subprocess.run(
@@ -28,7 +30,7 @@ def test_select_prints_bayes_factor_table(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    assert "Laplace log Z (last_layer, exact GGN)" in out
+    assert LAST_LAYER_EVIDENCE in out
     lines = [line for line in out.splitlines() if "tiny" in line or "h64" in line]
     assert len(lines) == 2 and "selected" in lines[0]  # the selected candidate is listed first
 

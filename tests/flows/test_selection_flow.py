@@ -10,6 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from flows.settings import load_settings
 
+LAST_LAYER_EVIDENCE = "Laplace log p(D₂|D₁) (last_layer, exact GGN, D₁ = 50% of the labels)"
+
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_no_heartbeat():
@@ -61,7 +63,7 @@ def test_bayes_factors_logged_per_round_equal_log_evidence_differences(tmp_path)
         with open(table_path) as handle:
             table = list(csv.DictReader(handle))
         assert table[0]["candidate"] == best
-        assert {row["evidence_kind"] for row in table} == {"Laplace log Z (last_layer, exact GGN)"}
+        assert {row["evidence_kind"] for row in table} == {LAST_LAYER_EVIDENCE}
         for row in table:
             assert float(row["log_bayes_factor"]) == pytest.approx(log_z[best] - log_z[row["candidate"]], abs=1e-5)
             assert row["kass_raftery"] in {"selected", "barely worth mentioning", "positive", "strong", "very strong"}

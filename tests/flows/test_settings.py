@@ -93,6 +93,14 @@ def test_acquisition_names_are_the_packages_registry():
     assert sorted(ACQUISITION_NAMES) == sorted([*ACQUISITION_FUNCTIONS, *BATCH_ACQUISITIONS])
 
 
+def test_evidence_conditioning_default_is_the_packages():
+    """The settings spell out the default fraction the evidence conditions on (no torch import to read them)."""
+    from bayes_models.laplace import CONDITIONED
+    from flows.settings import SelectionSettings
+
+    assert SelectionSettings().condition_on == CONDITIONED
+
+
 def test_reading_settings_does_not_import_torch():
     import subprocess
     import sys

@@ -14,6 +14,9 @@ from bayes_models.selection import kass_raftery
 from learner import ActiveLearner, round_seed
 from learner.query import pool_predict
 
+LAST_LAYER_EVIDENCE = "Laplace log p(D₂|D₁) (last_layer, exact GGN, D₁ = 50% of the labels)"
+ALL_WEIGHTS_EVIDENCE = "Laplace log p(D₂|D₁) (all, exact GGN, D₁ = 50% of the labels)"
+
 CANDIDATES = [{"name": "h8", "hidden": 8, "depth": 1}, {"name": "h32", "hidden": 32}]
 
 
@@ -95,7 +98,7 @@ def test_evidence_table_is_the_bayes_factor_table(wine):
     assert table.log_evidence[0] == best
     assert table.log_bayes_factor.tolist() == pytest.approx((best - table.log_evidence).tolist(), abs=1e-12)
     assert table.kass_raftery.tolist() == ["selected", kass_raftery(table.log_bayes_factor[1])]
-    assert set(table.kind) == {"evidence"} and set(table.evidence_kind) == {"Laplace log Z (last_layer, exact GGN)"}
+    assert set(table.kind) == {"evidence"} and set(table.evidence_kind) == {LAST_LAYER_EVIDENCE}
     elbo = _learner(model="vi").fit(x, y).evidence_table()
     assert set(elbo.kind) == {"bound"} and set(elbo.evidence_kind) == {"ELBO (lower bound)"}
     assert all(math.isfinite(v) for v in elbo.log_evidence)
@@ -111,12 +114,12 @@ def test_teach_retrains_on_every_label_or_updates_beliefs_on_the_new_ones(wine):
 
     belief = _learner(model="laplace", update="belief", update_steps=20).fit(x, y)
     log_z = belief.evidence_table().set_index("candidate").log_evidence
-    assert set(belief.evidence_table().evidence_kind) == {"Laplace log Z (all, exact GGN)"}
+    assert set(belief.evidence_table().evidence_kind) == {ALL_WEIGHTS_EVIDENCE}
     belief.teach(pool[:6], pool_y[:6])
     table = belief.evidence_table().set_index("candidate")
     assert set(table.n_fitted) == {6}
     # the increment log p(D_new | D_old) has a posterior for its prior: under the KFAC structure, and labelled so
-    assert set(table.evidence_kind) == {"Laplace log Z (all, exact GGN) + updates under the structure's"}
+    assert set(table.evidence_kind) == {ALL_WEIGHTS_EVIDENCE + " + updates under the structure's"}
     assert (table.log_evidence < log_z[table.index]).all()  # log p(D_old) + log p(D_new | D_old), each term < 0
     # A relabelled item: the old posterior holds its old label, so the candidates retrain on everything.
     belief.teach(x[:1], [(int(y[0]) + 1) % 3], ids=["000000000000"])
