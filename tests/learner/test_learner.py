@@ -99,6 +99,10 @@ def test_evidence_table_is_the_bayes_factor_table(wine):
     assert table.log_bayes_factor.tolist() == pytest.approx((best - table.log_evidence).tolist(), abs=1e-12)
     assert table.kass_raftery.tolist() == ["selected", kass_raftery(table.log_bayes_factor[1])]
     assert set(table.kind) == {"evidence"} and set(table.evidence_kind) == {LAST_LAYER_EVIDENCE}
+    # condition_on=0: the marginal likelihood of all labels, which the conditional's factorisation also gives
+    marginal = _learner(condition_on=0.0).fit(x, y).evidence_table().set_index("candidate")
+    assert set(marginal.evidence_kind) == {"Laplace log Z (last_layer, exact GGN)"}
+    assert (marginal.log_evidence < table.set_index("candidate").log_evidence[marginal.index]).all()
     elbo = _learner(model="vi").fit(x, y).evidence_table()
     assert set(elbo.kind) == {"bound"} and set(elbo.evidence_kind) == {"ELBO (lower bound)"}
     assert all(math.isfinite(v) for v in elbo.log_evidence)
