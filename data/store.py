@@ -326,12 +326,16 @@ class LabelStore:
 
     @_retry_busy
     def _create_tables(self) -> None:
-        for attempt in range(3):  # another process opening the same new store may create a table in between
+        # Another process opening the same new store may create a table between create_all's check and its CREATE.
+        # Each such race means one more table exists, which the next attempt skips: one attempt per table and one
+        # more always suffice (three attempts were too few for four processes racing over the store's tables).
+        attempts = len(metadata.tables) + 1
+        for attempt in range(attempts):
             try:
                 metadata.create_all(self.engine)  # checks for each table first, then creates it: not atomic
                 break
             except sa.exc.OperationalError as error:
-                if "already exists" not in str(error.orig).lower() or attempt == 2:
+                if "already exists" not in str(error.orig).lower() or attempt == attempts - 1:
                     raise
         add_missing_columns(self.engine)
         if self.engine.dialect.name == "postgresql":  # a store created before rounds could be marked failed
