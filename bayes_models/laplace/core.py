@@ -213,10 +213,7 @@ class Laplace:
         precisions = self._kernel_precisions(x)
         if precisions is None:
             return None
-        scale = float(self._sigma) ** -2 if self.likelihood == "regression" else 1.0
-        log_det = kernel.ggn_log_det(
-            self.subnet, x, self.mean, precisions, likelihood=self.likelihood, scale=scale, max_rows=max_rows
-        )
+        log_det = self._kernel_log_det(x, precisions, max_rows)
         value = self._kernel_log_z(fit, log_det)
         return KernelEvidence(value, log_det, value)
 
@@ -257,8 +254,17 @@ class Laplace:
         first = min(n - 1, max(1, round(conditioned * n)))
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(x.device)
         x, y = x[order], y.to(x.device)[order]
+        log_det = self._kernel_log_det(x, precisions, max_rows, conditioned=first)
+        fit = data_fit(self.subnet.forward(self.subnet.inputs(x[first:])), y[first:].to(self.device), self.likelihood)
+        loglik = log_likelihood(fit, (n - first) * self.n_outputs, self.likelihood, self._sigma)
+        return KernelEvidence(float(loglik - 0.5 * log_det.value), log_det, self._kernel_log_z(fit_of_all, log_det))
+
+    def _kernel_log_det(
+        self, x: torch.Tensor, precisions: list[float], max_rows: int, conditioned: int = 0
+    ) -> kernel.KernelLogDet:
+        """The exact GGN's log determinant over ``x`` at ``θ*`` (the GGN scaled by ``1/σ²`` for regression)."""
         scale = float(self._sigma) ** -2 if self.likelihood == "regression" else 1.0
-        log_det = kernel.ggn_log_det(
+        return kernel.ggn_log_det(
             self.subnet,
             x,
             self.mean,
@@ -266,11 +272,8 @@ class Laplace:
             likelihood=self.likelihood,
             scale=scale,
             max_rows=max_rows,
-            conditioned=first,
+            conditioned=conditioned,
         )
-        fit = data_fit(self.subnet.forward(self.subnet.inputs(x[first:])), y[first:].to(self.device), self.likelihood)
-        loglik = log_likelihood(fit, (n - first) * self.n_outputs, self.likelihood, self._sigma)
-        return KernelEvidence(float(loglik - 0.5 * log_det.value), log_det, self._kernel_log_z(fit_of_all, log_det))
 
     def _kernel_log_z(self, fit: torch.Tensor, log_det: kernel.KernelLogDet) -> float:
         """``log Z`` from the data fit of all items and the kernel's log determinant of all of them."""

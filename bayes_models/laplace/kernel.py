@@ -43,13 +43,9 @@ class KernelLogDet:
     log det(I + K_11)``, and ``whole`` the determinant itself (equal to ``value`` without)."""
 
     value: float
+    whole: float
     blocks: int
     conditioned: int = 0
-    whole: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.whole is None:
-            object.__setattr__(self, "whole", self.value)
 
     @property
     def exact(self) -> bool:
@@ -102,7 +98,7 @@ def ggn_log_det(
     n, c = out.shape
     if subnet.n_params <= min(n * c, full.MAX_PARAMS):  # fewer weights than rows: the dense GGN is the cheaper
         whole, first = _weight_space_log_dets(subnet, inp, out, precisions, likelihood, scale, conditioned)
-        return KernelLogDet(whole - first, blocks=1, conditioned=conditioned, whole=whole)
+        return KernelLogDet(whole - first, whole, blocks=1, conditioned=conditioned)
     per_block = max(1, max_rows // c)
     starts = range(0, n, per_block)
     whole = increment = 0.0
@@ -111,7 +107,7 @@ def ggn_log_det(
         log_pivots = _block_log_pivots(subnet, inp[block], out[block], theta, precisions, likelihood, scale)
         whole += float(log_pivots.sum())
         increment += float(log_pivots[max(0, conditioned - start) * c :].sum())
-    return KernelLogDet(increment, blocks=len(starts), conditioned=conditioned, whole=whole)
+    return KernelLogDet(increment, whole, blocks=len(starts), conditioned=conditioned)
 
 
 def _layer_kernels(
