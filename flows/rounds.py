@@ -96,7 +96,8 @@ class PoolScores:
 
 @dataclass(frozen=True)
 class CandidateResult:
-    """One candidate of the round: its Bayes-factor row, the fitted model and its test metrics."""
+    """One candidate of the round: its Bayes-factor row, the fitted model and its test metrics on the items the
+    candidates are compared on (:attr:`Selection.n_compared`)."""
 
     row: BayesFactorRow
     fitted: FittedCandidate
@@ -105,12 +106,15 @@ class CandidateResult:
 
 @dataclass(frozen=True)
 class Selection:
-    """The round's candidates, selected first, the selected model's reliability-diagram data (``None`` without
-    test items) and the number of test items their metrics stand on."""
+    """The round's candidates, selected first; the selected model's test metrics on every test item and its
+    reliability-diagram data (empty and ``None`` without test items); the number of test items those metrics
+    stand on and the number the candidates' own rows are compared on (``selection.compare_test_items``)."""
 
     candidates: list[CandidateResult]
+    metrics: dict[str, float]
     diagram: object | None
     n_test: int
+    n_compared: int
     prior_tuning: str = "evidence"
     """``selection.prior_tuning`` of the round (logged as a param)."""
 
@@ -222,33 +226,52 @@ def _candidates_dir(settings: Settings) -> Path:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One model's test metrics and reliability-diagram data."""
+    """The selected model's test metrics and reliability-diagram data on every test item, and each model's test
+    metrics on the ``n_compared`` items the candidates are compared on."""
 
     metrics: dict[str, float]
     diagram: object
+    compared: list[dict[str, float]]
+    n_compared: int
+
+
+def _test_metrics(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    return {
+        "test_accuracy": accuracy(probs, targets),
+        "test_nll": nll(probs, targets),
+        "test_ece": ece(probs, targets),
+        "test_brier": brier(probs, targets),
+    }
 
 
 @task(cache_policy=NO_CACHE, task_run_name="evaluate")
 def evaluate(
-    models: list, features: FeatureStore, test_rows: np.ndarray, samples: int, round_: int
-) -> list[Evaluation]:
-    """Test metrics and reliability-diagram data of each model on ``test_rows``: the campaign's test items (the
-    label store's), ingested ones included. One task for all candidates: the test inputs are read once, and a
-    round pays for one task run instead of one per candidate (``learner.predict_proba``: the pool's predictive)."""
+    models: list,
+    features: FeatureStore,
+    test_rows: np.ndarray,
+    samples: int,
+    round_: int,
+    compare_items: int | None = None,
+    seed: int = 0,
+) -> Evaluation:
+    """Test metrics of ``models[0]`` (the selected model) on ``test_rows``: the campaign's test items (the label
+    store's), ingested ones included; and of every model on ``compare_items`` of them drawn with ``seed`` (all of
+    them when ``None`` or when there are no more), the selected model's read off its predictive on all. One task
+    for all candidates: the test inputs are read once, and a round pays for one task run instead of one per
+    candidate (``learner.predict_proba``: the pool's predictive)."""
     rows = np.asarray(test_rows, dtype=np.int64)
     x = _rows_tensor(features, rows)
     targets = torch.from_numpy(np.asarray(features.targets[rows], dtype=np.int64))
-    results = []
-    for model in models:
-        probs = predict_proba(model, x, samples, seed=round_)
-        metrics = {
-            "test_accuracy": accuracy(probs, targets),
-            "test_nll": nll(probs, targets),
-            "test_ece": ece(probs, targets),
-            "test_brier": brier(probs, targets),
-        }
-        results.append(Evaluation(metrics, reliability(probs, targets)))
-    return results
+    probs = predict_proba(models[0], x, samples, seed=round_)
+    metrics, diagram = _test_metrics(probs, targets), reliability(probs, targets)
+    if compare_items is None or compare_items >= len(rows):
+        compared = torch.arange(len(rows))
+    else:
+        compared = torch.from_numpy(np.sort(np.random.default_rng(seed).choice(len(rows), compare_items, False)))
+    x, targets = x[compared], targets[compared]
+    others = [_test_metrics(predict_proba(model, x, samples, seed=round_), targets) for model in models[1:]]
+    first = metrics if len(compared) == len(rows) else _test_metrics(probs[compared], targets)
+    return Evaluation(metrics, diagram, [first, *others], len(compared))
 
 
 def _shard_run_name(parameters: dict) -> str:
@@ -487,7 +510,8 @@ def queued_items_gallery(settings: Settings, features: FeatureStore, queued: lis
 
 def _bayes_factor_table(selection: Selection) -> dict[str, list]:
     """The round's model-selection table as columns: evidence, log Bayes factor against the selected model, its
-    Kass–Raftery reading, and each candidate's test metrics and training time."""
+    Kass–Raftery reading, and each candidate's test metrics (on the ``test_items`` they are compared on) and
+    training time."""
     candidates = selection.candidates
     return {
         "candidate": [c.row.candidate for c in candidates],
@@ -500,6 +524,7 @@ def _bayes_factor_table(selection: Selection) -> dict[str, list]:
         "validation_nll": [c.row.validation_nll for c in candidates],
         "test_nll": [c.test.get("test_nll", float("nan")) for c in candidates],
         "test_accuracy": [c.test.get("test_accuracy", float("nan")) for c in candidates],
+        "test_items": [selection.n_compared for _ in candidates],
         "train_seconds": [c.fitted.train_seconds for c in candidates],
         "selected": [c.row.selected for c in candidates],
     }
@@ -519,9 +544,11 @@ def select_model(
     labeled: dict[str, int],
     round_: int,
     bars: RoundProgress | None = None,
+    compare_items: int | None = None,
 ) -> Selection:
     """Fit every candidate as a Prefect task (its training steps shown on ``bars``), rank them by evidence or, when
-    one has none, by validation NLL (``learner.select_candidates``), evaluate each on the test split."""
+    one has none, by validation NLL (``learner.select_candidates``), evaluate the selected one on the test split
+    and every one on ``compare_items`` of its items (:func:`evaluate`)."""
 
     def fit_all(specs: list[CandidateSpec], held_out: np.ndarray | None) -> list[FittedCandidate]:
         args = (settings, features, labeled, round_, held_out, bars)
@@ -536,11 +563,21 @@ def select_model(
     test_rows = campaign_test_rows(settings, features)
     if not len(test_rows):  # no test split (dataset.test_fraction: 0): nothing to measure on, no metric made up
         return Selection(
-            [CandidateResult(r.row, r.fitted, {}) for r in ranked], None, 0, settings.selection.prior_tuning
+            [CandidateResult(r.row, r.fitted, {}) for r in ranked], {}, None, 0, 0, settings.selection.prior_tuning
         )
-    tests = evaluate([r.fitted.model for r in ranked], features, test_rows, settings.acquisition.samples, round_)
-    candidates = [CandidateResult(r.row, r.fitted, t.metrics) for r, t in zip(ranked, tests, strict=True)]
-    return Selection(candidates, tests[0].diagram, len(test_rows), settings.selection.prior_tuning)
+    test = evaluate(
+        [r.fitted.model for r in ranked],
+        features,
+        test_rows,
+        settings.acquisition.samples,
+        round_,
+        compare_items,
+        settings.campaign.seed,
+    )
+    candidates = [CandidateResult(r.row, r.fitted, m) for r, m in zip(ranked, test.compared, strict=True)]
+    return Selection(
+        candidates, test.metrics, test.diagram, len(test_rows), test.n_compared, settings.selection.prior_tuning
+    )
 
 
 def _few_test_items(n_test: int, min_test: int) -> str:
@@ -645,11 +682,11 @@ def _round_steps(
             logger.info("%d items with tied answers are left out of training until resolved", snapshot.n_tied)
     model, selection, checkpoint = None, None, None
     if len(labeled) >= settings.campaign.min_labels or (oracle and labeled):
-        selection = select_model(settings, features, labeled, round_, bars)
+        selection = select_model(settings, features, labeled, round_, bars, settings.selection.compare_test_items)
         chosen = selection.selected.fitted
         model = chosen.model
         metrics["train_seconds"] = sum(c.fitted.train_seconds for c in selection.candidates)
-        metrics.update(selection.selected.test)
+        metrics.update(selection.metrics)
         metrics["n_test"] = selection.n_test
         if selection.n_test < settings.campaign.min_test:
             warn(_few_test_items(selection.n_test, settings.campaign.min_test))

@@ -4,6 +4,7 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -226,3 +227,39 @@ def test_a_vi_round_logs_the_elbo_parts_of_each_candidate(tmp_path):
         for part in ("weight", "bias"):
             prior = now["state"]["network"][f"head.1.prior_{part}_mu"]
             assert torch.equal(prior, earlier["state"]["network"][f"head.1.{part}_mu"])
+
+
+def test_candidates_are_compared_on_a_shared_subset_of_the_test_items(tmp_path):
+    """``selection.compare_test_items``: every row of the Bayes-factor table stands on the same seeded test items
+    (the same model twice gets the same row), while the round's logged metrics use every test item."""
+    from flows.campaign_setup import campaign_test_rows, model_feature_store
+    from flows.rounds import evaluate, simulate_campaign
+
+    settings = _settings(
+        tmp_path / "w", campaign={"rounds": 1, "k": 6, "initial": 12}, selection={"compare_test_items": 20}
+    )
+    [result] = simulate_campaign(settings)
+    client, [run] = _round_runs(settings)
+    with open(client.download_artifacts(run.info.run_id, "bayes_factors.csv", str(tmp_path))) as handle:
+        table = list(csv.DictReader(handle))
+    n_test = int(run.data.metrics["n_test"])
+    assert n_test == result["n_test"] > 20
+    assert {row["test_items"] for row in table} == {"20"}
+    for row in table:  # an accuracy on 20 items is a multiple of 1/20
+        assert float(row["test_accuracy"]) * 20 == pytest.approx(round(float(row["test_accuracy"]) * 20), abs=1e-6)
+
+    from learner import ActiveLearner
+
+    features = model_feature_store(settings)
+    rows = campaign_test_rows(settings, features)
+    train = np.random.default_rng(0).permutation(np.asarray(features.rows_train))[:60]
+    learner = ActiveLearner("mc_dropout", "bald", [{"name": "h16", "hidden": 16}], steps=40, n_classes=3)
+    learner.fit(features.features[train], features.targets[train])
+    model = learner.selected.model
+    whole = evaluate.fn([model], features, rows, 8, 1)
+    assert whole.n_compared == len(rows) and whole.compared == [whole.metrics]
+    twice = evaluate.fn([model, model], features, rows, 8, 1, compare_items=20, seed=3)
+    assert twice.metrics == pytest.approx(whole.metrics, abs=1e-6)
+    assert twice.n_compared == 20
+    assert twice.compared[0] == pytest.approx(twice.compared[1], rel=1e-5)
+    assert twice.compared[0] != pytest.approx(twice.metrics, rel=1e-3)
