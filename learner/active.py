@@ -286,7 +286,8 @@ class ActiveLearner:
 
         ``pool`` is an array, tensor or DataFrame ``x[N, ...]`` (with optional ``ids``), or an iterable of chunks,
         each ``x_chunk`` or ``(ids_chunk, x_chunk)``, read once with a running top-k (memory O(k + chunk)); both
-        give the same batch. Before ``fit`` an in-memory pool gets a seeded random batch.
+        give the same batch, except ``random``, which in memory draws its k items first and scores only those
+        (:func:`learner.query.query_pool`). Before ``fit`` an in-memory pool gets a seeded random batch.
         ``QueryResult.indices`` are positions in the pool as given.
         """
         rng = round_rng(self.seed, self.round)

@@ -205,13 +205,18 @@ def query_pool(
     or as one Prefect task per shard) and returns its stream results, which :func:`pick_batch` merges.
 
     Without a model (cold start) a seeded random batch; an exhausted pool queries nothing; ``subsample`` scores a
-    seeded random subset (Gal et al. 2017). ``rng`` draws the random batch or the subsample, in that order.
+    seeded random subset (Gal et al. 2017). ``random`` draws its k items first and scores only those (their
+    predicted class and uncertainty parts for the queue; the result's histograms then cover the k, a random sample
+    of the pool): a random campaign's round no longer pays for a pass over the pool. ``rng`` draws the random
+    batch or the subsample, then ``random``'s items, in that order.
     """
     if model is None or len(ids) == 0:
         return random_batch(ids, k, rng, n_classes)
     positions = subsample_positions(len(ids), subsample, rng)
     if positions is None:
         positions = np.arange(len(ids))
+    if acquisition == "random":
+        positions = np.sort(rng.choice(positions, size=min(k, len(positions)), replace=False))
     plan = stream_plan(acquisition, k, batch_candidates)
     results = stream(plan, positions)
     index_of = {str(ids[p]): int(p) for p in positions}

@@ -147,7 +147,7 @@ def test_save_and_load_round_trip(wine, tmp_path):
     assert np.array_equal(restored.predict_proba(held), learner.predict_proba(held))
 
 
-@pytest.mark.parametrize("acquisition", ["bald", "batchbald", "powerbald", "random", "margin"])
+@pytest.mark.parametrize("acquisition", ["bald", "batchbald", "powerbald", "margin"])
 def test_streaming_query_over_chunks_equals_the_in_memory_query(wine, acquisition):
     x, y, pool, _, _ = wine
     learner = _learner(acquisition=acquisition, batch_candidates=30).fit(x, y)
@@ -161,6 +161,22 @@ def test_streaming_query_over_chunks_equals_the_in_memory_query(wine, acquisitio
     assert without_ids.n_scored == len(pool) and len(without_ids.ids) == 8
     if acquisition in ("bald", "batchbald", "margin"):  # deterministic scores: the chunking does not matter
         assert without_ids.indices.tolist() == in_memory.indices.tolist()
+
+
+def test_random_scores_only_the_items_it_draws(wine):
+    """``random`` on an in-memory pool draws its k items first (seeded by the round) and scores those alone; over a
+    stream of chunks, whose size is not known up front, it scores every item and keeps a uniform top-k."""
+    x, y, pool, _, _ = wine
+    learner = _learner(acquisition="random").fit(x, y)
+    batch = learner.query(pool, k=8)
+    assert batch.n_scored == 8 and batch.pool_size == len(pool) and len(set(batch.indices.tolist())) == 8
+    assert int(batch.epistemic_hist.sum()) == 8
+    assert np.allclose(batch.epistemic, learner.query(pool, k=8).epistemic)  # the same draw again
+    again = _learner(acquisition="random").fit(x, y).query(pool, k=8)
+    assert again.indices.tolist() == batch.indices.tolist()
+    assert np.allclose(batch.probability, learner.predict_proba(pool[batch.indices]).max(1), atol=1e-6)
+    streamed = learner.query(iter(np.array_split(pool, 4)), k=8)
+    assert streamed.n_scored == len(pool) and len(set(streamed.indices.tolist())) == 8
 
 
 def test_cold_start_and_subsample(wine):
