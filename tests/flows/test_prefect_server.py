@@ -1,18 +1,22 @@
-"""The temporary Prefect server (``flows.prefect_server``): a tag-concurrency acquisition answered 503 (a locked
-SQLite database) is retried by the server after milliseconds instead of by Prefect's client after 2 s."""
+"""The temporary Prefect server (``flows.prefect_server``): a tag-concurrency acquisition, a flow-run creation or a
+state change answered 503 (a locked SQLite database) is retried by the server after milliseconds instead of by
+Prefect's client after 2 s."""
 
 import asyncio
 import json
 
 import httpx
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from flows.prefect_server import RetryLockedAcquisitions
+from flows.prefect_server import RetryLockedRequests
 
 ACQUIRE = "/api/v2/concurrency_limits/increment-with-lease"
+CREATE_FLOW_RUN = "/api/flow_runs/"
+SET_STATE = "/api/flow_runs/6f1c2d3e-0000-4000-8000-000000000001/set_state"
 
 
 class Locked(Exception):
@@ -32,9 +36,10 @@ def _app(locked_times: int, bodies: list) -> Starlette:
     async def locked(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"exception_message": "Service Unavailable"}, status_code=503)
 
-    api = Starlette(
-        routes=[Route(ACQUIRE.removeprefix("/api"), acquire, methods=["POST"])], exception_handlers={Exception: locked}
-    )
+    routes = [
+        Route(path.removeprefix("/api"), acquire, methods=["POST"]) for path in (ACQUIRE, CREATE_FLOW_RUN, SET_STATE)
+    ]
+    api = Starlette(routes=routes, exception_handlers={Exception: locked})
     return Starlette(routes=[Mount("/api", app=api)])
 
 
@@ -47,9 +52,10 @@ def _post(app, path: str = ACQUIRE) -> httpx.Response:
     return asyncio.run(post())
 
 
-def test_a_locked_acquisition_is_answered_once_the_lock_is_gone():
+@pytest.mark.parametrize("path", [ACQUIRE, CREATE_FLOW_RUN, SET_STATE])
+def test_a_locked_request_is_answered_once_the_lock_is_gone(path):
     bodies: list = []
-    response = _post(RetryLockedAcquisitions(_app(locked_times=3, bodies=bodies)))
+    response = _post(RetryLockedRequests(_app(locked_times=3, bodies=bodies)), path)
     assert response.status_code == 200, response.text
     assert response.json() == {"limits": [], "tries": 4}
     assert bodies == [{"names": ["tag:round:3"], "slots": 1}] * 4  # the same request each time
@@ -61,7 +67,7 @@ def test_without_the_retry_the_client_gets_the_503():
 
 def test_a_lock_that_outlasts_the_retries_reaches_the_client_as_503():
     bodies: list = []
-    response = _post(RetryLockedAcquisitions(_app(locked_times=100, bodies=bodies), delays=(0.001, 0.001)))
+    response = _post(RetryLockedRequests(_app(locked_times=100, bodies=bodies), delays=(0.001, 0.001)))
     assert response.status_code == 503
     assert json.loads(response.text) == {"exception_message": "Service Unavailable"}
     assert len(bodies) == 3
@@ -69,7 +75,7 @@ def test_a_lock_that_outlasts_the_retries_reaches_the_client_as_503():
 
 def test_other_requests_are_not_retried():
     bodies: list = []
-    app = RetryLockedAcquisitions(_app(locked_times=1, bodies=bodies))
+    app = RetryLockedRequests(_app(locked_times=1, bodies=bodies))
     assert _post(app, "/api/v2/concurrency_limits/decrement-with-lease").status_code == 404
     assert _post(app).status_code == 200
     assert len(bodies) == 2
