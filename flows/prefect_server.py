@@ -5,8 +5,9 @@ On SQLite that endpoint reads, then writes, in one deferred transaction; when th
 between — the task run's own record, written from its events at that moment — SQLite refuses the upgrade at once
 ("database is locked", ``SQLITE_BUSY``/``SQLITE_BUSY_SNAPSHOT``), the server answers 503, and Prefect's client
 tries again 2 s later (±20%). Measured on MNIST rounds: one or two such stalls in most rounds. Creating a flow run
-(``POST …/flow_runs/``) and setting a run's state meet the same lock: a digits round lost 1.9–2.1 s in 2 of 4
-benchmark runs to a flow-run creation answered 503 (seen in the client's request log). Here the server retries those
+(``POST …/flow_runs/``) and setting a run's state meet the same lock: a digits round lost 1.9–2.1 s to a flow-run
+creation answered 503 in both runs of ``benchmarks/round_overhead.py`` and in 1 of 3 digits-only reruns (seen in the
+client's request log). Here the server retries those
 requests itself after milliseconds: a refused transaction changed nothing, so a retry is what the client would have
 done, without the wait. A server set by ``PREFECT_API_URL`` is the user's and left as it is.
 """

@@ -264,14 +264,13 @@ def evaluate(
     targets = torch.from_numpy(np.asarray(features.targets[rows], dtype=np.int64))
     probs = predict_proba(models[0], x, samples, seed=round_)
     metrics, diagram = _test_metrics(probs, targets), reliability(probs, targets)
-    if compare_items is None or compare_items >= len(rows):
-        compared = torch.arange(len(rows))
-    else:
-        compared = torch.from_numpy(np.sort(np.random.default_rng(seed).choice(len(rows), compare_items, False)))
-    x, targets = x[compared], targets[compared]
+    first = metrics
+    if compare_items is not None and compare_items < len(rows):
+        subset = torch.from_numpy(np.sort(np.random.default_rng(seed).choice(len(rows), compare_items, False)))
+        x, targets = x[subset], targets[subset]
+        first = _test_metrics(probs[subset], targets)
     others = [_test_metrics(predict_proba(model, x, samples, seed=round_), targets) for model in models[1:]]
-    first = metrics if len(compared) == len(rows) else _test_metrics(probs[compared], targets)
-    return Evaluation(metrics, diagram, [first, *others], len(compared))
+    return Evaluation(metrics, diagram, [first, *others], len(targets))
 
 
 def _shard_run_name(parameters: dict) -> str:
