@@ -7,7 +7,9 @@ re-run at once:
 * SQLite: ``flock`` on a file per campaign beside the database (``.round-locks/<hash>.lock``); the kernel drops it
   when the holding process exits, however it exits. The file names the holder (pid, host, start) for the message.
 * PostgreSQL: a session-level advisory lock (``pg_try_advisory_lock``) on a connection of its own, named after the
-  holder (``application_name``); the server drops it when that connection ends.
+  holder (``application_name``); the server drops it when that connection ends. A killed holder's server process
+  ends a moment after its client (when it reads the closed socket; CI saw the lock still held just after the kill),
+  so a taken lock is tried again for up to ``DEAD_HOLDER_GRACE_S`` before the command is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +28,9 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from data.store import LabelStore, StoreError, sqlite_file
+
+DEAD_HOLDER_GRACE_S = 2.0
+"""How long a taken PostgreSQL round lock is retried: the time a dead holder's server session may take to end."""
 
 
 class RoundInProgress(StoreError):
@@ -92,16 +98,19 @@ def _advisory_lock(engine: sa.Engine, campaign: str) -> Iterator[None]:
     name = f"beliefloop round pid {who['pid']} on {who['host']} since {who['since']}"[:63]  # NAMEDATALEN - 1
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("SELECT set_config('application_name', :name, false)"), {"name": name})
-        if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar():
-            holder = conn.execute(
-                sa.text(
-                    "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
-                    "AND l.classid::bigint = :high AND l.objid::bigint = :low"
-                ),
-                {"high": (key >> 32) & 0xFFFFFFFF, "low": key & 0xFFFFFFFF},  # how pg_locks shows a bigint key
-            ).scalar()
-            raise _busy(campaign, holder or "a PostgreSQL session")
+        deadline = time.monotonic() + DEAD_HOLDER_GRACE_S
+        while not conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar():
+            if time.monotonic() >= deadline:
+                holder = conn.execute(
+                    sa.text(
+                        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                        "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                        "AND l.classid::bigint = :high AND l.objid::bigint = :low"
+                    ),
+                    {"high": (key >> 32) & 0xFFFFFFFF, "low": key & 0xFFFFFFFF},  # how pg_locks shows a bigint key
+                ).scalar()
+                raise _busy(campaign, holder or "a PostgreSQL session")
+            time.sleep(0.05)
         try:
             yield
         finally:
