@@ -8,6 +8,12 @@ the default candidates and S, the whole 60k pool scored). Each campaign is a seq
 ``labeling_round`` Prefect flow runs with the simulated oracle, writing a real MLflow and SQLite store, exactly
 what ``beliefloop simulate`` runs. Prints a table and writes ``benchmarks/results/al_mnist.json`` plus a PNG of
 the median accuracy curves. ``--quick``: one seed, two methods, 5 rounds.
+
+The campaigns run in ``--workspace`` (``benchmarks/workspace/al_mnist``, git-ignored; the pool's embedding is kept
+there for the next run), named after the run's start so a rerun never resumes an earlier one, and the comparison —
+the PNG, the JSON, the median curves and labels to 90% / 95% per method — is logged to the same MLflow store as a run
+of the experiment ``benchmark-al_mnist``: ``mlflow ui --backend-store-uri sqlite:///<workspace>/mlflow.db`` shows it
+beside every round of every campaign.
 """
 
 from __future__ import annotations
@@ -15,11 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-from _common import environment, finish_parser, mnist_path
+from _common import ROOT, environment, finish_parser, mnist_path
 from rich.console import Console
 from rich.table import Table
 
@@ -134,6 +139,28 @@ def write_results(args, curves: dict[str, list[list[dict]]], prepare_seconds: fl
     return results
 
 
+def log_comparison(settings, args, results: dict, stamp: str) -> str:
+    """Log the comparison to the campaigns' MLflow store as a run of ``benchmark-al_mnist``; its run id."""
+    from flows.tracking import CampaignTracker
+
+    tracker = CampaignTracker(settings.tracking_uri, settings.artifact_root, "benchmark-al_mnist")
+    run_id = tracker.client.create_run(tracker.experiment_id, run_name=f"al_mnist-{stamp}").info.run_id
+    params = {k: str(v) for k, v in vars(args).items() if k not in ("mnist", "out")}
+    summary = {}
+    for method, s in results.items():
+        for target in ("90", "95"):
+            if s[f"median_labels_to_{target}"] is not None:
+                summary[f"{method}/median_labels_to_{target}"] = s[f"median_labels_to_{target}"]
+    tracker.log_batch(run_id, summary, step=0, params=params)
+    for method, s in results.items():  # the median curve, one step per label count
+        for i, r in enumerate(s["curves"][0]):
+            median = statistics.median(c[i]["accuracy"] for c in s["curves"])
+            tracker.log_batch(run_id, {f"{method}/median_test_accuracy": median}, step=r["n_labeled"])
+    tracker.log_artifacts(run_id, [args.out, args.out.with_suffix(".png")])
+    tracker.finish(run_id)
+    return run_id
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mnist", type=Path, default=None)
@@ -141,8 +168,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=["powerbald", "bald", "random"])
     parser.add_argument("--rounds", type=int, default=17, help="17 rounds: 20 → 180 labels")
     parser.add_argument("--representation", default="auto", help="auto (spectral for images) or none")
-    parser.add_argument("--pool-subsample", type=int, default=None)
+    parser.add_argument("--pool-subsample", default=None, help="M items, auto or all (default: the settings', auto)")
     parser.add_argument("--family", default=None, help="model.family for every candidate (default: the settings')")
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        default=ROOT / "benchmarks" / "workspace" / "al_mnist",
+        help="the campaigns' label store, MLflow store and embedding (kept)",
+    )
     args = finish_parser(parser, "al_mnist", {"seeds": [0], "methods": ["powerbald", "random"], "rounds": 5}, argv)
     mnist = mnist_path(args.mnist)
     if mnist is None:
@@ -156,15 +189,23 @@ def main(argv: list[str] | None = None) -> None:
 
     console = Console()
     curves: dict[str, list[list[dict]]] = {m: [] for m in args.methods}
-    with tempfile.TemporaryDirectory() as workspace, _flow_context():
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    args.workspace.mkdir(parents=True, exist_ok=True)
+    with _flow_context():
 
         def settings(method: str, seed: int):
             return load_settings(
                 None,
                 {
-                    "workspace": workspace,
+                    "workspace": str(args.workspace),
                     "dataset": {"name": str(mnist)},
-                    "campaign": {"rounds": args.rounds, "k": 10, "initial": 20, "seed": seed},
+                    "campaign": {
+                        "name": f"mnist-{method}-seed{seed}-{stamp}",
+                        "rounds": args.rounds,
+                        "k": 10,
+                        "initial": 20,
+                        "seed": seed,
+                    },
                     "acquisition": {"name": method, "pool_subsample": args.pool_subsample},
                     "representation": {"name": args.representation},
                     "model": {"device": args.device, "family": args.family},
@@ -180,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
                 curves[method].append(run_campaign(settings(method, seed), console))
                 write_results(args, curves, prepare_seconds, complete=False)  # a stopped run keeps what it did
 
-    results = write_results(args, curves, prepare_seconds, complete=True)
+        results = write_results(args, curves, prepare_seconds, complete=True)
+        run_id = log_comparison(settings(args.methods[0], args.seeds[0]), args, results, stamp)
     table = Table(
         title=f"MNIST, 20 initial + 10 per round, seeds {args.seeds}, representation {args.representation}, "
         f"family {args.family or 'default'}"
@@ -207,7 +249,10 @@ def main(argv: list[str] | None = None) -> None:
     for name, (n90, n95) in PUBLISHED.items():
         table.add_row(name, str(n90), str(n95), "", "", "")
     console.print(table)
-    console.print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    console.print(
+        f"wrote {args.out} and {args.out.with_suffix('.png')}; MLflow run {run_id} (experiment benchmark-al_mnist) in "
+        f"{args.workspace / 'mlflow.db'}"
+    )
 
 
 if __name__ == "__main__":

@@ -119,7 +119,11 @@ TestFractionOpt = Annotated[
 ]
 CampaignOpt = Annotated[str | None, typer.Option("--campaign", help="Campaign name (= MLflow experiment).")]
 SubsampleOpt = Annotated[
-    int | None, typer.Option("--pool-subsample", help="Score a random subset of M pool items per round.")
+    str | None,
+    typer.Option(
+        "--pool-subsample",
+        help="Score a random subset of M pool items per round; auto: 2000 for top-k acquisitions; all: every item.",
+    ),
 ]
 DaskOpt = Annotated[
     str | None, typer.Option("--dask-address", help="Dask scheduler (tcp://host:8786) to run the round's tasks on.")

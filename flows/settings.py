@@ -244,10 +244,18 @@ class AcquisitionSettings(_Section):
     samples: int = Field(100, ge=1)
     """Posterior draws S per item. 100, not 20: with 20 the mutual information of a 10-class predictive is
     estimated too noisily to rank a pool (digits: BALD ahead of random on 2 of 5 seeds at S = 20, 5 of 5 at 100)."""
-    pool_subsample: int | None = Field(None, ge=1)
-    """Score only this many pool items, drawn at random each round (Gal et al. 2017); ``null`` scores all."""
+    pool_subsample: Annotated[int, Field(ge=1)] | Literal["auto", "all"] = "auto"
+    """Score only this many pool items, drawn at random each round (Gal et al. 2017); ``all`` (or ``null``) scores
+    the whole pool; ``auto``: 2,000 for a top-k acquisition, all for powerbald, random and batchbald
+    (``learner.query.resolve_subsample``)."""
     batch_candidates: int = Field(1000, ge=1)
     """BatchBALD chooses greedily among this many of the pool's best items by BALD."""
+
+    @field_validator("pool_subsample", mode="before")
+    @classmethod
+    def _null_is_all(cls, value: Any) -> Any:
+        return "all" if value is None else value
+
     shards: int = Field(1, ge=1)
     """Pool scoring is split into this many Prefect tasks (threads, or Dask workers with ``dask_address``)."""
     dask_address: str | None = None

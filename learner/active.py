@@ -121,8 +121,10 @@ class ActiveLearner:
         given that fraction, ``log p(D₂|D₁)``; 0: by the marginal likelihood ``log Z``.
     batch_candidates : int
         BatchBALD picks among this many of the pool's best items by BALD.
-    pool_subsample : int, optional
-        Score only a seeded random subset of this many pool items per query (in-memory pools).
+    pool_subsample : int or str
+        Score only a seeded random subset of this many pool items per query (in-memory pools); ``"auto"`` (the
+        default): 2,000 for a top-k acquisition, the whole pool for powerbald, random and batchbald
+        (:func:`learner.query.resolve_subsample`); ``"all"`` or ``None``: the whole pool.
     n_classes : int, optional
         Number of classes; default: the largest label of the first ``fit`` plus one.
     **model_options
@@ -149,7 +151,7 @@ class ActiveLearner:
         exact_ggn: bool = True,
         condition_on: float = CONDITIONED,
         batch_candidates: int = 1000,
-        pool_subsample: int | None = None,
+        pool_subsample: int | str | None = "auto",
         n_classes: int | None = None,
         **model_options: Any,
     ) -> None:
@@ -317,7 +319,7 @@ class ActiveLearner:
             )
         if model is None:
             raise RuntimeError("querying a stream of chunks needs a fitted learner; call fit() first")
-        if self.pool_subsample is not None:
+        if isinstance(self.pool_subsample, int):  # "auto" scores a stream whole: its size is not known up front
             raise ValueError("pool_subsample needs an in-memory pool (it draws from the pool's size up front)")
         seen: dict[str, int] = {}
         plan = stream_plan(self.acquisition, k, self.batch_candidates)

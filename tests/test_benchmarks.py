@@ -1,7 +1,7 @@
 """The MNIST label-efficiency benchmark's ``--quick`` mode as a smoke test: the user's whole path (the pool's
 spectral embedding of 60,000 images, real ``labeling_round`` flows, MLflow and the label store) produces the curves,
-timings and plot the README's table is built from. Only that they are produced and well formed is asserted; the
-figures themselves are the benchmark's."""
+timings and plot the README's table is built from, and logs the comparison to the campaigns' MLflow store. Only that
+they are produced and well formed is asserted; the figures themselves are the benchmark's."""
 
 import json
 import os
@@ -20,7 +20,10 @@ def test_al_mnist_quick_produces_its_curves_and_plot(tmp_path):
     out = tmp_path / "al_mnist.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "al_mnist.py"), "--quick", "--threads", "1", "--out", str(out)],
+        [
+            *(sys.executable, str(ROOT / "benchmarks" / "al_mnist.py"), "--quick", "--threads", "1"),
+            *("--out", str(out), "--workspace", str(tmp_path / "workspace")),
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -37,3 +40,19 @@ def test_al_mnist_quick_produces_its_curves_and_plot(tmp_path):
         assert set(summary["seconds_per_round"]) == {"wall", "train", "acquisition", "overhead"}
         assert len(summary["labels_to_90"]) == len(summary["labels_to_95"]) == 1
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'workspace' / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("benchmark-al_mnist").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["quick"] == "True"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"al_mnist.json", "al_mnist.png"}
+    history = client.get_metric_history(run.info.run_id, "powerbald/median_test_accuracy")
+    assert sorted(m.step for m in history) == [20, 30, 40, 50, 60]
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == [
+        r["accuracy"] for r in payload["methods"]["powerbald"]["curves"][0]
+    ]
+    campaigns = {e.name for e in client.search_experiments()} - {"benchmark-al_mnist", "Default"}
+    assert len(campaigns) == 2 and all(
+        name.startswith(("mnist-powerbald-seed0-", "mnist-random-seed0-")) for name in campaigns
+    )

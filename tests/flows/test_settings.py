@@ -154,3 +154,16 @@ def test_declared_classes_are_distinct_names(monkeypatch):
         load_settings(None, {"dataset": {"classes": ["a", ""]}})
     monkeypatch.setenv("BELIEFLOOP_DATASET__CLASSES", '["x", "y", "z"]')
     assert load_settings().dataset.classes == ["x", "y", "z"]
+
+
+def test_pool_subsample_is_auto_all_or_a_number_of_items(tmp_path, monkeypatch):
+    assert load_settings(None).acquisition.pool_subsample == "auto"
+    params = tmp_path / "params.yaml"
+    params.write_text("acquisition:\n  pool_subsample: null\n")  # what the whole pool was written as before "all"
+    assert load_settings(params).acquisition.pool_subsample == "all"
+    monkeypatch.setenv("BELIEFLOOP_ACQUISITION__POOL_SUBSAMPLE", "500")
+    assert load_settings(params).acquisition.pool_subsample == 500
+    assert load_settings(params, {"acquisition": {"pool_subsample": "all"}}).acquisition.pool_subsample == "all"
+    for bad in ("0", "some"):
+        with pytest.raises(SettingsError, match=r"acquisition\.pool_subsample.*'auto' or 'all'"):
+            load_settings(None, {"acquisition": {"pool_subsample": bad}})

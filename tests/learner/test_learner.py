@@ -12,7 +12,7 @@ from sklearn.datasets import load_wine
 from acquisition import bald, expected_entropy, predictive_entropy
 from bayes_models.selection import kass_raftery
 from learner import ActiveLearner, round_seed
-from learner.query import pool_predict
+from learner.query import TOP_K_SUBSAMPLE, pool_predict, resolve_subsample
 
 LAST_LAYER_EVIDENCE = "Laplace log p(D₂|D₁) (last_layer, exact GGN, D₁ = 50% of the labels)"
 ALL_WEIGHTS_EVIDENCE = "Laplace log p(D₂|D₁) (all, exact GGN, D₁ = 50% of the labels)"
@@ -186,6 +186,29 @@ def test_cold_start_and_subsample(wine):
     assert _learner(seed=2).query(pool, k=5).indices.tolist() == cold.indices.tolist()
     sub = _learner(pool_subsample=40).fit(x, y).query(pool, k=5)
     assert sub.n_scored == 40 and sub.pool_size == len(pool)
+
+
+def test_auto_subsample_scores_a_random_2000_for_top_k_and_the_whole_pool_for_drawn_batches(wine):
+    x, y, pool, _, _ = wine
+    large = np.repeat(pool, 17, axis=0) + np.random.default_rng(0).normal(0, 0.1, (17 * len(pool), pool.shape[1]))
+    large = large.astype(np.float32)  # 2,550 items: more than TOP_K_SUBSAMPLE
+    scored = {}
+    for acquisition in ("bald", "predictive_entropy", "powerbald", "batchbald"):
+        batch = _learner(acquisition=acquisition, batch_candidates=20).fit(x, y).query(large, k=5)
+        scored[acquisition] = batch.n_scored
+        assert batch.pool_size == len(large) and len(set(batch.indices.tolist())) == 5
+    assert scored == {
+        "bald": TOP_K_SUBSAMPLE,
+        "predictive_entropy": TOP_K_SUBSAMPLE,
+        "powerbald": 2550,
+        "batchbald": 2550,
+    }
+    assert _learner(acquisition="bald", pool_subsample="all").fit(x, y).query(large, k=5).n_scored == len(large)
+    assert _learner(acquisition="bald").fit(x, y).query(pool, k=5).n_scored == len(pool)  # a smaller pool: all of it
+    streamed = _learner(acquisition="bald").fit(x, y).query(iter(np.array_split(large, 3)), k=5)
+    assert streamed.n_scored == len(large)  # a stream's size is not known up front: "auto" scores all of it
+    with pytest.raises(ValueError, match="pool_subsample must be a number of items, 'auto' or 'all'; got 'some'"):
+        resolve_subsample("bald", "some")
 
 
 def test_bad_options_are_refused():
