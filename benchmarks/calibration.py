@@ -16,6 +16,9 @@ Methods (all trained with the same step budget, ``--epochs`` passes over the fit
 - ``laplace_kfac_probit`` / ``laplace_kfac_mc``: post-hoc last-layer KFAC Laplace on the *same* trained MAP network,
   prior precision tuned by maximising the log evidence; probit (MacKay) predictive, and the MC predictive with
   ``--samples`` draws. Fit time = MAP training + Laplace fit + prior tuning; the post-hoc part is also timed alone.
+- ``laplace_kfac_probit_val`` / ``laplace_kfac_mc_val``: the same Laplace with its prior precision then scaled to the
+  lowest validation NLL of the probit predictive (``tune_prior_on_validation``, ``selection.prior_tuning:
+  validation``; the validation split of temperature scaling, below). Fit time adds the grid search.
 - ``ensemble_5``: five MAP networks (seeds ``s .. s+4``), uniform mixture.
 
 Temperature scaling (``+TS`` rows): one temperature per method and seed, fitted on the validation NLL of the
@@ -62,14 +65,23 @@ import torch  # noqa: E402
 from _common import cpu_name  # noqa: E402
 
 from bayes_models import DeepEnsemble, MCDropout, MCDropoutConfig, MeanFieldVI, TemperatureScaling, VIConfig  # noqa: E402
-from bayes_models.laplace import fit_laplace  # noqa: E402
+from bayes_models.laplace import fit_laplace, tune_prior_on_validation  # noqa: E402
 from bayes_models.metrics import accuracy, brier, ece, nll  # noqa: E402
 from data import DatasetError, load_dataset  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_MNIST = ROOT.parent / "shared" / "data" / "mnist.npz"
 DEFAULT_DATASETS = ("mnist-1k", "mnist-10k", "digits")
-METHODS = ("map", "mc_dropout", "vi", "laplace_kfac_probit", "laplace_kfac_mc", "ensemble_5")
+METHODS = (
+    "map",
+    "mc_dropout",
+    "vi",
+    "laplace_kfac_probit",
+    "laplace_kfac_mc",
+    "laplace_kfac_probit_val",
+    "laplace_kfac_mc_val",
+    "ensemble_5",
+)
 ENSEMBLE_MEMBERS = 5
 ECE_BINS = 15
 ACCURACY_TOLERANCE = 0.005
@@ -312,15 +324,20 @@ def run_seed(dataset: str, source: Source, seed: int, args: argparse.Namespace) 
     vi = MeanFieldVI(VIConfig(**common, bayesian=args.vi_bayesian), device=device)
     _, vi_s = timed(vi.fit, x_fit, y_fit)
 
-    def laplace_mc(x: torch.Tensor) -> torch.Tensor:
-        return laplace.predict(x, link="mc", n_samples=S, generator=torch.Generator().manual_seed(seed))
+    tuned = fit_laplace(map_model.network, x_fit, y_fit, subset="last_layer", structure="kfac")  # the same fit
+    tuning, tune_s = timed(tune_prior_on_validation, tuned, x_val, y_val)
+
+    def mc(posterior) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda x: posterior.predict(x, link="mc", n_samples=S, generator=torch.Generator().manual_seed(seed))
 
     predictors: dict[str, tuple[float, Callable[[torch.Tensor], torch.Tensor]]] = {
         "map": (map_s, lambda x: map_model.predictive_samples(x, 1)[0]),
         "mc_dropout": (mc_dropout_s, lambda x: mc_dropout.predictive_samples(x, S, seed=seed).mean(0)),
         "vi": (vi_s, lambda x: vi.predictive_samples(x, S, seed=seed).mean(0)),
         "laplace_kfac_probit": (map_s + laplace_s, lambda x: laplace.predict(x, link="probit")),
-        "laplace_kfac_mc": (map_s + laplace_s, laplace_mc),
+        "laplace_kfac_mc": (map_s + laplace_s, mc(laplace)),
+        "laplace_kfac_probit_val": (map_s + laplace_s + tune_s, lambda x: tuned.predict(x, link="probit")),
+        "laplace_kfac_mc_val": (map_s + laplace_s + tune_s, mc(tuned)),
         "ensemble_5": (sum(member_s), lambda x: ensemble.predictive_samples(x).mean(0)),
     }
     per_10k = 10_000 / len(x_test)
@@ -362,6 +379,8 @@ def run_seed(dataset: str, source: Source, seed: int, args: argparse.Namespace) 
         "ratio": laplace_s / map_s,
         "prior_precision": float(laplace.prior_precision),
         "log_evidence": laplace.log_evidence(),
+        "validation_prior_scale": tuning.scale,
+        "validation_tuning_s": tune_s,
     }
     settings = {
         "architecture": source.architecture,
@@ -443,7 +462,11 @@ def verdicts(rows: list[dict], costs: list[dict], datasets: list[str]) -> dict[s
         return out
 
     result: dict[str, Any] = {}
-    for method, key in (("laplace_kfac_probit", "laplace"), ("ensemble_5", "ensemble")):
+    for method, key in (
+        ("laplace_kfac_probit", "laplace"),
+        ("laplace_kfac_mc_val", "laplace_validation_tuned"),
+        ("ensemble_5", "ensemble"),
+    ):
         target = f"{method} improves NLL and ECE over map at equal accuracy (loss <= {ACCURACY_TOLERANCE})"
         per_dataset = {}
         for dataset in datasets:
@@ -476,7 +499,7 @@ def verdicts(rows: list[dict], costs: list[dict], datasets: list[str]) -> dict[s
 
 
 def print_table(summary: list[dict], settings: dict[str, dict], costs: list[dict], result: dict) -> None:
-    header = f"{'method':<22}{'TS':<4}{'accuracy':>16}{'NLL':>16}{'ECE':>16}{'Brier':>16}{'fit s':>9}{'pred s/10k':>11}"
+    header = f"{'method':<24}{'TS':<4}{'accuracy':>16}{'NLL':>16}{'ECE':>16}{'Brier':>16}{'fit s':>9}{'pred s/10k':>11}"
     for dataset, info in settings.items():
         print(
             f"\n{dataset}: {info['architecture']}, {info['epochs']:g} epochs = {info['steps']} steps of batch "
@@ -489,7 +512,7 @@ def print_table(summary: list[dict], settings: dict[str, dict], costs: list[dict
                 f"{e[f'{k}_mean']:>8.4f}±{e[f'{k}_std']:<7.4f}" for k in ("accuracy", "nll", "ece", "brier")
             )
             print(
-                f"{e['method']:<22}{'+TS' if e['temperature_scaled'] else '':<4}{cells}"
+                f"{e['method']:<24}{'+TS' if e['temperature_scaled'] else '':<4}{cells}"
                 f"{e['fit_s_mean']:>9.2f}{e['predict_s_per_10k_mean']:>11.3f}"
             )
         cost = result["laplace_posthoc_cost_under_20pct_of_map"]["datasets"][dataset]
