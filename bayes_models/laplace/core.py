@@ -319,17 +319,61 @@ class Laplace:
         params = [log_delta, log_sigma] if tune_sigma_noise else [log_delta]
         optimizer = torch.optim.Adam(params, lr=lr)
         best = (-math.inf, log_delta.detach().clone(), log_sigma.detach().clone())
+        closed_form = None if tune_sigma_noise else self._log_z_in_log_delta(per_layer)
         for step in range(n_steps + 1):
             optimizer.zero_grad(set_to_none=True)
-            value = self.log_marginal_likelihood(log_delta.exp(), log_sigma.exp())
+            if closed_form is not None:
+                value, gradient = closed_form(log_delta.detach())
+            else:
+                value = self.log_marginal_likelihood(log_delta.exp(), log_sigma.exp())
             if float(value.detach()) > best[0]:
                 best = (float(value.detach()), log_delta.detach().clone(), log_sigma.detach().clone())
             if step < n_steps:
-                (-value).backward()
+                if closed_form is not None:
+                    log_delta.grad = -gradient
+                else:
+                    (-value).backward()
                 optimizer.step()
         self.prior_precision = best[1].exp()
         self.sigma_noise = float(best[2].exp())
         return self.prior_precision
+
+    @torch.no_grad()
+    def _log_z_in_log_delta(self, per_layer: bool) -> Any:
+        """``log Z`` and its gradient as functions of ``log δ`` (a scalar, or one per layer), for
+        :meth:`optimize_prior_precision`: under an isotropic prior the same value as :meth:`log_marginal_likelihood`,
+        from the curvature's eigenvalues ``λ`` taken once,
+
+            ``log p(D|θ*) − ½ Σ_l δ_l ‖θ_l − θ₀_l‖² + ½ Σ_l P_l log δ_l − ½ Σ_l Σ log(λ_l + δ_l)``,
+
+        with ``∂/∂ log δ_l = −½ δ_l ‖θ_l − θ₀_l‖² + ½ P_l − ½ Σ δ_l / (λ_l + δ_l)``: a step is a few vector operations,
+        not the posterior's assembly and a backward pass (the evidence of a digits candidate: 57 → 31 ms).
+        ``None`` for a full structure with one ``δ`` per layer (not diagonal in ``λ``'s basis)."""
+        fit = self._checked_fit()
+        sizes = self.subnet.group_sizes
+        scale = self._sigma**-2 if self.likelihood == "regression" else torch.ones_like(self._sigma)
+        if self.structure == "full":
+            if per_layer and len(sizes) > 1:
+                return None
+            spectra, sizes = [self._ops.curvature_spectrum(self._curvature, scale)], [sum(sizes)]
+        elif self.structure == "diag":
+            spectra = self._ops.curvature_spectrum(self._curvature, scale, sizes)
+        else:
+            spectra = self._ops.curvature_spectrum(self._curvature, scale)
+        offsets = torch.split(self.mean - self.prior_mean, sizes)
+        squared = torch.stack([(part**2).sum() for part in offsets])
+        counts = torch.tensor(sizes, dtype=self.dtype, device=self.device)
+        loglik = log_likelihood(fit, self.n_data * self.n_outputs, self.likelihood, self._sigma)
+
+        def log_z(log_delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            deltas = log_delta.expand(len(sizes)).exp()
+            log_det = torch.stack([(spectrum + d).log().sum() for spectrum, d in zip(spectra, deltas, strict=True)])
+            traces = torch.stack([(d / (spectrum + d)).sum() for spectrum, d in zip(spectra, deltas, strict=True)])
+            value = loglik - 0.5 * (deltas * squared).sum() + 0.5 * (counts * log_delta.expand(len(sizes))).sum()
+            gradient = -0.5 * deltas * squared + 0.5 * counts - 0.5 * traces
+            return value - 0.5 * log_det.sum(), gradient if log_delta.dim() else gradient.sum()
+
+        return log_z
 
     @torch.no_grad()
     def _posterior_precision(self) -> Precision:

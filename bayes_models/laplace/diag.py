@@ -91,6 +91,11 @@ def posterior_precision(curvature: torch.Tensor, prior: Any, scale: torch.Tensor
     return DiagPrecision(scale * curvature + prior.diag)
 
 
+def curvature_spectrum(curvature: torch.Tensor, scale: torch.Tensor, group_sizes: list[int]) -> list[torch.Tensor]:
+    """Per layer, the eigenvalues of the data's curvature term: its diagonal, ``scale · diag(GGN)``."""
+    return list(torch.split(scale * curvature, group_sizes))
+
+
 def functional_covariance(subnet: Subnet, inp: torch.Tensor, precision: Any, theta: torch.Tensor) -> torch.Tensor:
     """``J H⁻¹ Jᵀ`` ``[N, C, C]`` of the linearised outputs (per-example Jacobians, chunked)."""
     return jacobian_covariance(subnet, inp, precision, theta)

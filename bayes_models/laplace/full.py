@@ -131,11 +131,18 @@ def posterior_precision(curvature: dict[str, torch.Tensor], prior: Any, scale: t
     if isinstance(prior, DiagPrecision):
         delta = prior.diag
         if bool((delta.detach() == delta.detach()[0]).all()):
-            if "_eigenvalues" not in curvature:
-                curvature["_eigenvalues"] = torch.linalg.eigvalsh(ggn).clamp(min=0)
-            return DensePrecision(lambda: scale * ggn + torch.diag(delta), scale * curvature["_eigenvalues"] + delta[0])
+            eigenvalues = curvature_spectrum(curvature, scale) + delta[0]
+            return DensePrecision(lambda: scale * ggn + torch.diag(delta), eigenvalues)
         return DensePrecision(scale * ggn + torch.diag(delta))
     return DensePrecision(scale * ggn + prior.to_dense())
+
+
+def curvature_spectrum(curvature: dict[str, torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
+    """The eigenvalues of the data's curvature term ``scale · GGN`` over all weights (cached as
+    :func:`posterior_precision` caches them): under a prior ``δ I`` the posterior's are these ``+ δ``."""
+    if "_eigenvalues" not in curvature:
+        curvature["_eigenvalues"] = torch.linalg.eigvalsh(curvature["ggn"]).clamp(min=0)
+    return scale * curvature["_eigenvalues"]
 
 
 def functional_covariance(subnet: Subnet, inp: torch.Tensor, precision: Any, theta: torch.Tensor) -> torch.Tensor:

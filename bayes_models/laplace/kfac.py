@@ -264,6 +264,18 @@ def posterior_precision(curvature: list[dict[str, Any]], prior: Any, scale: torc
     return KronPrecision(blocks)
 
 
+def curvature_spectrum(curvature: list[dict[str, Any]], scale: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer, the eigenvalues ``scale · λ_G,i λ_A,j / n`` of the data's curvature term (flattened): ``log det`` of
+    the posterior under an isotropic prior is ``Σ_l Σ log(λ + δ_l)``. The factors' eigendecompositions are cached in
+    ``curvature`` as :func:`posterior_precision` caches them."""
+    spectra = []
+    for c in curvature:
+        block = KronBlock(c["A"], c["G"], c["n"], c["A"].new_zeros(()), scale, _eig=c.get("_eig"))
+        spectra.append((block.spectrum()[2]).flatten())
+        c["_eig"] = block._eig
+    return spectra
+
+
 def _eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigendecomposition in float64, cast back: float32 ``eigh`` of rank-deficient factors (e.g. MNIST's always-zero
     border pixels) was seen to return NaN with multi-threaded MKL."""
