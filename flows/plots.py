@@ -109,10 +109,7 @@ def queued_gallery(
 
     if images is not None:
         rows = -(-len(shown) // columns)
-        fig = Figure(figsize=(_TILE_WIDTH * columns / 100, (_TILE_HEIGHT * rows + _TITLE) / 100))
-        ax = fig.add_axes((0, 0, 1, 1 - _TITLE / (_TILE_HEIGHT * rows + _TITLE)))
-        ax.imshow(_mosaic(images[: len(shown)], rows, columns), interpolation="nearest", aspect="auto")
-        ax.set_axis_off()
+        fig = Figure(figsize=(_TILE_WIDTH * columns / 100, (_TILE_HEIGHT * rows + _TITLE) / 100), dpi=100)
         for index, q in enumerate(shown):
             row, column = divmod(index, columns)
             fig.text(
@@ -125,6 +122,7 @@ def queued_gallery(
                 parse_math=False,
             )
         fig.suptitle("Queued for labeling (predicted class, its probability, acquisition score)", fontsize=9)
+        return _save_with_mosaic(fig, _mosaic(images[: len(shown)], rows, columns), path)
     else:
         named = [row[:GALLERY_FEATURES] for row in vectors[: len(shown)]] if vectors else []
         header = ["rank", "item", "predicted", "p", "score", "epistemic", "aleatoric"]
@@ -153,6 +151,22 @@ def queued_gallery(
                  parse_math=False)  # fmt: skip
         fig.suptitle("Queued for labeling", fontsize=9)
     fig.savefig(path, dpi=100)
+    return path
+
+
+def _save_with_mosaic(fig, mosaic: np.ndarray, path: Path) -> Path:
+    """Save ``fig`` (captions and title on white) as a PNG with ``mosaic`` (white around its pictures) laid pixel for
+    pixel below the title's band: the darker of the two per pixel, so the captions stay over the mosaic's white. An
+    axes' ``imshow`` (or ``figimage``) resampled the mosaic even at 1:1, a third of the gallery's time."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    below = pixels[_TITLE : _TITLE + mosaic.shape[0], : mosaic.shape[1]]
+    np.minimum(below, np.round(mosaic * 255).astype(np.uint8), out=below)
+    Image.fromarray(pixels).save(path, format="png")
     return path
 
 

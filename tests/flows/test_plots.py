@@ -49,6 +49,13 @@ def test_an_image_gallery_shows_each_queued_item_by_rank_from_the_raw_pixels(tmp
     picture = matplotlib.image.imread(png)
     assert picture.shape[:2] == (270, 1000)  # one row of five 2.0 x 2.4 inch panels and a title, at 100 dpi
     assert picture[..., :3].std() > 0.05  # drawn, not blank
+    # each picture pixel for pixel below the title's 30-pixel band (no resampling), the captions above them
+    mosaic = np.round(plots._mosaic(gallery.images, 1, 5) * 255)
+    laid = np.round(picture[30:, :, :3] * 255)
+    pictured = mosaic < 255
+    assert pictured.sum() > 3 * 100 * 100
+    np.testing.assert_array_equal(laid[pictured], mosaic[pictured])
+    assert (laid[:36][~pictured[:36]] < 128).any()  # caption text in the tiles' top bands
 
 
 def test_a_vector_gallery_is_a_table_growing_with_the_batch(tmp_path):
