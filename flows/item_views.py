@@ -40,6 +40,7 @@ def feature_table(features: FeatureStore, row: int) -> list[tuple[str, str]]:
     if (stats := features.standardization) is not None:
         mean, std = stats
         x = x * std + mean
+        x[np.abs(x) <= 1e-6 * (np.abs(mean) + std)] = 0.0  # float32 rounding of a stored 0, not "-2.5e-09"
     shown = len(x) - (text.dim if (text := features.text_features) is not None else 0)
     return [(name, f"{value:.4g}") for name, value in zip(features.feature_names[:shown], x[:shown], strict=True)]
 

@@ -7,6 +7,7 @@ the first plot, so importing the round flow does not pay for it.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -95,9 +96,10 @@ def queued_gallery(
     rank) under their names and by a snippet of each item's text when ``texts`` are given (same order); the first
     ``GALLERY_MAX`` by rank.
 
-    Drawn as one picture (a mosaic) or one block of monospaced text, not an axes or a table cell per item: those
-    were most of a round's plotting time (0.25–0.75 s of a round, measured)."""
-    from matplotlib.figure import Figure
+    Drawn with Pillow in matplotlib's DejaVu fonts: a mosaic of pictures and lines of text need no axes, and
+    matplotlib rendered text a glyph at a time (a digits round's table: 105 ms, now a few ms; an axes' ``imshow``
+    also resampled the mosaic at 1:1)."""
+    from PIL import Image, ImageDraw
 
     shown = sorted(items, key=lambda q: q.rank)[:GALLERY_MAX]
 
@@ -107,22 +109,22 @@ def queued_gallery(
     def predicted(q) -> str:
         return "–" if q.predicted is None else classes[q.predicted]
 
+    title_font = _font("DejaVuSans.ttf", 12)
     if images is not None:
         rows = -(-len(shown) // columns)
-        fig = Figure(figsize=(_TILE_WIDTH * columns / 100, (_TILE_HEIGHT * rows + _TITLE) / 100), dpi=100)
+        width = _TILE_WIDTH * columns
+        picture = Image.new("RGB", (width, _TILE_HEIGHT * rows + _TITLE), "white")
+        mosaic = np.round(_mosaic(images[: len(shown)], rows, columns) * 255).astype(np.uint8)
+        picture.paste(Image.fromarray(mosaic), (0, _TITLE))
+        draw = ImageDraw.Draw(picture)
+        title = "Queued for labeling (predicted class, its probability, acquisition score)"
+        draw.text((width / 2, _TITLE / 2), title, font=title_font, fill="black", anchor="mm")
+        caption_font = _font("DejaVuSans.ttf", 10)
         for index, q in enumerate(shown):
             row, column = divmod(index, columns)
-            fig.text(
-                (column + 0.5) / columns,
-                1 - (_TITLE + _TILE_HEIGHT * row + 4) / (_TILE_HEIGHT * rows + _TITLE),
-                f"#{q.rank} {q.item_id}\n{predicted(q)} p={number(q.probability, 2)}  score {number(q.score, 3)}",
-                fontsize=7,
-                ha="center",
-                va="top",
-                parse_math=False,
-            )
-        fig.suptitle("Queued for labeling (predicted class, its probability, acquisition score)", fontsize=9)
-        return _save_with_mosaic(fig, _mosaic(images[: len(shown)], rows, columns), path)
+            caption = f"#{q.rank} {q.item_id}\n{predicted(q)} p={number(q.probability, 2)}  score {number(q.score, 3)}"
+            xy = ((column + 0.5) * _TILE_WIDTH, _TITLE + _TILE_HEIGHT * row + 4)
+            draw.multiline_text(xy, caption, font=caption_font, fill="black", anchor="ma", align="center", spacing=2)
     else:
         named = [row[:GALLERY_FEATURES] for row in vectors[: len(shown)]] if vectors else []
         header = ["rank", "item", "predicted", "p", "score", "epistemic", "aleatoric"]
@@ -145,34 +147,29 @@ def queued_gallery(
         lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)) for row in cells]
         rule = "  ".join("─" * width for width in widths)
         table = "\n".join(["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), rule, *lines])
-        height = 0.16 * (len(lines) + 2) + 0.6  # inches: 9 pt lines, the title above
-        fig = Figure(figsize=(0.4 + 0.082 * len(rule), height))  # 9 pt monospace: 8 pixels a character at 100 dpi
-        fig.text(0.2 / fig.get_figwidth(), 1 - 0.5 / height, table, family="monospace", fontsize=9, va="top",
-                 parse_math=False)  # fmt: skip
-        fig.suptitle("Queued for labeling", fontsize=9)
-    fig.savefig(path, dpi=100)
-    return path
-
-
-def _save_with_mosaic(fig, mosaic: np.ndarray, path: Path) -> Path:
-    """Save ``fig`` (captions and title on white) as a PNG with ``mosaic`` (white around its pictures) laid pixel for
-    pixel below the title's band: the darker of the two per pixel, so the captions stay over the mosaic's white. An
-    axes' ``imshow`` (or ``figimage``) resampled the mosaic even at 1:1, a third of the gallery's time."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from PIL import Image
-
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    pixels = np.asarray(canvas.buffer_rgba())[..., :3].copy()
-    below = pixels[_TITLE : _TITLE + mosaic.shape[0], : mosaic.shape[1]]
-    np.minimum(below, np.round(mosaic * 255).astype(np.uint8), out=below)
-    Image.fromarray(pixels).save(path, format="png")
+        table_font = _font("DejaVuSansMono.ttf", 12)
+        measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        left, top, right, bottom = measure.multiline_textbbox((0, 0), table, font=table_font, spacing=4)
+        width = max(right - left, measure.textbbox((0, 0), "Queued for labeling", font=title_font)[2]) + 40
+        picture = Image.new("RGB", (width, _TITLE + bottom - top + 30), "white")
+        draw = ImageDraw.Draw(picture)
+        draw.text((width / 2, _TITLE / 2), "Queued for labeling", font=title_font, fill="black", anchor="mm")
+        draw.multiline_text((20 - left, _TITLE + 10 - top), table, font=table_font, fill="black", spacing=4)
+    picture.save(path, format="png")
     return path
 
 
 _TILE_WIDTH, _TILE_HEIGHT, _TITLE = 200, 240, 30
-"""The image gallery's geometry in pixels at 100 dpi: a tile per item (its caption above its picture) and the
-title's band."""
+"""The image gallery's geometry in pixels: a tile per item (its caption above its picture) and the title's band."""
+
+
+@functools.cache
+def _font(name: str, size: int):
+    """One of the DejaVu fonts that matplotlib ships (``mpl-data/fonts/ttf``) at ``size`` pixels, for Pillow."""
+    import matplotlib
+    from PIL import ImageFont
+
+    return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name), size)
 
 
 def _mosaic(images: list[np.ndarray], rows: int, columns: int) -> np.ndarray:

@@ -17,6 +17,17 @@ def test_vectors_are_shown_in_the_units_of_the_file(tmp_path):
     assert feature_table(features, 1) == [("x0", "2.5"), ("x1", "100")]
 
 
+def test_a_zero_reads_as_zero_after_standardisation_is_undone(tmp_path):
+    x_train = np.array([[0.0, 5.0], [0.0, 0.0], [13.0, 16.0]], dtype=np.float32)  # digits' pixels
+    np.savez(tmp_path / "v.npz", x_train=x_train, x_test=x_train[:1], y_test=np.array([0]))
+    features = open_feature_store(write_feature_store(load_dataset(str(tmp_path / "v.npz")), tmp_path / "store"))
+    assert [feature_table(features, row) for row in range(3)] == [
+        [("x0", "0"), ("x1", "5")],
+        [("x0", "0"), ("x1", "0")],
+        [("x0", "13"), ("x1", "16")],
+    ]
+
+
 def test_images_are_enlarged_by_whole_pixels_and_keep_their_colours():
     image_C_H_W = np.zeros((3, 2, 4), dtype=np.float32)
     image_C_H_W[0, 0, 0] = 1.0  # one red pixel
