@@ -737,6 +737,14 @@ def _round_steps(
     metrics["pool_size"] = query.pool_size
     if query.n_scored:
         metrics["pool_scored"] = query.n_scored
+        if query.acquisition != "random" and query.n_scored < query.pool_size:
+            logger.info(
+                "%s scored a random %d of the %d pool items (acquisition.pool_subsample: %s; 'all' scores every one)",
+                query.acquisition,
+                query.n_scored,
+                query.pool_size,
+                settings.acquisition.pool_subsample,
+            )
         metrics["pool_mean_aleatoric"] = query.mean(query.aleatoric_hist)
         metrics["pool_mean_epistemic"] = query.mean(query.epistemic_hist)
     queued = store.enqueue(campaign, round_, scores.entries)
