@@ -251,11 +251,6 @@ class AcquisitionSettings(_Section):
     batch_candidates: int = Field(1000, ge=1)
     """BatchBALD chooses greedily among this many of the pool's best items by BALD."""
 
-    @field_validator("pool_subsample", mode="before")
-    @classmethod
-    def _null_is_all(cls, value: Any) -> Any:
-        return "all" if value is None else value
-
     shards: int = Field(1, ge=1)
     """Pool scoring is split into this many Prefect tasks (threads, or Dask workers with ``dask_address``)."""
     dask_address: str | None = None
@@ -267,6 +262,12 @@ class AcquisitionSettings(_Section):
         if name not in ACQUISITION_NAMES:
             raise ValueError(f"unknown acquisition {name!r}; expected one of {list(ACQUISITION_NAMES)}")
         return name
+
+    @field_validator("pool_subsample", mode="before")
+    @classmethod
+    def _null_is_all(cls, value: Any) -> Any:
+        """``null``, what params files wrote before ``all`` existed, still means the whole pool."""
+        return "all" if value is None else value
 
 
 class RepresentationSettings(_Section):
