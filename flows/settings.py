@@ -250,7 +250,6 @@ class AcquisitionSettings(_Section):
     (``learner.query.resolve_subsample``)."""
     batch_candidates: int = Field(1000, ge=1)
     """BatchBALD chooses greedily among this many of the pool's best items by BALD."""
-
     shards: int = Field(1, ge=1)
     """Pool scoring is split into this many Prefect tasks (threads, or Dask workers with ``dask_address``)."""
     dask_address: str | None = None

@@ -352,14 +352,11 @@ class Laplace:
         fit = self._checked_fit()
         sizes = self.subnet.group_sizes
         scale = self._sigma**-2 if self.likelihood == "regression" else torch.ones_like(self._sigma)
-        if self.structure == "full":
-            if per_layer and len(sizes) > 1:
-                return None
-            spectra, sizes = [self._ops.curvature_spectrum(self._curvature, scale)], [sum(sizes)]
-        elif self.structure == "diag":
-            spectra = self._ops.curvature_spectrum(self._curvature, scale, sizes)
-        else:
-            spectra = self._ops.curvature_spectrum(self._curvature, scale)
+        if self.structure == "full" and per_layer and len(sizes) > 1:
+            return None
+        spectra = self._ops.curvature_spectrum(self._curvature, scale, sizes)
+        if len(spectra) != len(sizes):  # full: one spectrum over all weights, one δ
+            sizes = [sum(sizes)]
         offsets = torch.split(self.mean - self.prior_mean, sizes)
         squared = torch.stack([(part**2).sum() for part in offsets])
         counts = torch.tensor(sizes, dtype=self.dtype, device=self.device)

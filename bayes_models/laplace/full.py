@@ -131,18 +131,25 @@ def posterior_precision(curvature: dict[str, torch.Tensor], prior: Any, scale: t
     if isinstance(prior, DiagPrecision):
         delta = prior.diag
         if bool((delta.detach() == delta.detach()[0]).all()):
-            eigenvalues = curvature_spectrum(curvature, scale) + delta[0]
+            eigenvalues = scale * _ggn_eigenvalues(curvature) + delta[0]
             return DensePrecision(lambda: scale * ggn + torch.diag(delta), eigenvalues)
         return DensePrecision(scale * ggn + torch.diag(delta))
     return DensePrecision(scale * ggn + prior.to_dense())
 
 
-def curvature_spectrum(curvature: dict[str, torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
-    """The eigenvalues of the data's curvature term ``scale · GGN`` over all weights (cached as
-    :func:`posterior_precision` caches them): under a prior ``δ I`` the posterior's are these ``+ δ``."""
+def curvature_spectrum(
+    curvature: dict[str, torch.Tensor], scale: torch.Tensor, group_sizes: list[int]
+) -> list[torch.Tensor]:
+    """The eigenvalues of the data's curvature term ``scale · GGN``, one spectrum over all weights (not one per group:
+    the layers share the GGN's eigenbasis): under a prior ``δ I`` the posterior's are these ``+ δ``."""
+    return [scale * _ggn_eigenvalues(curvature)]
+
+
+def _ggn_eigenvalues(curvature: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The GGN's eigenvalues, computed once and kept in ``curvature`` (prior tuning asks for them at every ``δ``)."""
     if "_eigenvalues" not in curvature:
         curvature["_eigenvalues"] = torch.linalg.eigvalsh(curvature["ggn"]).clamp(min=0)
-    return scale * curvature["_eigenvalues"]
+    return curvature["_eigenvalues"]
 
 
 def functional_covariance(subnet: Subnet, inp: torch.Tensor, precision: Any, theta: torch.Tensor) -> torch.Tensor:

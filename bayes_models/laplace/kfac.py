@@ -253,27 +253,29 @@ def posterior_precision(curvature: list[dict[str, Any]], prior: Any, scale: torc
     for c, p in zip(curvature, prior.blocks, strict=True):
         if c["A"].shape != p.A.shape or c["G"].shape != p.G.shape:
             raise ValueError(f"prior block {tuple(p.G.shape)}⊗{tuple(p.A.shape)} does not fit the layer")
-        if p.n == 0:  # the eigendecomposition of the data's factors is kept for the next call (prior tuning)
-            block = KronBlock(c["A"], c["G"], c["n"], p.delta, scale, p.bias, c.get("_eig"))
-            block.spectrum()
-            c["_eig"] = block._eig
-            blocks.append(block)
+        if p.n == 0:
+            blocks.append(_data_block(c, p.delta, scale, p.bias))
         else:
             merged_g = p.scale * p.G + scale * c["G"]
             blocks.append(KronBlock(p.A + c["A"], merged_g, p.n + c["n"], p.delta, 1.0, p.bias))
     return KronPrecision(blocks)
 
 
-def curvature_spectrum(curvature: list[dict[str, Any]], scale: torch.Tensor) -> list[torch.Tensor]:
-    """Per layer, the eigenvalues ``scale · λ_G,i λ_A,j / n`` of the data's curvature term (flattened): ``log det`` of
-    the posterior under an isotropic prior is ``Σ_l Σ log(λ + δ_l)``. The factors' eigendecompositions are cached in
-    ``curvature`` as :func:`posterior_precision` caches them."""
-    spectra = []
-    for c in curvature:
-        block = KronBlock(c["A"], c["G"], c["n"], c["A"].new_zeros(()), scale, _eig=c.get("_eig"))
-        spectra.append((block.spectrum()[2]).flatten())
-        c["_eig"] = block._eig
-    return spectra
+def curvature_spectrum(
+    curvature: list[dict[str, Any]], scale: torch.Tensor, group_sizes: list[int]
+) -> list[torch.Tensor]:
+    """Per layer (a block per group), the eigenvalues ``scale · λ_G,i λ_A,j / n`` of the data's curvature term,
+    flattened: ``log det`` of the posterior under an isotropic prior is ``Σ_l Σ log(λ + δ_l)``."""
+    return [_data_block(c, c["A"].new_zeros(()), scale).spectrum()[2].flatten() for c in curvature]
+
+
+def _data_block(curvature: dict[str, Any], delta: torch.Tensor, scale: torch.Tensor, bias: bool = True) -> KronBlock:
+    """A layer's data block under the prior ``δ I``, its factors' eigendecomposition computed once and kept in
+    ``curvature`` for the next call (prior tuning asks for it at every ``δ``)."""
+    block = KronBlock(curvature["A"], curvature["G"], curvature["n"], delta, scale, bias, curvature.get("_eig"))
+    block.spectrum()
+    curvature["_eig"] = block._eig
+    return block
 
 
 def _eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
