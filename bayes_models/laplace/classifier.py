@@ -59,8 +59,9 @@ class LaplaceConfig(TrainingConfig):
     """Adam steps on ``log δ`` per update (``"kfac"``), or most fixed-point iterations (``"exact_ggn"``)."""
     marglik_lr: float = 0.1
     marglik_evidence: str = "exact_ggn"
-    """The ``log Z`` marglik updates maximise: ``"exact_ggn"``, the exact GGN's in kernel form on ``marglik_rows`` rows
-    (items × classes) drawn at each update, or ``"kfac"`` (Immer et al. 2021; see ``marglik_training``)."""
+    """The ``log Z`` marglik updates maximise: ``"exact_ggn"``, the exact GGN's in kernel form on ``marglik_rows // C``
+    items drawn at each update (C − 1 kernel rows each for the softmax), or ``"kfac"`` (Immer et al. 2021; see
+    ``marglik_training``)."""
     marglik_rows: int = 1024
     prior_std: float | None = None
     """A stated Gaussian prior ``N(0, prior_std²)`` on every weight: trained under and evidence computed under it,

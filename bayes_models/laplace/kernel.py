@@ -1,17 +1,18 @@
 """The Laplace evidence's log determinant under the exact GGN, computed in the data's space (the network's
 empirical NTK) instead of the weights'.
 
-With the GGN's rows ``J̃ = L_nᵀ J_n`` (``Λ_n = L_n L_nᵀ``, one row per item and output: ``NC`` rows) and an
+With the GGN's rows ``J̃ = L_nᵀ J_n`` (``Λ_n = L_n L_nᵀ``, one row per item and column of ``L_n``: ``NK`` rows,
+``K = C − 1`` for the softmax, whose Hessian has that rank, see :func:`._common.hessian_sqrt`) and an
 isotropic prior ``D`` (one precision per layer), Sylvester's determinant identity gives
 
-    ``log det(GGN + D) − log det D = log det(I_P + D^{-1/2} J̃ᵀ J̃ D^{-1/2}) = log det(I_NC + Σ_l K_l / δ_l)``
+    ``log det(GGN + D) − log det D = log det(I_P + D^{-1/2} J̃ᵀ J̃ D^{-1/2}) = log det(I_NK + Σ_l K_l / δ_l)``
 
 with ``K_l = J̃_l J̃_lᵀ``. For a layer ``s = W̃ ã`` a row of ``J̃_l`` is ``g ⊗ ã`` (``g = B_nᵀ L_n e_k``, the
-column back-propagated to the layer's output), so ``K_l[(n,k),(m,j)] = (ã_n·ã_m)(g_nk·g_mj)``: the ``NC × NC``
-matrix costs ``O((NC)² · width)`` to build and ``O((NC)³)`` to factor, whatever the number of weights ``P``.
+column back-propagated to the layer's output), so ``K_l[(n,k),(m,j)] = (ã_n·ã_m)(g_nk·g_mj)``: the ``NK × NK``
+matrix costs ``O((NK)² · width)`` to build and ``O((NK)³)`` to factor, whatever the number of weights ``P``.
 
 Why: KFAC's ``log det`` gives every one of the ``P`` weight directions curvature (products of the factors'
-eigenvalues), while the GGN has rank at most ``NC``. Its Occam factor grows with width and depth where the exact
+eigenvalues), while the GGN has rank at most ``NK``. Its Occam factor grows with width and depth where the exact
 one does not, so the KFAC evidence preferred narrow, shallow networks that predict worse (``benchmarks/evidence.py``).
 
 When the weights are fewer than the rows (a last layer on many labels) the same determinant is taken from the
@@ -95,7 +96,7 @@ def ggn_log_det(
         raise ValueError(f"conditioned must be in [0, {x.shape[0]}) items; got {conditioned}")
     inp = subnet.inputs(x)
     out = subnet.forward(inp, theta)
-    n, c = out.shape
+    n, c = out.shape[0], hessian_sqrt(out[:1], likelihood).shape[2]  # rows per item
     if subnet.n_params <= min(n * c, full.MAX_PARAMS):  # fewer weights than rows: the dense GGN is the cheaper
         whole, first = _weight_space_log_dets(subnet, inp, out, precisions, likelihood, scale, conditioned)
         return KernelLogDet(whole - first, whole, blocks=1, conditioned=conditioned)
@@ -111,14 +112,19 @@ def ggn_log_det(
 
 
 def _layer_kernels(
-    subnet: Subnet, inp: torch.Tensor, out: torch.Tensor, theta: torch.Tensor, likelihood: str
+    subnet: Subnet,
+    inp: torch.Tensor,
+    out: torch.Tensor,
+    theta: torch.Tensor,
+    likelihood: str,
+    dtype: torch.dtype = torch.float64,
 ) -> Iterator[torch.Tensor]:
-    """Per ``nn.Linear`` layer, ``K_l[NC, NC]`` (float64, rows ``(n, k)``) at weights ``theta``."""
-    n, c = out.shape
+    """Per ``nn.Linear`` layer, ``K_l[NK, NK]`` (rows ``(n, k)``) at weights ``theta``, built in ``dtype``."""
     sqrt_hess = hessian_sqrt(out.double(), likelihood).to(out.dtype)
+    n, c = sqrt_hess.shape[0], sqrt_hess.shape[2]
     for a, g in backprop(subnet, inp, sqrt_hess, theta):
-        rows = g.transpose(0, 1).reshape(n * c, -1).double()  # [(n, k), O]
-        a = a.double()
+        rows = g.transpose(0, 1).reshape(n * c, -1).to(dtype)  # [(n, k), O]
+        a = a.to(dtype)
         yield (rows @ rows.T).view(n, c, n, c).mul_((a @ a.T)[:, None, :, None]).view(n * c, n * c)
 
 
@@ -153,16 +159,18 @@ def _cholesky_plus_identity(kernel: torch.Tensor) -> torch.Tensor:
 
 class SubsetEvidence:
     """The prior-dependent part of the exact-GGN ``log Z`` as a function of the layers' ``log δ``, estimated from
-    ``m`` of the ``n`` items (as many as fit in ``rows`` rows; all of them when they fit):
+    ``m`` of the ``n`` items (``rows // C`` of them for ``C`` outputs, all of them when they fit; the kernel has ``K``
+    rows per item, ``C − 1`` for the softmax):
 
         ``−½ Σ_l δ_l ‖θ_l‖² − ½ (n / m) log det(I + Σ_l K_l^{(m)} · scale / δ_l)``
 
     the kernel of the ``m`` items standing for ``n / m`` blocks like it. A block ignores the covariance with the
     other items, which by Fischer's inequality can only raise the determinant (exact for ``m = n``). It tunes the
-    prior during marginal-likelihood training at ``O(rows³)`` per step, whatever the width.
+    prior during marginal-likelihood training at ``O((mK)³)`` per step, whatever the width.
 
-    ``dtype``: of the kernels and their factorisations. float32 (the default) halves the fixed point's cost on
-    CPU, and the fixed point stops at 1% anyway; the checks against finite differences use float64."""
+    ``dtype``: of the kernels (built in it) and their factorisations. float32 (the default) halves the fixed
+    point's cost on CPU, and the fixed point stops at 1% anyway; the checks against finite differences use
+    float64."""
 
     def __init__(
         self,
@@ -183,8 +191,7 @@ class SubsetEvidence:
             chosen = torch.randperm(n, generator=generator)[:m].to(x.device)
             inp = subnet.inputs(x[chosen])
             out = subnet.forward(inp, theta)
-            kernels = torch.stack(list(_layer_kernels(subnet, inp, out, theta, likelihood))) * scale  # [L, r, r]
-            self.kernels = kernels.to(dtype)
+            self.kernels = torch.stack(list(_layer_kernels(subnet, inp, out, theta, likelihood, dtype))) * scale
         self.sq_norms = torch.stack([(w.double() ** 2).sum() for w in torch.split(theta, subnet.group_sizes)])
         self.weight = n / m
         """``n / m``: each item drawn stands for this many (1: all items, the exact estimate)."""
@@ -209,23 +216,25 @@ class SubsetEvidence:
         return value, (gradient if log_delta.dim() else gradient.sum()).to(log_delta.dtype)
 
     @torch.no_grad()
-    def maximise(self, log_delta: torch.Tensor, iterations: int, tolerance: float = 1e-2) -> torch.Tensor:
+    def maximise(self, log_delta: torch.Tensor, iterations: int, tolerance: float = 1e-2) -> tuple[torch.Tensor, float]:
         """MacKay's fixed point ``δ_l ← γ_l / ‖θ_l‖²`` (``Σ_l γ_l / Σ_l ‖θ_l‖²`` for a scalar ``δ``), where the
         gradient above is zero, half-stepped in ``log δ`` (the full step alternates between layers, seen on MNIST),
-        from ``log δ`` for up to ``iterations`` or until a full step would move ``log δ`` less than ``tolerance``
-        (1%); returns the new ``log δ``. Seven iterations were enough where 30 full steps had not converged."""
+        from ``log δ`` until a full step would move ``log δ`` less than ``tolerance`` (1%) or for ``iterations``;
+        returns the last ``log δ`` and the estimate there (from the factorisation the stopping test used). Seven
+        iterations were enough where 30 full steps had not converged."""
         for _ in range(iterations):
-            _, _, gamma = self._terms(log_delta)
+            _, value, gamma = self._terms(log_delta)
             ratio = gamma / self.sq_norms if log_delta.dim() else gamma.sum() / self.sq_norms.sum()
             step = ratio.log().to(log_delta.dtype) - log_delta
-            log_delta = log_delta + 0.5 * step
             if float(step.abs().max()) < tolerance:
-                break
-        return log_delta
+                return log_delta, value
+            log_delta = log_delta + 0.5 * step
+        return log_delta, self.value(log_delta)
 
     def _factor(self, delta: torch.Tensor) -> torch.Tensor:
         """The Cholesky factor of ``I + Σ_l K_l / δ_l``."""
-        return _cholesky_plus_identity(torch.einsum("l,lij->ij", (1.0 / delta).to(self.kernels.dtype), self.kernels))
+        weights = (1.0 / delta).to(self.kernels.dtype)
+        return _cholesky_plus_identity((weights @ self.kernels.flatten(1)).view(self.kernels.shape[1:]))
 
     def _value(self, delta: torch.Tensor, chol: torch.Tensor) -> float:
         log_det = 2.0 * chol.diagonal().log().double().sum()
@@ -235,7 +244,7 @@ class SubsetEvidence:
         """``(δ per layer, the estimate, γ per layer)`` at ``log δ``."""
         delta = log_delta.double().exp().expand(self.kernels.shape[0])
         chol = self._factor(delta)
-        traces = torch.einsum("ij,lij->l", torch.cholesky_inverse(chol), self.kernels).double()
+        traces = (self.kernels.flatten(1) @ torch.cholesky_inverse(chol).flatten()).double()  # tr(A⁻¹ K_l)
         return delta, self._value(delta, chol), self.weight * traces / delta
 
 

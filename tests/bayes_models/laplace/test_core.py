@@ -199,3 +199,21 @@ def test_all_weights_samples_are_of_the_linearised_network(brute) -> None:
     samples = la.predictive_samples(x[:6], 2_000, generator=torch.Generator().manual_seed(1))
     se = torch.sqrt(samples.var(0) / samples.shape[0] + ref.var(0) / ref.shape[0])
     assert bool(((samples.mean(0) - ref.mean(0)).abs() <= 5 * se + 1e-12).all())
+
+
+@pytest.mark.parametrize("classes", [1, 2, 3, 10])
+def test_softmax_hessian_square_root_has_its_rank_in_columns(classes: int) -> None:
+    """``L[N, C, C − 1]`` with ``L Lᵀ = diag(p) − ppᵀ`` to 1e-14 in float64, from flat logits to one class at
+    probability 1 − 1e-26 (the last class, where the reflection is built, and another); one zero column for C = 1."""
+    from bayes_models.laplace._common import hessian_sqrt
+
+    g = torch.Generator().manual_seed(classes)
+    logits = torch.cat([torch.randn(20, classes, generator=g, dtype=DT) * s for s in (0.01, 1.0, 10.0)])
+    confident = torch.zeros(2, classes, dtype=DT)
+    confident[0, -1] = confident[1, 0] = 60.0
+    logits = torch.cat([logits, confident])
+    root = hessian_sqrt(logits, "classification")
+    p = torch.softmax(logits, dim=-1)
+    hessian = torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
+    assert root.shape == (62, classes, max(classes - 1, 1))
+    assert float((root @ root.mT - hessian).abs().max()) < 1e-14

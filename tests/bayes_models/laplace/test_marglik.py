@@ -174,3 +174,27 @@ def test_conv_networks_fall_back_to_last_layer_map_training(caplog):
         model = LaplaceClassifier(config, device="cpu").fit(x, y)
     assert model.laplace.subset == "last_layer"
     assert "falls back to last-layer" in caplog.text and "MAP training instead" in caplog.text
+
+
+def test_exact_ggn_updates_leave_the_last_prior_at_its_fixed_point():
+    """The last exact-GGN update converges to 1% (those before it stop at 10%): rebuilt on the final network from
+    all items (the kernel of every row, as the updates' was), the fixed point ``γ_l / ‖θ_l‖²`` is within 1% of
+    every returned ``δ_l``, and the last history entry is the evidence estimate there."""
+    from bayes_models.laplace._common import Subnet
+    from bayes_models.laplace.kernel import SubsetEvidence
+
+    x, y = _blobs(60, 1)
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Linear(2, 12), nn.Tanh(), nn.Linear(12, 3))
+    result = marglik_training(
+        network, x, y, steps=200, batch_size=30, lr=0.01, burnin=50, every=50, hyper_evidence="exact_ggn"
+    )
+    objective = SubsetEvidence(Subnet(network, "all"), x, likelihood="classification")
+    assert objective.exact and len(result.log_evidence) == 4
+    delta = result.prior_precision.double()
+    _, gradient = objective.value_and_gradient(delta.log())  # −½ δ_l ‖θ_l‖² + ½ γ_l
+    prior_term = delta * objective.sq_norms
+    full_step = ((2 * gradient + prior_term) / prior_term).log()  # log(γ_l / ‖θ_l‖²) − log δ_l
+    assert float(full_step.abs().max()) < 1e-2
+    log_delta = delta.log()
+    assert result.log_evidence[-1] == pytest.approx(objective.value(log_delta), rel=1e-6)
