@@ -111,7 +111,8 @@ def plot(results: dict, path: Path) -> None:
     for method, summary in results.items():
         labels = [r["n_labeled"] for r in summary["curves"][0]]
         medians = [statistics.median(c[i]["accuracy"] for c in summary["curves"]) for i in range(len(labels))]
-        axis.plot(labels, medians, marker="o", markersize=3, label=method)
+        seeds = len(summary["curves"])
+        axis.plot(labels, medians, marker="o", markersize=3, label=f"{method} ({seeds} seed{'s' * (seeds > 1)})")
     for target in (0.90, 0.95):
         axis.axhline(target, color="grey", linewidth=0.6, linestyle="--")
     axis.set(xlabel="labels", ylabel="test accuracy (median over seeds)", ylim=(0.6, 1.0), title="MNIST")
