@@ -40,7 +40,7 @@ HYPER_EVIDENCE = ("kfac", "exact_ggn")
 ROUGH_TOLERANCE = 0.1
 """An exact-GGN update before the last stops its fixed point once ``δ`` would move less than 10% (the last, whose
 ``δ`` is the prior reported, at 1%): the weights train on under it and the next update starts again from a fresh
-draw of items. On digits that took 17–20 factorisations per fit down to 12–14, with final ``δ`` within 1%."""
+draw of items. On digits that took 17–20 factorisations per fit down to 11–14, with final ``δ`` within 1%."""
 CURVATURE_BATCH = 1024
 """Items per pass while accumulating the Kronecker factors (larger passes halve an update's cost on CPU)."""
 
