@@ -606,11 +606,14 @@ def labeling_round(
     started_at = time.time()
     campaign = settings.campaign_name
     store = open_label_store(settings)
-    with round_lock(store, campaign):  # another process's round of this campaign: RoundInProgress, nothing done
-        round_ = store.next_round(campaign)
-        _label_flow_run(campaign, round_)
-        with tags(campaign, f"round:{round_}"):
-            return _shown_round_steps(settings, store, round_, oracle, full_batch, started_at, progress)
+    try:
+        with round_lock(store, campaign):  # another process's round of this campaign: RoundInProgress, nothing done
+            round_ = store.next_round(campaign)
+            _label_flow_run(campaign, round_)
+            with tags(campaign, f"round:{round_}"):
+                return _shown_round_steps(settings, store, round_, oracle, full_batch, started_at, progress)
+    finally:
+        store.close()  # a long-lived process (serve) ran one more engine and SQLite connection per round
 
 
 def _shown_round_steps(
@@ -856,24 +859,27 @@ def simulate_campaign(settings: Settings, progress: bool = False) -> list[dict[s
     after a round that found the pool exhausted (or runs none when an earlier run ended so). ``progress``: show
     each round's long steps (``labeling_round``)."""
     store = open_label_store(settings)
-    prepare_campaign(settings, store, simulate=True)
-    campaign = settings.campaign_name
-    if _still_exhausted(store, campaign):
-        console.print(
-            f"the pool is exhausted since round {store.next_round(campaign) - 1} (every item is labeled, queued or "
-            "skipped); no round was run",
-            soft_wrap=True,
-        )
-        return store.round_metrics(campaign)[: settings.campaign.rounds]
-    while store.next_round(campaign) <= settings.campaign.rounds:
-        result = run_round(settings, oracle=True, progress=progress)
-        print_round(result)
-        if pool_exhausted(result):  # later rounds would only refit the same labels
-            break
-    results = store.round_metrics(campaign)[: settings.campaign.rounds]
-    tracker = CampaignTracker(settings.tracking_uri, settings.artifact_root, campaign)
-    tracker.finish_campaign(tracker.campaign_run(settings.model_dump(mode="json")), results)
-    return results
+    try:
+        prepare_campaign(settings, store, simulate=True)
+        campaign = settings.campaign_name
+        if _still_exhausted(store, campaign):
+            console.print(
+                f"the pool is exhausted since round {store.next_round(campaign) - 1} (every item is labeled, queued or "
+                "skipped); no round was run",
+                soft_wrap=True,
+            )
+            return store.round_metrics(campaign)[: settings.campaign.rounds]
+        while store.next_round(campaign) <= settings.campaign.rounds:
+            result = run_round(settings, oracle=True, progress=progress)
+            print_round(result)
+            if pool_exhausted(result):  # later rounds would only refit the same labels
+                break
+        results = store.round_metrics(campaign)[: settings.campaign.rounds]
+        tracker = CampaignTracker(settings.tracking_uri, settings.artifact_root, campaign)
+        tracker.finish_campaign(tracker.campaign_run(settings.model_dump(mode="json")), results)
+        return results
+    finally:
+        store.close()
 
 
 def _still_exhausted(store: LabelStore, campaign: str) -> bool:
