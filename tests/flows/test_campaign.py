@@ -366,16 +366,19 @@ def test_rounds_close_the_label_store_they_open(tmp_path, prefect_no_heartbeat):
     handles."""
     from flows.rounds import simulate_campaign
 
+    settings = _small(tmp_path / "w", rounds=3)
+    store_file = str((tmp_path / "w" / "labels.db").resolve())
+
     def open_on_store() -> int:
+        """Open files of this process on this campaign's label store (other tests' stores are not counted)."""
         links = []
         for fd in Path("/proc/self/fd").iterdir():
             try:
                 links.append(os.readlink(fd))
             except OSError:  # closed while listing
                 continue
-        return sum(link.endswith("labels.db") for link in links)
+        return links.count(store_file)
 
-    settings = _small(tmp_path / "w", rounds=3)
     assert open_on_store() == 0
     assert [r["round"] for r in simulate_campaign(settings)] == [1, 2, 3]
     assert open_on_store() == 0
