@@ -605,15 +605,12 @@ def labeling_round(
     """
     started_at = time.time()
     campaign = settings.campaign_name
-    store = open_label_store(settings)
-    try:
-        with round_lock(store, campaign):  # another process's round of this campaign: RoundInProgress, nothing done
-            round_ = store.next_round(campaign)
-            _label_flow_run(campaign, round_)
-            with tags(campaign, f"round:{round_}"):
-                return _shown_round_steps(settings, store, round_, oracle, full_batch, started_at, progress)
-    finally:
-        store.close()  # a long-lived process (serve) ran one more engine and SQLite connection per round
+    # closed after the round: a long-lived process (serve) kept one more SQLite connection open per round
+    with contextlib.closing(open_label_store(settings)) as store, round_lock(store, campaign):
+        round_ = store.next_round(campaign)  # the lock: another process's round of this campaign, RoundInProgress
+        _label_flow_run(campaign, round_)
+        with tags(campaign, f"round:{round_}"):
+            return _shown_round_steps(settings, store, round_, oracle, full_batch, started_at, progress)
 
 
 def _shown_round_steps(
@@ -858,8 +855,7 @@ def simulate_campaign(settings: Settings, progress: bool = False) -> list[dict[s
     """Rounds 1..``campaign.rounds`` with a simulated oracle; resumes where an earlier run stopped, and stops
     after a round that found the pool exhausted (or runs none when an earlier run ended so). ``progress``: show
     each round's long steps (``labeling_round``)."""
-    store = open_label_store(settings)
-    try:
+    with contextlib.closing(open_label_store(settings)) as store:
         prepare_campaign(settings, store, simulate=True)
         campaign = settings.campaign_name
         if _still_exhausted(store, campaign):
@@ -878,8 +874,6 @@ def simulate_campaign(settings: Settings, progress: bool = False) -> list[dict[s
         tracker = CampaignTracker(settings.tracking_uri, settings.artifact_root, campaign)
         tracker.finish_campaign(tracker.campaign_run(settings.model_dump(mode="json")), results)
         return results
-    finally:
-        store.close()
 
 
 def _still_exhausted(store: LabelStore, campaign: str) -> bool:
