@@ -1,4 +1,4 @@
-"""Prefect's temporary server, less the 2 s stalls when a run starts.
+"""Prefect's temporary server, less the 2 s stalls when a run starts, and stopping with the process it serves.
 
 Every task run with tags asks the server for tag-concurrency slots (``POST …/concurrency_limits/increment-with-lease``).
 On SQLite that endpoint reads, then writes, in one deferred transaction; when the server commits another write in
@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -109,17 +112,42 @@ def _collect(messages: list[Message]) -> Send:
     return collect
 
 
+PARENT_VARIABLE = "BELIEFLOOP_SERVER_PARENT"
+"""The environment variable through which :class:`TemporaryServer` tells its server process the pid of the process
+it serves (see :func:`exit_with_parent`)."""
+
+
 def create_app() -> ASGIApp:
     """Prefect's server application (as ``prefect server start`` and the temporary server build it), wrapped in
-    :class:`RetryLockedRequests`; uvicorn's ``--factory``."""
+    :class:`RetryLockedRequests`; uvicorn's ``--factory``. Started by :class:`TemporaryServer`, it stops when the
+    process it serves is gone."""
     from prefect.server.api.server import create_app as prefect_app
 
+    if PARENT_VARIABLE in os.environ:
+        exit_with_parent(int(os.environ[PARENT_VARIABLE]))
     return RetryLockedRequests(prefect_app())
+
+
+def exit_with_parent(parent: int, interval: float = 0.5) -> None:
+    """Send this process SIGTERM (uvicorn's graceful shutdown) once ``parent`` is no longer its parent process.
+
+    Prefect stops its temporary server at the parent's normal exit (``atexit``) only: a ``beliefloop`` process
+    ended by SIGTERM (``kill``, ``timeout``, a scheduler stopping a job) or SIGKILL (the OOM killer) left the server
+    running, an orphan holding its port and ~240 MB, one more per killed run. Polled every ``interval`` seconds by a
+    daemon thread (``os.getppid`` changes when the parent dies, on Linux and macOS alike)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 class TemporaryServer(SubprocessASGIServer):
     """Prefect's temporary server (``SubprocessASGIServer``: same port choice, start-up wait and stop at exit, and
-    the instance every Prefect client finds when no ``PREFECT_API_URL`` is set) serving :func:`create_app`."""
+    the instance every Prefect client finds when no ``PREFECT_API_URL`` is set) serving :func:`create_app`, which
+    is told this process's pid so that it stops when this process is killed."""
 
     def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
         from prefect.settings import get_current_settings
@@ -130,6 +158,7 @@ class TemporaryServer(SubprocessASGIServer):
             "PREFECT__SERVER_EPHEMERAL": "1",
             "PREFECT__SERVER_FINAL": "1",
             **get_current_settings().to_environment_variables(exclude_unset=True),
+            PARENT_VARIABLE: str(os.getpid()),
         }
         command = [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(__file__).resolve().parents[1])]
         command += ["--factory", f"{__name__}:create_app", "--host", "127.0.0.1", "--port", str(self.port)]

@@ -1,11 +1,17 @@
 """The temporary Prefect server (``flows.prefect_server``): a tag-concurrency acquisition, a flow-run creation or a
 state change answered 503 (a locked SQLite database) is retried by the server after milliseconds instead of by
-Prefect's client after 2 s."""
+Prefect's client after 2 s; and the server stops when the process it serves is killed."""
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import httpx
+import psutil
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -89,3 +95,32 @@ def test_the_temporary_server_serves_the_retrying_app(prefect_server):
     assert prefect_server == server.api_url
     assert "flows.prefect_server:create_app" in server.server_process.args
     assert httpx.get(f"{prefect_server}/health", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_the_temporary_server_stops_when_a_killed_campaign_leaves_it(tmp_path, sig):
+    """A ``beliefloop simulate`` stopped by a signal (no ``atexit``: a scheduler's SIGTERM, the OOM killer's
+    SIGKILL) while its temporary server runs: the server process exits by itself instead of living on."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL")  # not the session's server: the campaign starts a temporary one
+    command = [sys.executable, "-m", "flows", "simulate", "--dataset", "digits", "--rounds", "50"]
+    campaign = subprocess.Popen(
+        [*command, "--workspace", str(tmp_path / "w")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    servers: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not servers and time.monotonic() < deadline and campaign.poll() is None:
+            children = psutil.Process(campaign.pid).children()
+            servers = [p for p in children if "flows.prefect_server:create_app" in " ".join(p.cmdline())]
+            time.sleep(0.2)
+        assert servers, "the campaign started no temporary server"
+        campaign.send_signal(sig)
+        campaign.wait(timeout=30)
+        _, alive = psutil.wait_procs(servers, timeout=30)
+        assert not alive, "the temporary server outlived the campaign it served"
+    finally:
+        campaign.kill()
+        for server in servers:
+            if server.is_running():
+                server.kill()
