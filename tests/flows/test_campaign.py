@@ -365,8 +365,8 @@ def test_rounds_leave_no_open_files_behind(tmp_path, prefect_no_heartbeat):
     """A long-lived process (``beliefloop serve``) runs round after round: no round leaves a file of the workspace
     open. Each round used to leave its SQLite connection open (two more open files on ``labels.db`` per digits round;
     5 here after 3 rounds), and, through Prefect's tag-concurrency service of each new ``round:N`` tag set, its
-    feature store's three memory-mapped files (6 more here over rounds 3–4), so a served campaign would run out of
-    file handles."""
+    feature store's memory-mapped files and MLflow's database handles (6 more open files here over rounds 3–4), so
+    a served campaign would run out of file handles."""
     from flows.rounds import simulate_campaign
 
     workspace = (tmp_path / "w").resolve()
