@@ -601,12 +601,11 @@ def labeling_round(
     (``n_pending``), so only ``k − n_pending`` new ones are queued; ``full_batch`` queues ``k`` new items anyway.
     The flow run is named ``<campaign> · round N`` and tagged with the campaign and ``round:N`` once the label store
     says which round this is (a new one, or an unfinished one resumed); its task runs are tagged with the campaign.
-    Not with ``round:N``: Prefect keeps one tag-concurrency service per set of task tags for the life of the
-    process (a thread, an event loop and a client connection, whose context holds the first task run's parameters),
-    so a new set every round leaked, in a long-lived process (``serve``), a thread, a socket and the round's feature
-    store (its three memory-mapped files) per round: 66 open files after 10 digits rounds, 186 after 40, and
-    1.2–1.4 GB resident (now 30 open files and 0.83–0.86 GB from round 10 to 40). The campaign's round lock
-    (``data.round_lock``) is held throughout: a second round started meanwhile does nothing.
+    Not with ``round:N``: Prefect keeps one tag-concurrency service (a thread, a client connection, and the context
+    holding the first task run's parameters) per set of task tags for the life of the process, so a new set every
+    round leaked all of that, the round's open feature-store files included, in a long-lived process (``serve``;
+    measured in the README's **Scheduled rounds**). The campaign's round lock (``data.round_lock``) is held
+    throughout: a second round started meanwhile does nothing.
     """
     started_at = time.time()
     campaign = settings.campaign_name
