@@ -12,6 +12,7 @@ from acquisition.batch import (
     powerbald,
     powerbald_scores,
 )
+from acquisition.epig import EPIG_TARGETS, epig
 from acquisition.scores import (
     ACQUISITION_FUNCTIONS,
     ScoreFn,
@@ -31,20 +32,25 @@ from acquisition.scores import (
 from acquisition.streaming import StreamResult, score_pool_streaming
 from acquisition.topk import RunningTopK, top_k
 
-# PowerBALD's per-item (perturbed) score streams like any other; BatchBALD selects jointly and callers route it.
+# PowerBALD's per-item (perturbed) score streams like any other; BatchBALD selects jointly and EPIG needs the
+# targets' predictive samples too: callers route both.
 ACQUISITION_FUNCTIONS["powerbald"] = powerbald_scores
 BATCH_ACQUISITIONS = ("batchbald",)
+TARGETED_ACQUISITIONS = ("epig",)
 
 __all__ = [
     "ACQUISITION_FUNCTIONS",
     "BATCH_ACQUISITIONS",
+    "EPIG_TARGETS",
     "POWERBALD_MODES",
+    "TARGETED_ACQUISITIONS",
     "RunningTopK",
     "ScoreFn",
     "StreamResult",
     "bald",
     "bald_from_log_probs",
     "batchbald",
+    "epig",
     "expected_entropy",
     "expected_entropy_from_log_probs",
     "get_acquisition",

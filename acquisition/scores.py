@@ -236,6 +236,10 @@ def get_acquisition(name: str) -> ScoreFn:
     """
     if name == "batchbald":
         raise ValueError("batchbald selects a batch jointly, not per item: call acquisition.batchbald(probs_S_N_C, k)")
+    if name == "epig":
+        raise ValueError(
+            "epig scores items against target inputs: call acquisition.epig(probs_S_N_C, target_probs_S_M_C)"
+        )
     try:
         return ACQUISITION_FUNCTIONS[name]
     except KeyError:

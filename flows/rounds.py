@@ -290,16 +290,26 @@ def score_shard(
     shard: int,
     shards: int,
     progress: ProgressCallback | None = None,
+    target_rows: np.ndarray | None = None,
 ) -> StreamResult:
     """Stream shard ``shard`` (of ``shards``) of the pool through the model (``learner.stream_scores``), telling
-    ``progress`` the items scored after each chunk.
+    ``progress`` the items scored after each chunk; ``target_rows``: the feature rows of EPIG's targets.
 
     Takes the feature store's path, not the arrays, so a Dask worker maps the file itself.
     """
     features = open_feature_store(store_dir)
     chunks = iter_pool_chunks(features.features, rows, ids, SCORE_CHUNK)
+    targets = None if target_rows is None else _rows_tensor(features, target_rows)
     result = stream_scores(
-        model, chunks, plan, samples=samples, seed=seed, shard=shard, progress=progress, total=len(rows)
+        model,
+        chunks,
+        plan,
+        samples=samples,
+        seed=seed,
+        shard=shard,
+        progress=progress,
+        total=len(rows),
+        targets=targets,
     )
     kill_point("scoring")
     return result
@@ -328,12 +338,13 @@ def score_pool(
 
     def stream(plan: StreamPlan, positions: np.ndarray) -> list[StreamResult]:
         shards = [s for s in np.array_split(positions, a.shards) if len(s)]
+        target_rows = None if plan.targets is None else rows[plan.targets]
         with contextlib.ExitStack() as stack:
             step = None if bars is None else stack.enter_context(bars.step("score pool", len(positions), "items"))
             futures = [
                 score_shard.submit(
                     model, str(features.directory), rows[s], ids[s], plan, a.samples, seed, i, len(shards),
-                    None if step is None else step.part(i),
+                    None if step is None else step.part(i), target_rows,
                 )
                 for i, s in enumerate(shards)
             ]  # fmt: skip

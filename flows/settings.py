@@ -20,6 +20,7 @@ ACQUISITION_NAMES = (
     "bald",
     "batchbald",
     "entropy",
+    "epig",
     "expected_entropy",
     "least_confidence",
     "margin",

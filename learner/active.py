@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from acquisition import BATCH_ACQUISITIONS, get_acquisition
+from acquisition import BATCH_ACQUISITIONS, TARGETED_ACQUISITIONS, get_acquisition
 from bayes_models.laplace import CONDITIONED, PriorTuning
 from learner.candidates import (
     BELIEF_FAMILIES,
@@ -155,7 +155,7 @@ class ActiveLearner:
         n_classes: int | None = None,
         **model_options: Any,
     ) -> None:
-        if acquisition not in BATCH_ACQUISITIONS:
+        if acquisition not in (*BATCH_ACQUISITIONS, *TARGETED_ACQUISITIONS):
             get_acquisition(acquisition)  # raises on an unknown name, listing the valid ones
         if update not in UPDATES:
             raise ValueError(f"update must be one of {list(UPDATES)}, got {update!r}")
@@ -303,7 +303,8 @@ class ActiveLearner:
             def stream(plan, positions):
                 blocks = (positions[start : start + chunk_size] for start in range(0, len(positions), chunk_size))
                 chunks = ((item_ids[block], x[torch.from_numpy(block)]) for block in blocks)
-                return [stream_scores(model, chunks, plan, samples=self.samples, seed=self._seed())]
+                targets = None if plan.targets is None else x[torch.from_numpy(plan.targets)]
+                return [stream_scores(model, chunks, plan, samples=self.samples, seed=self._seed(), targets=targets)]
 
             return query_pool(
                 model,
@@ -321,6 +322,8 @@ class ActiveLearner:
             raise RuntimeError("querying a stream of chunks needs a fitted learner; call fit() first")
         if isinstance(self.pool_subsample, int):  # "auto" scores a stream whole: its size is not known up front
             raise ValueError("pool_subsample needs an in-memory pool (it draws from the pool's size up front)")
+        if self.acquisition in TARGETED_ACQUISITIONS:
+            raise ValueError(f"{self.acquisition} needs an in-memory pool (it draws its target items from it up front)")
         seen: dict[str, int] = {}
         plan = stream_plan(self.acquisition, k, self.batch_candidates)
         result = stream_scores(model, self._chunks(pool, seen), plan, samples=self.samples, seed=self._seed())

@@ -15,10 +15,13 @@ import torch
 
 from acquisition import (
     BATCH_ACQUISITIONS,
+    EPIG_TARGETS,
+    TARGETED_ACQUISITIONS,
     RunningTopK,
     StreamResult,
     bald,
     batchbald,
+    epig,
     expected_entropy,
     score_pool_streaming,
 )
@@ -61,17 +64,22 @@ class QueryResult:
 
 @dataclass(frozen=True)
 class StreamPlan:
-    """What to stream: BatchBALD streams BALD's best ``batch_candidates`` and picks among them afterwards."""
+    """What to stream: BatchBALD streams BALD's best ``batch_candidates`` and picks among them afterwards; EPIG
+    scores against the pool items at ``targets`` (positions, like the streamed ones), which every shard predicts
+    under the same posterior draws as its items."""
 
     acquisition: str
     k: int
     batch: bool
+    targets: np.ndarray | None = None
 
 
-def stream_plan(acquisition: str, k: int, batch_candidates: int) -> StreamPlan:
+def stream_plan(acquisition: str, k: int, batch_candidates: int, targets: np.ndarray | None = None) -> StreamPlan:
     if acquisition in BATCH_ACQUISITIONS:
         return StreamPlan("bald", max(batch_candidates, k), True)
-    return StreamPlan(acquisition, k, False)
+    if acquisition in TARGETED_ACQUISITIONS and targets is None:
+        raise ValueError(f"{acquisition} needs target inputs drawn from the pool")
+    return StreamPlan(acquisition, k, False, targets)
 
 
 def pool_predict(model, x: torch.Tensor, samples: int, *, seed: int) -> torch.Tensor:
@@ -92,20 +100,28 @@ def stream_scores(
     shard: int = 0,
     progress: Callable[[int, int], None] | None = None,
     total: int | None = None,
+    targets: torch.Tensor | None = None,
 ) -> StreamResult:
     """Stream one shard of the pool through the model: running top-k and uncertainty histograms.
 
     Every shard draws the same posterior samples (``seed``), so item scores do not depend on the sharding; only
     random score functions (``random``, ``powerbald``) draw per shard. ``progress(done, total)`` is told the items
     scored so far after each chunk (``total``: the shard's items, when the caller knows them; else the count so far).
+    ``targets``: the inputs at ``plan.targets``, which a targeted acquisition (EPIG) scores the items against.
     """
+    predict = functools.partial(pool_predict, model, seed=seed)
+    acquisition: str | Callable[..., torch.Tensor] = plan.acquisition
+    if plan.acquisition in TARGETED_ACQUISITIONS:
+        if targets is None:
+            raise ValueError(f"{plan.acquisition} needs the inputs of its {len(plan.targets)} target items")
+        acquisition = functools.partial(epig, target_probs_S_M_C=predict(targets, samples))
     if progress is not None:
         chunks = _reporting(chunks, progress, total)
     return score_pool_streaming(
-        functools.partial(pool_predict, model, seed=seed),
+        predict,
         chunks,
         k=plan.k,
-        acquisition=plan.acquisition,
+        acquisition=acquisition,
         samples=samples,
         generator=torch.Generator().manual_seed(seed * 1009 + shard),
         bins=HIST_BINS,
@@ -231,7 +247,8 @@ def query_pool(
     seeded random subset (Gal et al. 2017; ``"auto"``: :func:`resolve_subsample`). ``random`` draws its k items
     first and scores only those (their predicted class and uncertainty parts for the queue; the result's histograms
     then cover the k, a random sample of the pool): a random campaign's round no longer pays for a pass over the
-    pool. ``rng`` draws the random batch or the subsample, then ``random``'s items, in that order.
+    pool. EPIG's :data:`~acquisition.EPIG_TARGETS` target items are drawn from the whole pool. ``rng`` draws the
+    random batch or the subsample, then ``random``'s items or EPIG's targets, in that order.
     """
     if model is None or len(ids) == 0:
         return random_batch(ids, k, rng, n_classes)
@@ -240,7 +257,10 @@ def query_pool(
         positions = np.arange(len(ids))
     if acquisition == "random":
         positions = np.sort(rng.choice(positions, size=min(k, len(positions)), replace=False))
-    plan = stream_plan(acquisition, k, batch_candidates)
+    targets = None
+    if acquisition in TARGETED_ACQUISITIONS:
+        targets = np.sort(rng.choice(len(ids), size=min(EPIG_TARGETS, len(ids)), replace=False))
+    plan = stream_plan(acquisition, k, batch_candidates, targets)
     results = stream(plan, positions)
     index_of = {str(ids[p]): int(p) for p in positions}
     return pick_batch(results, plan, acquisition=acquisition, k=k, seed=seed, index_of=index_of, pool_size=len(ids))

@@ -86,6 +86,20 @@ def test_batchbald_and_subsample_in_the_flow(tmp_path):
     assert again == entries
 
 
+def test_epig_in_the_flow_scores_the_same_in_one_shard_or_three(tmp_path):
+    """Each shard reads EPIG's target rows from the feature store and predicts them under the round's draws."""
+    settings, features, model, pool = _setup(tmp_path, name="epig", pool_subsample="all")
+    single, one = _run(settings, features, model, pool, ThreadPoolTaskRunner(max_workers=1))
+    sharded_settings = settings.model_copy(
+        update={"acquisition": settings.acquisition.model_copy(update={"shards": 3})}
+    )
+    sharded, _ = _run(sharded_settings, features, model, pool, ThreadPoolTaskRunner(max_workers=3))
+    assert [(i, p) for i, _, p in sharded] == [(i, p) for i, _, p in single] and len(single) == 10
+    np.testing.assert_allclose([s for _, s, _ in sharded], [s for _, s, _ in single], rtol=1e-9, atol=0)
+    assert one.query.n_scored == len(pool) and {e.acquisition for e in one.entries} == {"epig"}
+    assert all(0 < e.score <= e.epistemic + 1e-6 for e in one.entries)
+
+
 SCREEN = io.StringIO()
 
 

@@ -87,10 +87,10 @@ def test_an_empty_workspace_is_refused(monkeypatch, value):
 
 
 def test_acquisition_names_are_the_packages_registry():
-    from acquisition import ACQUISITION_FUNCTIONS, BATCH_ACQUISITIONS
+    from acquisition import ACQUISITION_FUNCTIONS, BATCH_ACQUISITIONS, TARGETED_ACQUISITIONS
     from flows.settings import ACQUISITION_NAMES
 
-    assert sorted(ACQUISITION_NAMES) == sorted([*ACQUISITION_FUNCTIONS, *BATCH_ACQUISITIONS])
+    assert sorted(ACQUISITION_NAMES) == sorted([*ACQUISITION_FUNCTIONS, *BATCH_ACQUISITIONS, *TARGETED_ACQUISITIONS])
 
 
 def test_evidence_conditioning_default_is_the_packages():

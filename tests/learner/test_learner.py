@@ -193,13 +193,14 @@ def test_auto_subsample_scores_a_random_2000_for_top_k_and_the_whole_pool_for_dr
     large = np.repeat(pool, 17, axis=0) + np.random.default_rng(0).normal(0, 0.1, (17 * len(pool), pool.shape[1]))
     large = large.astype(np.float32)  # 2,550 items: more than TOP_K_SUBSAMPLE
     scored = {}
-    for acquisition in ("bald", "predictive_entropy", "powerbald", "batchbald"):
+    for acquisition in ("bald", "predictive_entropy", "epig", "powerbald", "batchbald"):
         batch = _learner(acquisition=acquisition, batch_candidates=20).fit(x, y).query(large, k=5)
         scored[acquisition] = batch.n_scored
         assert batch.pool_size == len(large) and len(set(batch.indices.tolist())) == 5
     assert scored == {
         "bald": TOP_K_SUBSAMPLE,
         "predictive_entropy": TOP_K_SUBSAMPLE,
+        "epig": TOP_K_SUBSAMPLE,
         "powerbald": 2550,
         "batchbald": 2550,
     }
@@ -353,3 +354,23 @@ def test_a_posterior_with_fewer_classes_is_retrained_not_updated(wine):
     assert grown.model.predictive_samples(x2[:5], 3, seed=0).shape == (3, 5, 4)
     same = fit_candidate(spec, options, x2[:-2], y2[:-2], ids, n_classes=3, previous=saved, **common)
     assert same.previous_classes is None and same.n_fitted == 0  # same classes, nothing new: a belief update
+
+
+@pytest.mark.parametrize("family", ["mc_dropout", "laplace", "vi", "ensemble"])
+def test_epig_scores_items_against_targets_under_the_same_posterior_draws(wine, family):
+    """EPIG's joint predictive needs each posterior draw to be the same network for the items and the targets,
+    which are predicted in separate calls (and chunks): every family's pool predictive must draw the same S."""
+    x, y, pool, _, _ = wine
+    learner = _learner(acquisition="epig", model=family, candidates=CANDIDATES[:1]).fit(x, y)
+    model, seed = learner.selected.model, round_seed(learner.seed, learner.round)
+    a, b = torch.from_numpy(pool[:30]), torch.from_numpy(pool[30:70])
+    apart = torch.cat([pool_predict(model, a, 8, seed=seed), pool_predict(model, b, 8, seed=seed)], dim=1)
+    torch.testing.assert_close(pool_predict(model, torch.cat([a, b]), 8, seed=seed), apart, rtol=1e-5, atol=1e-6)
+
+    batch = learner.query(pool, k=6, chunk_size=40)
+    assert batch.acquisition == "epig" and len(set(batch.indices.tolist())) == 6 and batch.n_scored == len(pool)
+    assert learner.query(pool, k=6, chunk_size=1000).ids == batch.ids  # the chunking does not matter
+    # What a label says about the targets' labels is part of what it says about the parameters (BALD).
+    assert bool((batch.scores <= batch.epistemic + 1e-6).all()) and float(batch.scores.max()) > 0
+    with pytest.raises(ValueError, match="epig needs an in-memory pool"):
+        learner.query(iter(np.array_split(pool, 3)), k=6)
