@@ -11,11 +11,13 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 from rich.console import Console
 
+from acquisition import EPIG_TARGETS, epig
 from bayes_models import MCDropout, MCDropoutConfig
 from flows.campaign_setup import ensure_feature_store
 from flows.progress import RoundProgress
 from flows.rounds import score_pool
 from flows.settings import load_settings
+from learner import pool_predict, round_rng, round_seed
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -98,6 +100,18 @@ def test_epig_in_the_flow_scores_the_same_in_one_shard_or_three(tmp_path):
     np.testing.assert_allclose([s for _, s, _ in sharded], [s for _, s, _ in single], rtol=1e-9, atol=0)
     assert one.query.n_scored == len(pool) and {e.acquisition for e in one.entries} == {"epig"}
     assert all(0 < e.score <= e.epistemic + 1e-6 for e in one.entries)
+    # The queued scores against EPIG computed here from the round's generator: the targets it draws from the pool
+    # (the whole pool is scored, so nothing is drawn before them) and the round's posterior draws.
+    rows = np.fromiter(pool.values(), dtype=np.int64)
+    targets = rows[np.sort(round_rng(settings.campaign.seed, 1).choice(len(rows), EPIG_TARGETS, replace=False))]
+    chosen = rows[[list(pool).index(item) for item, _, _ in single]]
+    seed, samples = round_seed(settings.campaign.seed, 1), settings.acquisition.samples
+
+    def draws(rows):
+        return pool_predict(model, torch.from_numpy(np.asarray(features.features[rows])), samples, seed=seed)
+
+    expected = epig(draws(chosen), draws(targets)).numpy()  # float32 draws: the chunk's shape moves them by ~1e-7
+    np.testing.assert_allclose([s for _, s, _ in single], expected, rtol=1e-5, atol=1e-9)
 
 
 SCREEN = io.StringIO()
