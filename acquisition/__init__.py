@@ -32,11 +32,11 @@ from acquisition.scores import (
 from acquisition.streaming import StreamResult, score_pool_streaming
 from acquisition.topk import RunningTopK, top_k
 
-# PowerBALD's per-item (perturbed) score streams like any other; BatchBALD selects jointly and EPIG needs the
-# targets' predictive samples too: callers route both.
+# PowerBALD's per-item (perturbed) score streams like any other; BatchBALD selects jointly, and a targeted score
+# also takes the targets' predictive samples (``fn(probs, target_probs)``): callers route both.
 ACQUISITION_FUNCTIONS["powerbald"] = powerbald_scores
 BATCH_ACQUISITIONS = ("batchbald",)
-TARGETED_ACQUISITIONS = ("epig",)
+TARGETED_ACQUISITIONS = {"epig": epig}
 
 __all__ = [
     "ACQUISITION_FUNCTIONS",

@@ -21,7 +21,6 @@ from acquisition import (
     StreamResult,
     bald,
     batchbald,
-    epig,
     expected_entropy,
     score_pool_streaming,
 )
@@ -114,7 +113,9 @@ def stream_scores(
     if plan.acquisition in TARGETED_ACQUISITIONS:
         if targets is None:
             raise ValueError(f"{plan.acquisition} needs the inputs of its {len(plan.targets)} target items")
-        acquisition = functools.partial(epig, target_probs_S_M_C=predict(targets, samples))
+        acquisition = functools.partial(
+            TARGETED_ACQUISITIONS[plan.acquisition], target_probs_S_M_C=predict(targets, samples)
+        )
     if progress is not None:
         chunks = _reporting(chunks, progress, total)
     return score_pool_streaming(
