@@ -71,7 +71,7 @@ class MCDropout:
 
     @torch.no_grad()
     def predictive_samples(
-        self, x: torch.Tensor, n: int, *, seed: int = 0, batch_size: int = 2048, consistent: bool = False
+        self, x: torch.Tensor, n: int, *, seed: int = 0, batch_size: int = 512, consistent: bool = False
     ) -> torch.Tensor:
         """``probs[S=n, N, C]`` from ``n`` dropout masks, computed in chunks of ``batch_size`` items.
 
@@ -81,11 +81,7 @@ class MCDropout:
         matmul per chunk; what BatchBALD's joint needs, and scores that do not depend on the chunking).
         """
         if consistent and not has_dropout(self.network.features):
-            parts = [
-                predictive_samples_consistent(self.network, x[start : start + batch_size].to(self.device), n, seed=seed)
-                for start in range(0, x.shape[0], batch_size)
-            ]
-            return torch.cat(parts, dim=1)
+            return predictive_samples_consistent(self.network, x, n, seed=seed, batch_size=batch_size)
         net = self.network
         head_only = not has_dropout(net.features)
         chunks = []

@@ -128,6 +128,8 @@ def test_predictive_samples_consistent_is_chunk_invariant():
     torch.testing.assert_close(whole, parts, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(whole.sum(-1), torch.ones(6, 30))
     assert net.training  # mode restored
+    within = predictive_samples_consistent(net, x, 6, seed=2, batch_size=4)  # 8 chunks sharing one set of draws
+    torch.testing.assert_close(whole, within, rtol=1e-5, atol=1e-6)
     cnn = gal_cnn(1, (10, 10), 3, backbone_dropout=0.25)
     with pytest.raises(ValueError, match="backbone has dropout"):
         predictive_samples_consistent(cnn, torch.zeros(2, 1, 10, 10), 3)
@@ -138,3 +140,24 @@ def test_mask_keep_rate_and_scale():
     kept = (masks > 0).float().mean().item()
     assert abs(kept - 0.75) < 4 * np.sqrt(0.75 * 0.25 / masks.numel())
     torch.testing.assert_close(masks[masks > 0], torch.full_like(masks[masks > 0], 1 / 0.75))
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+def test_predictive_samples_consistent_matches_dense_masks(batch_size):
+    """The fast path (kept units only, unit-major activations, masked weights made once and reused by every chunk,
+    class-major softmax) against the plain computation with the same masks, in float64 (rtol 1e-12)."""
+    torch.manual_seed(3)
+    net = mlp(5, 4, hidden=9, depth=3).double()
+    x = torch.randn(20, 5, dtype=torch.float64)
+    fast = predictive_samples_consistent(net, x, 7, seed=1, batch_size=batch_size)
+    g = torch.Generator().manual_seed(1)
+    masks = [dropout_masks(7, 9, 0.5, generator=g, device=x.device, dtype=x.dtype) for _ in range(3)]
+    with torch.no_grad():
+        hidden = net.features(x).expand(7, 20, 9)
+        linears = [m for m in net.head if isinstance(m, nn.Linear)]
+        for mask, linear in zip(masks, linears, strict=True):
+            hidden = (hidden * mask[:, None]) @ linear.weight.T + linear.bias
+            if linear is not linears[-1]:
+                hidden = hidden.relu()
+    assert fast.shape == (7, 20, 4) and fast.is_contiguous()
+    torch.testing.assert_close(fast, torch.softmax(hidden, -1), rtol=1e-12, atol=1e-12)
