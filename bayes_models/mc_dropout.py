@@ -12,6 +12,7 @@ from torch import nn
 
 from bayes_models.architectures import SplitNet, has_dropout, resolve_device, seeded, seeded_network
 from bayes_models.fast_head import predictive_samples_consistent
+from bayes_models.softmax import softmax_over_classes
 from bayes_models.training import TrainingConfig, train_map
 
 
@@ -93,7 +94,7 @@ class MCDropout:
                     logits = net.head(hidden.unsqueeze(0).expand(n, *hidden.shape))
                 else:
                     logits = torch.stack([net(batch) for _ in range(n)])
-                chunks.append(torch.softmax(logits, dim=-1))
+                chunks.append(softmax_over_classes(logits))
         return torch.cat(chunks, dim=1)
 
     def posterior(self) -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from bayes_models.architectures import SplitNet, resolve_device, seeded, seeded_network
 from bayes_models.priors import group_values
+from bayes_models.softmax import softmax_over_classes
 from bayes_models.training import TrainingConfig, report_step, training_threads
 
 __all__ = ["BayesLinear", "ELBOParts", "MeanFieldVI", "VIConfig", "gaussian_kl", "softplus_inverse"]
@@ -483,7 +484,7 @@ class MeanFieldVI:
         other than BayesLinear must act on the last dimension (no BatchNorm in the head).
         """
         with seeded(seed, self.device):
-            return torch.softmax(self._logit_samples(x.to(torch.float32), n, batch_size), dim=-1)
+            return softmax_over_classes(self._logit_samples(x.to(torch.float32), n, batch_size))
 
     def log_evidence(self) -> float:
         """The ELBO of the last :meth:`fit` (summed over its data): a lower bound on log p(D), not the evidence."""

@@ -37,6 +37,7 @@ from bayes_models.laplace._common import (
     tensors_to,
 )
 from bayes_models.laplace.belief import GaussianBelief, Precision
+from bayes_models.softmax import softmax_over_classes
 
 
 @dataclass(frozen=True)
@@ -416,7 +417,7 @@ class Laplace:
                     chunks.append(f + jvp)
                 parts.append(torch.cat(chunks))
             f = torch.stack(parts)
-        return torch.softmax(f, dim=-1) if self.likelihood == "classification" else f
+        return softmax_over_classes(f) if self.likelihood == "classification" else f
 
     @torch.no_grad()
     def functional_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
