@@ -269,7 +269,7 @@ def predictive_samples_consistent(
     network.eval()
     try:
         parts = []
-        for start in range(0, x.shape[0], batch_size):
+        for start in range(0, max(x.shape[0], 1), batch_size):  # an empty x gives [S, 0, C]
             features = network.features(x[start : start + batch_size].to(device=device, dtype=dtype))
             logits = _head_logits(network.head, features, S, generator=generator, draws=draws)
             parts.append(softmax_over_classes(logits))

@@ -130,6 +130,7 @@ def test_predictive_samples_consistent_is_chunk_invariant():
     assert net.training  # mode restored
     within = predictive_samples_consistent(net, x, 6, seed=2, batch_size=4)  # 8 chunks sharing one set of draws
     torch.testing.assert_close(whole, within, rtol=1e-5, atol=1e-6)
+    assert predictive_samples_consistent(net, x[:0], 6, seed=2).shape == (6, 0, 4)
     cnn = gal_cnn(1, (10, 10), 3, backbone_dropout=0.25)
     with pytest.raises(ValueError, match="backbone has dropout"):
         predictive_samples_consistent(cnn, torch.zeros(2, 1, 10, 10), 3)
