@@ -433,8 +433,8 @@ class Laplace:
     def predict(
         self, x: torch.Tensor, link: str = "probit", n_samples: int = 100, generator: torch.Generator | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Predictive ``probs[N, C]``: ``"probit"`` (MacKay) ``softmax(μ_f / √(1 + π/8 · diag Σ_f))`` with the
-        linearised ``Σ_f = J H⁻¹ Jᵀ``, or ``"mc"``, the mean of :meth:`predictive_samples`.
+        """Predictive ``probs[N, C]``: ``"probit"`` (MacKay's, on the centred logits: :func:`._common.probit`) with
+        the linearised ``Σ_f = J H⁻¹ Jᵀ``, or ``"mc"``, the mean of :meth:`predictive_samples`.
 
         Regression: ``(mean[N, C], variance[N, C])`` of ``y``, ``variance = diag(J H⁻¹ Jᵀ) + σ²`` (``link`` unused).
         """
@@ -445,7 +445,7 @@ class Laplace:
         if link == "mc":
             return self.predictive_samples(x, n_samples, generator).mean(0)
         f_mean, f_cov = self.functional_posterior(x)
-        return probit(f_mean, f_cov.diagonal(dim1=1, dim2=2))
+        return probit(f_mean, f_cov)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors (and lists/dicts of them) plus a JSON-able ``config``; ``torch.load(weights_only=True)``.

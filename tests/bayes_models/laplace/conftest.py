@@ -96,6 +96,16 @@ def regression_data(
     return x, y.squeeze(-1) if c == 1 else y
 
 
+def centred_probit(f_mean: torch.Tensor, f_cov: torch.Tensor) -> torch.Tensor:
+    """MacKay's probit on the centred logits ``P f``, ``P = I − 11ᵀ/C`` written out as a matrix (the mean ``P μ``,
+    the covariance ``P Σ Pᵀ``): the softmax of ``P f`` is that of ``f``."""
+    n_classes = f_mean.shape[-1]
+    ones = torch.ones(n_classes, n_classes, dtype=f_mean.dtype)
+    centre = torch.eye(n_classes, dtype=f_mean.dtype) - ones / n_classes
+    mean, cov = f_mean @ centre.T, centre @ f_cov @ centre.T
+    return torch.softmax(mean / torch.sqrt(1 + math.pi / 8 * cov.diagonal(dim1=-2, dim2=-1)), -1)
+
+
 @pytest.fixture
 def brute() -> SimpleNamespace:
     return SimpleNamespace(
@@ -108,6 +118,7 @@ def brute() -> SimpleNamespace:
         ggn=ggn,
         log_lik=log_lik,
         log_evidence=log_evidence,
+        centred_probit=centred_probit,
         mlp=mlp,
         classification_data=classification_data,
         regression_data=regression_data,

@@ -13,6 +13,7 @@ from bayes_models.laplace import LaplaceClassifier, LaplaceConfig
 from bayes_models.laplace.core import Laplace
 from bayes_models.laplace.marglik import marglik_training
 from bayes_models.linear import BayesianLinearRegression, polynomial_features
+from tests.bayes_models.laplace.conftest import centred_probit
 
 DT = torch.float64
 HAS_LAPLACE_TORCH = importlib.util.find_spec("laplace") is not None
@@ -70,7 +71,8 @@ def test_matches_laplace_torch_marglik_training():
 @pytest.mark.parametrize("delta", [[0.5, 2.0], [30.0, 30.0]])
 def test_all_weights_kfac_evidence_and_probit_predictive_match_laplace_torch(delta):
     """The all-weights KFAC Laplace of a trained network under a layer-wise prior: log evidence (1e-8 relative) and
-    the linearised probit predictive (1e-8) as laplace-torch's ``KronLaplace`` computes them (float64)."""
+    the linearised logits' mean and covariance (1e-8) as laplace-torch's ``KronLaplace`` computes them (float64), and
+    the probit predictive on them."""
     from laplace import KronLaplace
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -87,8 +89,11 @@ def test_all_weights_kfac_evidence_and_probit_predictive_match_laplace_torch(del
     reference = KronLaplace(net, "classification", prior_precision=precision)
     reference.fit(DataLoader(TensorDataset(x, y), batch_size=64))
     assert ours.log_evidence() == pytest.approx(float(reference.log_marginal_likelihood()), rel=1e-8)
-    expected = reference(x_new, pred_type="glm", link_approx="probit")
-    assert torch.allclose(ours.predict(x_new, link="probit"), expected, rtol=0, atol=1e-8)
+    f_mu, f_var = reference._glm_predictive_distribution(x_new)
+    ours_mu, ours_cov = ours.functional_posterior(x_new)
+    assert torch.allclose(ours_mu, f_mu, rtol=1e-8, atol=1e-10)
+    assert torch.allclose(ours_cov, f_var, rtol=1e-8, atol=1e-10)
+    assert torch.allclose(ours.predict(x_new, link="probit"), centred_probit(f_mu, f_var), rtol=0, atol=1e-12)
 
 
 def _polynomial_data(seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:

@@ -1,12 +1,10 @@
 """Prior precision tuned on a validation split's NLL, against a dense float64 probit predictive."""
 
-import math
-
 import pytest
 import torch
 
 from bayes_models.laplace import Laplace, prior_from_posterior, tune_prior_on_validation
-from tests.bayes_models.laplace.conftest import DT, ggn, jacobian, mlp
+from tests.bayes_models.laplace.conftest import DT, centred_probit, ggn, jacobian, mlp
 
 
 def _teacher_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,7 +25,8 @@ def _trained(x: torch.Tensor, y: torch.Tensor) -> torch.nn.Sequential:
 
 
 def _dense_probit_nll(net, x_fit, x_val, y_val, precision: float) -> float:
-    """Last-layer Laplace by hand: H = GGN + δ I over [W.flatten(), b], Σ_f = J H⁻¹ Jᵀ, MacKay's probit."""
+    """Last-layer Laplace by hand: H = GGN + δ I over [W.flatten(), b], Σ_f = J H⁻¹ Jᵀ, MacKay's probit on the
+    centred logits."""
     last, body = net[-1], net[:-1]
     with torch.no_grad():
         phi_fit, phi_val = body(x_fit), body(x_val)
@@ -36,7 +35,7 @@ def _dense_probit_nll(net, x_fit, x_val, y_val, precision: float) -> float:
     cov = torch.einsum("ncp,pq,ndq->ncd", jac, torch.linalg.inv(hessian), jac)
     with torch.no_grad():
         mean = last(phi_val)
-    probs = torch.softmax(mean / torch.sqrt(1 + math.pi / 8 * cov.diagonal(dim1=1, dim2=2)), -1)
+    probs = centred_probit(mean, cov)
     return float(-probs.gather(1, y_val[:, None]).log().mean())
 
 
