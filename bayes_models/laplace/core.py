@@ -433,7 +433,7 @@ class Laplace:
     def predict(
         self, x: torch.Tensor, link: str = "probit", n_samples: int = 100, generator: torch.Generator | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Predictive ``probs[N, C]``: ``"probit"`` (MacKay's, on the centred logits: :func:`._common.probit`) with
+        """Predictive ``probs[N, C]``: ``"probit"`` (MacKay's, one scale per item: :func:`._common.probit`) with
         the linearised ``Σ_f = J H⁻¹ Jᵀ``, or ``"mc"``, the mean of :meth:`predictive_samples`.
 
         Regression: ``(mean[N, C], variance[N, C])`` of ``y``, ``variance = diag(J H⁻¹ Jᵀ) + σ²`` (``link`` unused).

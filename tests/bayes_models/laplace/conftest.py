@@ -97,13 +97,14 @@ def regression_data(
 
 
 def centred_probit(f_mean: torch.Tensor, f_cov: torch.Tensor) -> torch.Tensor:
-    """MacKay's probit on the centred logits ``P f``, ``P = I − 11ᵀ/C`` written out as a matrix (the mean ``P μ``,
-    the covariance ``P Σ Pᵀ``): the softmax of ``P f`` is that of ``f``."""
+    """MacKay's probit with one scale per item from the centred logits ``P f``, ``P = I − 11ᵀ/C`` written out as a
+    matrix: ``softmax(μ / √(1 + π/8 · tr(P Σ Pᵀ) / C))``."""
     n_classes = f_mean.shape[-1]
     ones = torch.ones(n_classes, n_classes, dtype=f_mean.dtype)
     centre = torch.eye(n_classes, dtype=f_mean.dtype) - ones / n_classes
-    mean, cov = f_mean @ centre.T, centre @ f_cov @ centre.T
-    return torch.softmax(mean / torch.sqrt(1 + math.pi / 8 * cov.diagonal(dim1=-2, dim2=-1)), -1)
+    centred_cov = centre @ f_cov @ centre.T
+    mean_var = centred_cov.diagonal(dim1=-2, dim2=-1).mean(-1, keepdim=True)
+    return torch.softmax(f_mean / torch.sqrt(1 + math.pi / 8 * mean_var), -1)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The probit link: MacKay's approximation on the centred logits, invariant to what the softmax ignores."""
+"""The probit link: MacKay's approximation with one scale per item from the centred logits, invariant to what the
+softmax ignores."""
 
 import math
 
@@ -32,8 +33,8 @@ def test_equals_the_explicit_projection_and_ignores_common_shifts():
 
 def test_closer_to_monte_carlo_than_mackays_formula_on_the_raw_logits():
     """10 classes, 78% of the variance common to every logit (as in a last-layer Laplace on MNIST): mean L1 distance
-    to a 200,000-draw MC estimate of E[softmax(f)] (its own error ~2e-3) under two thirds of the raw-logit formula's
-    (measured: 0.065 against 0.144)."""
+    to a 200,000-draw MC estimate of E[softmax(f)] (its own error ~2e-3) under a third of the per-class formula's
+    on the raw logits (measured: 0.035 against 0.144); the argmax is the mean logits'."""
     mean, cov = _gaussian(100, 10, 1.5, seed=2, spread=0.5)
     chol, g = torch.linalg.cholesky(cov), torch.Generator().manual_seed(3)
     chunks = []
@@ -44,4 +45,5 @@ def test_closer_to_monte_carlo_than_mackays_formula_on_the_raw_logits():
     raw = torch.softmax(mean / torch.sqrt(1 + math.pi / 8 * cov.diagonal(dim1=1, dim2=2)), -1)
     centred_error = (probit(mean, cov) - reference).abs().sum(-1).mean()
     raw_error = (raw - reference).abs().sum(-1).mean()
-    assert centred_error < raw_error / 1.5, (float(centred_error), float(raw_error))
+    assert centred_error < raw_error / 3, (float(centred_error), float(raw_error))
+    assert torch.equal(probit(mean, cov).argmax(-1), mean.argmax(-1))
