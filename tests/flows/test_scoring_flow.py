@@ -66,10 +66,11 @@ def test_dask_shards_equal_single_process(tmp_path):
     )
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         sharded, many = _run(sharded_settings, features, model, pool, DaskTaskRunner(address=cluster.scheduler_address))
-    # Same ids, order and predictions; scores equal to rounding (a Dask worker runs torch on one thread, this
-    # process on two, so matmul reductions may sum in another order: differences of ~1e-15 were seen).
+    # Same ids, order and predictions; scores equal to float32 rounding: a Dask worker runs torch on one thread, this
+    # process on two, and the head's GEMMs run over a chunk's items, whose count differs by shard, so reductions may
+    # sum in another order (relative differences of up to ~1e-11 seen).
     assert [(i, p) for i, _, p in sharded] == [(i, p) for i, _, p in single]
-    np.testing.assert_allclose([s for _, s, _ in sharded], [s for _, s, _ in single], rtol=1e-12, atol=0)
+    np.testing.assert_allclose([s for _, s, _ in sharded], [s for _, s, _ in single], rtol=1e-7, atol=0)
     assert len(single) == 10
     assert np.array_equal(many.query.epistemic_hist, one.query.epistemic_hist)
     assert many.query.n_scored == one.query.n_scored == len(pool)
@@ -97,7 +98,8 @@ def test_epig_in_the_flow_scores_the_same_in_one_shard_or_three(tmp_path):
     )
     sharded, _ = _run(sharded_settings, features, model, pool, ThreadPoolTaskRunner(max_workers=3))
     assert [(i, p) for i, _, p in sharded] == [(i, p) for i, _, p in single] and len(single) == 10
-    np.testing.assert_allclose([s for _, s, _ in sharded], [s for _, s, _ in single], rtol=1e-9, atol=0)
+    # float32 rounding of the chunk-shaped GEMMs, through EPIG's joint over 200 targets: up to ~4e-7 relative seen
+    np.testing.assert_allclose([s for _, s, _ in sharded], [s for _, s, _ in single], rtol=1e-5, atol=0)
     assert one.query.n_scored == len(pool) and {e.acquisition for e in one.entries} == {"epig"}
     assert all(0 < e.score <= e.epistemic + 1e-6 for e in one.entries)
     # The queued scores against EPIG computed here from the round's generator: the targets it draws from the pool
