@@ -96,7 +96,7 @@ def regression_data(
     return x, y.squeeze(-1) if c == 1 else y
 
 
-def centred_probit(f_mean: torch.Tensor, f_cov: torch.Tensor) -> torch.Tensor:
+def one_scale_probit(f_mean: torch.Tensor, f_cov: torch.Tensor) -> torch.Tensor:
     """MacKay's probit with one scale per item from the centred logits ``P f``, ``P = I − 11ᵀ/C`` written out as a
     matrix: ``softmax(μ / √(1 + π/8 · tr(P Σ Pᵀ) / C))``."""
     n_classes = f_mean.shape[-1]
@@ -119,7 +119,7 @@ def brute() -> SimpleNamespace:
         ggn=ggn,
         log_lik=log_lik,
         log_evidence=log_evidence,
-        centred_probit=centred_probit,
+        one_scale_probit=one_scale_probit,
         mlp=mlp,
         classification_data=classification_data,
         regression_data=regression_data,

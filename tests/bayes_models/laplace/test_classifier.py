@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bayes_models.laplace import GaussianBelief, LaplaceClassifier, LaplaceConfig
-from tests.bayes_models.laplace.conftest import centred_probit
+from tests.bayes_models.laplace.conftest import one_scale_probit
 
 
 def _blobs(n, seed):
@@ -120,7 +120,7 @@ def test_predictive_is_the_last_layer_laplace_under_the_trained_prior(predictive
     ours_mu, ours_cov = model.predictive_laplace.functional_posterior(x_test)
     assert torch.allclose(ours_mu.double(), f_mu, rtol=1e-5, atol=1e-5)
     assert torch.allclose(ours_cov.double(), f_var, rtol=1e-5, atol=1e-5)
-    assert torch.allclose(model.predict(x_test, link="probit").double(), centred_probit(f_mu, f_var), atol=1e-5)
+    assert torch.allclose(model.predict(x_test, link="probit").double(), one_scale_probit(f_mu, f_var), atol=1e-5)
 
     ours = model.predictive_samples(x_test, 20_000, seed=1).double()
     torch.manual_seed(2)

@@ -56,7 +56,7 @@ def test_linear_softmax_predictive_matches_dense_gaussian(brute) -> None:
 
     jac, cov = brute.jacobian(net, x_test), torch.linalg.inv(precision)
     f_cov = torch.einsum("ncp,pq,ndq->ncd", jac, cov, jac)
-    assert brute.rel(la.predict(x_test, link="probit"), brute.centred_probit(net(x_test).detach(), f_cov)) < 1e-10
+    assert brute.rel(la.predict(x_test, link="probit"), brute.one_scale_probit(net(x_test).detach(), f_cov)) < 1e-10
 
     torch.manual_seed(0)
     thetas = MultivariateNormal(theta, precision_matrix=precision).sample((100_000,))
@@ -88,7 +88,7 @@ def test_mlp_all_weights_matches_dense_ggn(brute) -> None:
     x_test = torch.randn(5, 4, dtype=DT)
     jac = brute.jacobian(net, x_test)
     f_cov = torch.einsum("ncp,pq,ndq->ncd", jac, torch.linalg.inv(posterior), jac)
-    assert brute.rel(la.predict(x_test), brute.centred_probit(net(x_test).detach(), f_cov)) < 1e-8
+    assert brute.rel(la.predict(x_test), brute.one_scale_probit(net(x_test).detach(), f_cov)) < 1e-8
 
 
 def test_dense_precision_sampling_and_algebra() -> None:

@@ -13,7 +13,7 @@ from bayes_models.laplace import LaplaceClassifier, LaplaceConfig
 from bayes_models.laplace.core import Laplace
 from bayes_models.laplace.marglik import marglik_training
 from bayes_models.linear import BayesianLinearRegression, polynomial_features
-from tests.bayes_models.laplace.conftest import centred_probit
+from tests.bayes_models.laplace.conftest import one_scale_probit
 
 DT = torch.float64
 HAS_LAPLACE_TORCH = importlib.util.find_spec("laplace") is not None
@@ -93,7 +93,7 @@ def test_all_weights_kfac_evidence_and_probit_predictive_match_laplace_torch(del
     ours_mu, ours_cov = ours.functional_posterior(x_new)
     assert torch.allclose(ours_mu, f_mu, rtol=1e-8, atol=1e-10)
     assert torch.allclose(ours_cov, f_var, rtol=1e-8, atol=1e-10)
-    assert torch.allclose(ours.predict(x_new, link="probit"), centred_probit(f_mu, f_var), rtol=0, atol=1e-12)
+    assert torch.allclose(ours.predict(x_new, link="probit"), one_scale_probit(f_mu, f_var), rtol=0, atol=1e-12)
 
 
 def _polynomial_data(seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:

@@ -6,7 +6,7 @@ import math
 import torch
 
 from bayes_models.laplace._common import probit
-from tests.bayes_models.laplace.conftest import DT, centred_probit
+from tests.bayes_models.laplace.conftest import DT, one_scale_probit
 
 
 def _gaussian(n: int, classes: int, common: float, seed: int, spread: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -20,7 +20,7 @@ def _gaussian(n: int, classes: int, common: float, seed: int, spread: float = 2.
 
 def test_equals_the_explicit_projection_and_ignores_common_shifts():
     mean, cov = _gaussian(20, 5, 0.0, seed=0)
-    torch.testing.assert_close(probit(mean, cov), centred_probit(mean, cov), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(probit(mean, cov), one_scale_probit(mean, cov), rtol=1e-12, atol=1e-15)
     g = torch.Generator().manual_seed(1)
     shift = torch.randn(20, 1, generator=g, dtype=DT)  # f + s·1, s correlated with f: Σ + c1ᵀ + 1cᵀ + v 11ᵀ
     c = torch.randn(20, 5, 1, generator=g, dtype=DT)

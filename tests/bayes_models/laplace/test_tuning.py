@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bayes_models.laplace import Laplace, prior_from_posterior, tune_prior_on_validation
-from tests.bayes_models.laplace.conftest import DT, centred_probit, ggn, jacobian, mlp
+from tests.bayes_models.laplace.conftest import DT, ggn, jacobian, mlp, one_scale_probit
 
 
 def _teacher_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,7 +35,7 @@ def _dense_probit_nll(net, x_fit, x_val, y_val, precision: float) -> float:
     cov = torch.einsum("ncp,pq,ndq->ncd", jac, torch.linalg.inv(hessian), jac)
     with torch.no_grad():
         mean = last(phi_val)
-    probs = centred_probit(mean, cov)
+    probs = one_scale_probit(mean, cov)
     return float(-probs.gather(1, y_val[:, None]).log().mean())
 
 
