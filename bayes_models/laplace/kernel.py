@@ -159,14 +159,20 @@ def _cholesky_plus_identity(kernel: torch.Tensor) -> torch.Tensor:
 
 class SubsetEvidence:
     """The prior-dependent part of the exact-GGN ``log Z`` as a function of the layers' ``log δ``, estimated from
-    ``m`` of the ``n`` items (``rows // C`` of them for ``C`` outputs, all of them when they fit; the kernel has ``K``
-    rows per item, ``C − 1`` for the softmax):
+    ``m`` of the ``n`` items drawn at random (``rows // C`` of them for ``C`` outputs, all of them when they fit;
+    the kernel has ``K`` rows per item, ``C − 1`` for the softmax):
 
-        ``−½ Σ_l δ_l ‖θ_l‖² − ½ (n / m) log det(I + Σ_l K_l^{(m)} · scale / δ_l)``
+        ``−½ Σ_l δ_l ‖θ_l‖² − ½ [L_m + (n − m) · (L_m − L_h) / (m − h)]``
 
-    the kernel of the ``m`` items standing for ``n / m`` blocks like it. A block ignores the covariance with the
-    other items, which by Fischer's inequality can only raise the determinant (exact for ``m = n``). It tunes the
-    prior during marginal-likelihood training at ``O((mK)³)`` per step, whatever the width.
+    with ``L_j = log det(I + Σ_l K_l^{(j)} · scale / δ_l)`` of the first ``j`` drawn items and ``h = m // 2``: the
+    ``m`` items' log determinant plus, for each of the other ``n − m``, the mean increment of the drawn second half
+    given the first (exact for ``m = n``). Why: an item's increment is the log determinant of its kernel given the
+    items before it, which shrinks as items are added (in expectation over their random order), so the last
+    increments estimate the missing items' better than the mean over all ``m`` does. That mean, ``(n / m) L_m``
+    (each block of ``m`` items as if independent of the others; Fischer's inequality bounds the determinant by it),
+    overstated the Occam factor: on MNIST with 1,000 labels it tuned priors 1.5–3.6× stronger than the exact
+    evidence's and left ``log Z`` ~100 nats below the exact optimum. It tunes the prior during marginal-likelihood
+    training at ``O((mK)³)`` per step, whatever the width.
 
     ``dtype``: of the kernels (built in it) and their factorisations. float32 (the default) halves the fixed
     point's cost on CPU, and the fixed point stops at 1% anyway; the checks against finite differences use
@@ -193,12 +199,18 @@ class SubsetEvidence:
             out = subnet.forward(inp, theta)
             self.kernels = torch.stack(list(_layer_kernels(subnet, inp, out, theta, likelihood, dtype))) * scale
         self.sq_norms = torch.stack([(w.double() ** 2).sum() for w in torch.split(theta, subnet.group_sizes)])
-        self.weight = n / m
-        """``n / m``: each item drawn stands for this many (1: all items, the exact estimate)."""
+        self.items, self.total = m, n
+        half = m // 2
+        self.half_rows = half * (self.kernels.shape[1] // m)
+        """Kernel rows of the first ``h`` drawn items (a leading block: its Cholesky factor is the whole one's)."""
+        self.half_kernels = self.kernels[:, : self.half_rows, : self.half_rows].contiguous()
+        per_item = (n - m) / (m - half) if m < n else 0.0
+        self.whole_weight, self.half_weight = 1.0 + per_item, per_item
+        """``L_m`` and ``L_h``'s coefficients in the estimate of ``L_n`` (1 and 0: all items, the exact one)."""
 
     @property
     def exact(self) -> bool:
-        return self.weight == 1
+        return self.items == self.total
 
     @torch.no_grad()
     def value(self, log_delta: torch.Tensor) -> float:
@@ -209,8 +221,10 @@ class SubsetEvidence:
     @torch.no_grad()
     def value_and_gradient(self, log_delta: torch.Tensor) -> tuple[float, torch.Tensor]:
         """The estimate at ``log δ`` (a scalar, or one per layer) and its gradient, in closed form:
-        ``∂/∂ log δ_l = −½ δ_l ‖θ_l‖² + ½ γ_l`` with ``γ_l = (n / m) tr((I + K)⁻¹ K_l) · scale / δ_l``, the
-        layer's effective number of parameters (one Cholesky and one inverse)."""
+        ``∂/∂ log δ_l = −½ δ_l ‖θ_l‖² + ½ γ_l``, ``γ_l`` the layer's effective number of parameters estimated like
+        the determinant, from ``γ_l^{(j)} = tr((I + K^{(j)})⁻¹ K_l^{(j)}) · scale / δ_l`` of the first ``m`` and ``h``
+        items (one Cholesky and two inverses). ``γ_l^{(j)}`` grows with the items (it is the layer's weights less
+        ``δ_l`` times its posterior variance), so the estimate of ``γ_l`` is at least ``γ_l^{(m)} > 0``."""
         delta, value, gamma = self._terms(log_delta)
         gradient = -0.5 * delta * self.sq_norms + 0.5 * gamma
         return value, (gradient if log_delta.dim() else gradient.sum()).to(log_delta.dtype)
@@ -237,15 +251,24 @@ class SubsetEvidence:
         return _cholesky_plus_identity((weights @ self.kernels.flatten(1)).view(self.kernels.shape[1:]))
 
     def _value(self, delta: torch.Tensor, chol: torch.Tensor) -> float:
-        log_det = 2.0 * chol.diagonal().log().double().sum()
-        return float(-0.5 * (delta * self.sq_norms).sum() - 0.5 * self.weight * log_det)
+        log_pivots = 2.0 * chol.diagonal().log().double()  # L_j: the sum of the first j items' rows
+        log_det = self.whole_weight * log_pivots.sum() - self.half_weight * log_pivots[: self.half_rows].sum()
+        return float(-0.5 * (delta * self.sq_norms).sum() - 0.5 * log_det)
 
     def _terms(self, log_delta: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor]:
         """``(δ per layer, the estimate, γ per layer)`` at ``log δ``."""
         delta = log_delta.double().exp().expand(self.kernels.shape[0])
         chol = self._factor(delta)
-        traces = (self.kernels.flatten(1) @ torch.cholesky_inverse(chol).flatten()).double()  # tr(A⁻¹ K_l)
-        return delta, self._value(delta, chol), self.weight * traces / delta
+        traces = self.whole_weight * self._traces(self.kernels, chol)  # tr(A⁻¹ K_l)
+        if self.half_weight:
+            rows = self.half_rows
+            traces -= self.half_weight * self._traces(self.half_kernels, chol[:rows, :rows])
+        return delta, self._value(delta, chol), traces / delta
+
+    @staticmethod
+    def _traces(kernels: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
+        """``tr(A⁻¹ K_l)`` per layer, ``A = chol cholᵀ``."""
+        return (kernels.reshape(kernels.shape[0], -1) @ torch.cholesky_inverse(chol).flatten()).double()
 
 
 def _weight_space_log_dets(
