@@ -776,6 +776,14 @@ def _parse_candidate(text: str) -> dict[str, Any]:
     return entry
 
 
+SELECT_NUMBER_COLUMNS = (
+    ("log ev", "log_evidence", 2),
+    ("log BF", "log_bayes_factor", 2),
+    ("val NLL", "validation_nll", 3),
+)
+"""``beliefloop select``'s optional number columns: header, row key, decimals."""
+
+
 @app.command()
 def select(
     dataset: DatasetOpt = None,
@@ -815,19 +823,27 @@ def select(
         rows = select_models(settings, labels)
     by = "validation NLL" if rows[0]["criterion"] == "validation_nll" else rows[0]["evidence_kind"]
     table = Table(title=f"Model selection on {settings.dataset.name} ({rows[0]['n_test']} test items)")
-    columns = ("candidate", "log ev", "log BF", "val NLL", "Kass–Raftery", "test NLL", "test acc", "fit s")
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("candidate", "Kass–Raftery") else "right")
 
     def number(value: float | None, digits: int) -> str:
         return "–" if value is None else f"{value:.{digits}f}"
 
+    # A column only where some candidate has a value (no Bayes factors under validation NLL, no validation NLL under
+    # evidence): empty columns squeezed the others into ellipses on an 80-column terminal.
+    optional = [
+        (header, key, digits)
+        for header, key, digits in SELECT_NUMBER_COLUMNS
+        if any(row[key] is not None for row in rows)
+    ]
+    table.add_column("candidate")
+    for header, _, _ in optional:
+        table.add_column(header, justify="right")
+    table.add_column("Kass–Raftery" if rows[0]["criterion"] == "evidence" else "reading")
+    for header in ("test NLL", "test acc", "fit s"):
+        table.add_column(header, justify="right")
     for row in rows:
         table.add_row(
             row["candidate"],
-            number(row["log_evidence"], 2),
-            number(row["log_bayes_factor"], 2),
-            number(row["validation_nll"], 3),
+            *(number(row[key], digits) for _, key, digits in optional),
             row["reading"],
             f"{row.get('test_nll', float('nan')):.3f}",
             f"{row.get('test_accuracy', float('nan')):.3f}",
