@@ -769,19 +769,22 @@ class LabelStore:
 
     @_retry_busy
     def answers_since_last_round(self, campaign: str) -> int | None:
-        """Answers and withdrawals recorded since the last finished round started (``None`` before any round):
-        what tells a scheduled round whether there is anything new to learn from."""
+        """Answers the last finished round did not read (after its ``labels_upto`` answer; recorded since it started
+        where its metrics lack that) and withdrawals since it started (``None`` before any round): what tells a
+        scheduled round whether there is anything new to learn from. Why not every answer since its start: a
+        simulated round records the oracle's answers and trains on them, which are not new to the next round."""
         with self.engine.connect() as conn:
-            since = conn.execute(
-                sa.select(sa.func.max(rounds.c.started_at)).where(
-                    rounds.c.campaign == campaign, rounds.c.status == "done"
-                )
-            ).scalar()
-            if since is None:
+            last = conn.execute(
+                sa.select(rounds.c.started_at, rounds.c.metrics)
+                .where(rounds.c.campaign == campaign, rounds.c.status == "done")
+                .order_by(rounds.c.round.desc())
+                .limit(1)
+            ).first()
+            if last is None:
                 return None
-            answered = conn.execute(
-                sa.select(sa.func.count()).where(labels.c.campaign == campaign, labels.c.created_at >= since)
-            ).scalar()
+            since, upto = last.started_at, json.loads(last.metrics or "{}").get("labels_upto")
+            unread = labels.c.created_at >= since if upto is None else labels.c.id > int(upto)
+            answered = conn.execute(sa.select(sa.func.count()).where(labels.c.campaign == campaign, unread)).scalar()
             withdrawn = conn.execute(
                 sa.select(sa.func.count())
                 .select_from(retractions.join(labels, retractions.c.label_id == labels.c.id))

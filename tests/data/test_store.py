@@ -129,6 +129,25 @@ def test_rounds_resume_unfinished(store):
     assert store.round_metrics("c") == [{"round": 1, "n_labeled": 3}]
 
 
+def test_answers_since_the_last_round_are_those_it_did_not_read(store):
+    """Answers recorded while a round runs count as new only when the round did not read them: a simulated round
+    records the oracle's answers and trains on them (its metrics' ``labels_upto``); a person's answer after the
+    round's read counts. A withdrawal since the round started counts too."""
+    assert store.answers_since_last_round("c") is None  # before any round
+    store.enqueue("c", 1, _entries(["a", "b", "c"]))
+    store.start_round("c", 2)
+    store.record_labels("c", [LabelAnswer("a", 0), LabelAnswer("b", 1)], annotator="oracle")
+    read = store.label_snapshot("c")
+    store.record_labels("c", [LabelAnswer("c", 2)], annotator="person")  # after the round's read
+    store.finish_round("c", 2, {"labels_upto": read.upto})
+    assert read.upto > 0 and store.answers_since_last_round("c") == 1
+    store.retract_label("c", "a", annotator="oracle")
+    assert store.answers_since_last_round("c") == 2
+    store.start_round("c", 3)
+    store.finish_round("c", 3, {})  # metrics without labels_upto (rounds logged before it): answers since its start
+    assert store.answers_since_last_round("c") == 0
+
+
 def test_retracting_an_answer_keeps_it_in_history_and_requeues_the_item(store):
     store.enqueue("c", 1, _entries(["a", "b"]))
     store.record_labels("c", [LabelAnswer("a", 1), LabelAnswer("b", 2)], annotator="ann")
