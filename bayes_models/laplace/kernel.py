@@ -203,10 +203,12 @@ class SubsetEvidence:
         half = m // 2
         self.half_rows = half * (self.kernels.shape[1] // m)
         """Kernel rows of the first ``h`` drawn items (a leading block: its Cholesky factor is the whole one's)."""
-        self.half_kernels = self.kernels[:, : self.half_rows, : self.half_rows].contiguous()
         per_item = (n - m) / (m - half) if m < n else 0.0
         self.whole_weight, self.half_weight = 1.0 + per_item, per_item
         """``L_m`` and ``L_h``'s coefficients in the estimate of ``L_n`` (1 and 0: all items, the exact one)."""
+        rows = self.half_rows
+        self.half_kernels = self.kernels[:, :rows, :rows].contiguous() if per_item else None
+        """The half block's kernels, copied once for the traces (``None`` when exact: not needed)."""
 
     @property
     def exact(self) -> bool:
@@ -260,7 +262,7 @@ class SubsetEvidence:
         delta = log_delta.double().exp().expand(self.kernels.shape[0])
         chol = self._factor(delta)
         traces = self.whole_weight * self._traces(self.kernels, chol)  # tr(A⁻¹ K_l)
-        if self.half_weight:
+        if self.half_kernels is not None:
             rows = self.half_rows
             traces -= self.half_weight * self._traces(self.half_kernels, chol[:rows, :rows])
         return delta, self._value(delta, chol), traces / delta
