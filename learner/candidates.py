@@ -429,7 +429,7 @@ def fit_candidate(
             model.fit(x, y, prior=_prior_of(model, family), steps=spec.model.steps)
         elif _tunes_on_validation(spec, evidence_options):
             build = functools.partial(build_model, spec, feature_shape, n_classes, seed, evidence_options)
-            tuning = _tune_prior_scale(build, x, y, validation_rows(ids, seed))
+            tuning = tune_prior_scale(build, x, y, validation_rows(ids, seed))
             model.fit(x, y)
             model.scale_prior(tuning.scale)
         else:
@@ -499,7 +499,7 @@ def _tunes_on_validation(spec: CandidateSpec, evidence_options: EvidenceOptions)
     )
 
 
-def _tune_prior_scale(
+def tune_prior_scale(
     build: Callable[[], LaplaceClassifier], x: torch.Tensor, y: torch.Tensor, held_out: np.ndarray
 ) -> PriorTuning:
     """The validation grid search of the prior's scale: a new candidate (``build()``) fitted without the held-out

@@ -63,6 +63,12 @@ class LaplaceConfig(TrainingConfig):
     items drawn at each update (C − 1 kernel rows each for the softmax), or ``"kfac"`` (Immer et al. 2021; see
     ``marglik_training``)."""
     marglik_rows: int = 1024
+    marglik_peak_lr: float | None = None
+    """Training under an explicit prior (marglik or stated) starts the weights' Adam at this learning rate and decays
+    it to 0 on a cosine over the steps; ``None`` (the default): ``lr``, constant. Not the default: on MNIST 1k a
+    peak of 1e-2 fitted better networks (mean test NLL 0.422 → 0.368) that the evidence ranked worse (Spearman ρ
+    0.84 → 0.65), and on digits it widened the 512-wide networks' last-layer predictive (``benchmarks/evidence.py``,
+    ``evidence_marglik_peak_lr.json``)."""
     prior_std: float | None = None
     """A stated Gaussian prior ``N(0, prior_std²)`` on every weight: trained under and evidence computed under it,
     never tuned (``training`` is then not used). ``None``: the prior is tuned (``training``)."""
@@ -254,7 +260,8 @@ class LaplaceClassifier:
             y,
             steps=steps,
             batch_size=c.batch_size,
-            lr=c.lr,
+            lr=c.lr if c.marglik_peak_lr is None else c.marglik_peak_lr,
+            lr_schedule="constant" if c.marglik_peak_lr is None else "cosine",
             burnin=every,
             every=every,
             hyper_steps=c.marglik_steps,

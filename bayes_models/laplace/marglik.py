@@ -38,6 +38,7 @@ from bayes_models.training import minibatches, training_threads
 
 PRIOR_STRUCTURES = ("layerwise", "scalar")
 HYPER_EVIDENCE = ("kfac", "exact_ggn")
+LR_SCHEDULES = ("constant", "cosine")
 ROUGH_TOLERANCE = 0.1
 """An exact-GGN update before the last stops its fixed point once ``δ`` would move less than 10% (the last, whose
 ``δ`` is the prior reported, at 1%): the weights train on under it and the next update starts again from a fresh
@@ -79,6 +80,7 @@ def marglik_training(
     sigma_noise: float = 1.0,
     hyper_evidence: str = "kfac",
     hyper_rows: int = 1024,
+    lr_schedule: str = "constant",
     generator: torch.Generator | None = None,
 ) -> MarglikFit:
     """Train ``network`` in place for ``steps`` Adam minibatch steps under a tuned Gaussian prior (module docstring).
@@ -88,10 +90,13 @@ def marglik_training(
     the MAP under the given prior (a prior the user stated). Regression uses a Gaussian likelihood of fixed noise std
     ``sigma_noise``. ``hyper_evidence``: the ``log Z`` the updates maximise, ``"kfac"`` or ``"exact_ggn"`` (module
     docstring; the history then holds :class:`.kernel.SubsetEvidence`'s estimate of its prior-dependent part).
+    ``lr_schedule``: the weights' Adam learning rate, ``"constant"`` at ``lr`` or ``"cosine"`` from ``lr`` down to 0
+    over the ``steps`` (``torch.optim.lr_scheduler.CosineAnnealingLR``); the hyperparameters' stays ``hyper_lr``.
     """
     check_option("likelihood", likelihood, LIKELIHOODS)
     check_option("prior_structure", prior_structure, PRIOR_STRUCTURES)
     check_option("hyper_evidence", hyper_evidence, HYPER_EVIDENCE)
+    check_option("lr_schedule", lr_schedule, LR_SCHEDULES)
     subnet = Subnet(network, "all")
     x = x.to(subnet.device, subnet.dtype if x.dtype.is_floating_point else x.dtype)
     y = y.to(subnet.device)
@@ -108,6 +113,7 @@ def marglik_training(
     # One parameter group per layer: Adam's (coupled) weight decay δ_l / N adds exactly the prior term's gradient
     # δ_l θ_l / N to the data term's, with no extra autograd work per step.
     optimizer = torch.optim.Adam([{"params": group} for group in groups], lr=lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if lr_schedule == "cosine" else None
 
     def set_prior(delta: torch.Tensor) -> None:
         for param_group, d in zip(optimizer.param_groups, delta.expand(len(groups)).tolist(), strict=True):
@@ -139,6 +145,8 @@ def marglik_training(
                 prior = sum(d * sum((p**2).sum() for p in group) for d, group in zip(delta, groups, strict=True))
                 losses.append(loss.detach() + 0.5 * prior / n)  # U(θ) before the step
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             laplace = None
             if not (tune_prior and step >= burnin and step % every == 0):
                 continue

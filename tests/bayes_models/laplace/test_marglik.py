@@ -38,16 +38,30 @@ def _student(seed: int) -> nn.Module:
 
 
 @pytest.mark.skipif(not HAS_LAPLACE_TORCH, reason="laplace-torch is not installed (`make reference` installs it)")
-def test_matches_laplace_torch_marglik_training():
+@pytest.mark.parametrize("lr_schedule", ["constant", "cosine"])
+def test_matches_laplace_torch_marglik_training(lr_schedule: str):
+    """The same network, data, schedule and seed; ``"cosine"``: laplace-torch given torch's cosine scheduler, which
+    it steps after every batch, as this code does."""
     from laplace import marglik_training as reference
     from laplace.curvature import AsdlGGN
+    from torch.optim.lr_scheduler import CosineAnnealingLR
     from torch.utils.data import DataLoader, TensorDataset
 
     x, y = _teacher_data(300, seed=0)
     epochs, burnin, every, hyper_steps, lr = 200, 50, 10, 20, 3e-3
     ours = marglik_training(
-        _student(1), x, y, steps=epochs, batch_size=300, lr=lr, burnin=burnin, every=every, hyper_steps=hyper_steps
+        _student(1),
+        x,
+        y,
+        steps=epochs,
+        batch_size=300,
+        lr=lr,
+        burnin=burnin,
+        every=every,
+        hyper_steps=hyper_steps,
+        lr_schedule=lr_schedule,
     )  # full batch: a step is an epoch, as in laplace-torch's schedule
+    scheduler = {"scheduler_cls": CosineAnnealingLR, "scheduler_kwargs": {"T_max": epochs}}
     lap, _, neg_log_z, _ = reference(
         _student(1),
         DataLoader(TensorDataset(x, y), batch_size=300),
@@ -57,6 +71,7 @@ def test_matches_laplace_torch_marglik_training():
         marglik_frequency=every,
         n_hypersteps=hyper_steps,
         optimizer_kwargs={"lr": lr},
+        **(scheduler if lr_schedule == "cosine" else {}),
     )
     # laplace-torch returns the network of its best update; here that is the last one, so both are final networks.
     assert min(neg_log_z[hyper_steps - 1 :: hyper_steps]) == neg_log_z[-1]
@@ -169,6 +184,22 @@ def test_classifier_evidence_is_under_the_trained_layerwise_prior():
     map_model = LaplaceClassifier(LaplaceConfig(**common, training="map"), device="cpu").fit(x, y)
     assert map_model.laplace.prior_precision.dim() == 0  # post-hoc scalar tuning
     assert math.isfinite(map_model.log_evidence())
+
+
+def test_marglik_peak_lr_replaces_the_constant_lr_with_a_cosine_decay():
+    """``marglik_peak_lr`` set: training starts at it and decays (``lr`` unused); ``None``: a constant ``lr``. The
+    same peak as a constant rate gives other weights, so the decay is applied."""
+    x, y = _blobs(120, 0)
+    common = dict(feature_shape=(2,), n_classes=3, hidden=16, depth=1, steps=60, seed=0)
+
+    def weights(**config) -> torch.Tensor:
+        model = LaplaceClassifier(LaplaceConfig(**common, **config), device="cpu").fit(x, y)
+        return torch.cat([p.detach().flatten() for p in model.network.parameters()])
+
+    cosine = weights(marglik_peak_lr=0.05)
+    assert torch.equal(cosine, weights(marglik_peak_lr=0.05, lr=0.5))
+    constant = weights(marglik_peak_lr=None, lr=0.05)
+    assert not torch.allclose(cosine, constant, atol=1e-3)
 
 
 def test_conv_networks_fall_back_to_last_layer_map_training(caplog):
