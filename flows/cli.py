@@ -355,14 +355,59 @@ def simulate(
 
 
 def _live_settings(params: Path | None, overrides: dict[str, Any]):
-    """Settings of a live campaign, which is named after its dataset unless named (``overrides`` gets the name)."""
+    """Settings of a live campaign, which is named after its dataset unless named (``overrides`` gets the name).
+    With no dataset given (flag, environment or params file), the campaign named (else the workspace's only one)
+    gives it: a round that forgot ``--dataset`` goes on with that campaign instead of starting one on the bundled
+    default."""
     settings = _settings(params, overrides)
+    if "name" not in settings.dataset.model_fields_set:
+        found = _workspace_campaign(settings)
+        if found is not None:
+            overrides["campaign"]["name"], overrides["dataset"]["name"] = found
+            settings = _settings(params, overrides)
     if not settings.campaign.name:
         from flows.settings import dataset_slug
 
         overrides["campaign"]["name"] = dataset_slug(settings.dataset.name)
         settings = _settings(params, overrides)
     return settings
+
+
+def _existing_store(settings):
+    """The workspace's label store, or ``None`` when it has none yet (a SQLite file not created)."""
+    from data.store import sqlite_file
+
+    path = sqlite_file(settings.store_url)
+    if path is not None and not path.exists():
+        return None
+    from flows.campaign_setup import open_label_store
+
+    return open_label_store(settings)
+
+
+def _workspace_campaign(settings) -> tuple[str, str] | None:
+    """The campaign ``settings`` names (else the workspace's only one) and the dataset it was created with; ``None``
+    for a workspace without a label store or campaigns, or when the named campaign does not exist yet."""
+    store = _existing_store(settings)
+    names = [] if store is None else store.campaign_names()
+    if not settings.campaign.name and len(names) > 1:
+        raise CommandError(f"the workspace holds campaigns {names}: name one with --campaign, or give --dataset")
+    campaign = settings.campaign.name or (names[0] if names else None)
+    return (campaign, store.dataset_of(campaign)) if campaign in names else None
+
+
+def _refuse_simulated(settings) -> None:
+    """A simulated campaign's answers come from its oracle: a live round would mix people's into them."""
+    store = _existing_store(settings)
+    campaign = settings.campaign_name
+    if store is not None and campaign in store.campaign_names() and store.item_rows(campaign, "seed"):
+        from flows.status import simulate_command
+
+        rounds = len(store.round_metrics(campaign)) + 1
+        raise CommandError(
+            f"campaign {campaign!r} is simulated (an oracle answers its queue): continue it with "
+            f"{simulate_command(campaign, store.dataset_of(campaign), settings.workspace, rounds)}"
+        )
 
 
 @app.command("round")
@@ -398,6 +443,7 @@ def run_round(
         },
     }
     settings = _live_settings(params, overrides)
+    _refuse_simulated(settings)
     from flows.campaign_setup import open_label_store, prepare_campaign
     from flows.console import pool_exhausted, print_header, print_round
 

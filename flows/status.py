@@ -34,6 +34,8 @@ class CampaignStatus:
     answers_since_last_round: int | None
     last_round: dict[str, Any] = field(default_factory=dict)
     """The last finished round's number, selected model, ``LAST_METRICS`` and warnings."""
+    simulated: bool = False
+    """An oracle answers the queue (``beliefloop simulate``): the next round is a simulated one, not a live one."""
     next_step: str = ""
 
 
@@ -62,8 +64,15 @@ def campaign_status(store: LabelStore, campaign: str, workspace: Path) -> Campai
         test_items=len(store.item_rows(campaign, "test")),
         answers_since_last_round=store.answers_since_last_round(campaign),
         last_round=last,
+        simulated=bool(store.item_rows(campaign, "seed")),
     )
     return replace(status, next_step=_next_step(status, workspace))
+
+
+def simulate_command(campaign: str, dataset: str, workspace: Path, rounds: int) -> str:
+    """The command that runs a simulated campaign up to round ``rounds`` (``simulate`` resumes where it stopped)."""
+    where = f"--workspace {shlex.quote(str(workspace))} --campaign {shlex.quote(campaign)}"
+    return f"beliefloop simulate --dataset {shlex.quote(dataset)} {where} --rounds {rounds}"
 
 
 def _next_step(s: CampaignStatus, workspace: Path) -> str:
@@ -71,8 +80,13 @@ def _next_step(s: CampaignStatus, workspace: Path) -> str:
     round_command = f"beliefloop round --dataset {shlex.quote(s.dataset)} {where}"
     if s.campaign != dataset_slug(s.dataset):
         round_command += f" --campaign {s.campaign}"
+    if s.simulated:
+        round_command = simulate_command(s.campaign, s.dataset, workspace, s.unfinished_round or s.rounds_done + 1)
     if s.unfinished_round is not None:
         return f"round {s.unfinished_round} is unfinished (running now, or crashed): {round_command} resumes it"
+    if s.simulated and (s.pool or s.pending):
+        answers = f" (the oracle answers the {s.pending} pending items)" if s.pending else ""
+        return f"run the next round{answers}: {round_command}"
     if s.pending:
         return (
             f"label the {s.pending} pending items: beliefloop annotate {where} (or queue export / label), "

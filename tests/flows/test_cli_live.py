@@ -98,6 +98,44 @@ def test_round_on_a_fully_skipped_pool_queues_nothing(tmp_path, unlabeled_npz):
     assert len(store.queued("flowers")) == 120
 
 
+def test_a_round_without_dataset_continues_the_workspace_campaign(tmp_path, unlabeled_npz):
+    """No ``--dataset``: the workspace's only campaign (or the one ``--campaign`` names) goes on with its own
+    dataset, instead of a new campaign on the bundled default appearing beside it; with two, the round asks."""
+    path, _ = unlabeled_npz
+    common = ["--workspace", str(tmp_path / "w"), "--k", "4"]
+    _cli("round", "--dataset", str(path), *common)
+    _cli("round", *common, "--full-batch")
+    store = LabelStore.for_workspace(tmp_path / "w")
+    assert store.campaign_names() == ["flowers"]
+    assert [m["round"] for m in store.round_metrics("flowers")] == [1, 2] and len(store.queued("flowers")) == 8
+    _cli("round", "--dataset", str(path), "--campaign", "second", *common)
+    two = _cli("round", *common, check=False)
+    assert two.returncode == 2 and "holds campaigns ['flowers', 'second']: name one with --campaign" in two.stderr
+    _cli("round", "--campaign", "second", *common, "--full-batch")
+    assert [m["round"] for m in store.round_metrics("second")] == [1, 2]
+    assert store.campaign_names() == ["flowers", "second"]
+
+
+def test_a_simulated_campaign_is_continued_by_simulate_not_by_a_live_round(tmp_path):
+    """A live round refuses a simulated campaign (an oracle answers its queue) and names the command that goes on;
+    ``status`` suggests the same command, and it runs the next round."""
+    import shlex
+
+    workspace = ["--workspace", str(tmp_path / "w")]
+    _cli("simulate", "--dataset", "iris", "--rounds", "1", "--k", "5", *workspace)
+    store = LabelStore.for_workspace(tmp_path / "w")
+    (campaign,) = store.campaign_names()
+    refused = _cli("round", *workspace, check=False)
+    command = f"beliefloop simulate --dataset iris --workspace {tmp_path / 'w'} --campaign {campaign} --rounds 2"
+    assert refused.returncode == 2 and f"campaign {campaign!r} is simulated" in refused.stderr
+    assert command in refused.stderr.replace("\n", " ")
+    assert store.queued(campaign, round_=2) == [] and len(store.round_metrics(campaign)) == 1
+    status = _cli("status", *workspace).stdout
+    assert f"next: run the next round (the oracle answers the 5 pending items): {command}" in status
+    _cli(*shlex.split(command)[1:])
+    assert [m["round"] for m in store.round_metrics(campaign)] == [1, 2]
+
+
 def test_bad_dataset_file_gives_clear_error(tmp_path):
     broken = tmp_path / "broken.npz"
     np.savez(broken, x_train=np.zeros((3, 2)), x_test=np.zeros((2, 2)))
