@@ -321,21 +321,22 @@ def simulate(
     params: ParamsOpt = None,
 ) -> None:
     """Run a simulated campaign: an oracle answers the queue from held-back labels."""
-    settings = _settings(
-        params,
-        {
-            "workspace": workspace,
-            "dataset": _dataset_overrides(dataset, label_column, id_column, classes, test_fraction, text_column),
-            "campaign": {"name": campaign, "rounds": rounds, "k": k, "initial": initial, "seed": seed},
-            "acquisition": {
-                "name": acquisition,
-                "samples": samples,
-                "pool_subsample": pool_subsample,
-                "shards": shards,
-                "dask_address": dask_address,
-            },
+    overrides = {
+        "workspace": workspace,
+        "dataset": _dataset_overrides(dataset, label_column, id_column, classes, test_fraction, text_column),
+        "campaign": {"name": campaign, "rounds": rounds, "k": k, "initial": initial, "seed": seed},
+        "acquisition": {
+            "name": acquisition,
+            "samples": samples,
+            "pool_subsample": pool_subsample,
+            "shards": shards,
+            "dask_address": dask_address,
         },
-    )
+    }
+    settings = _settings(params, overrides)
+    if "name" not in settings.dataset.model_fields_set and (found := _workspace_dataset(settings)) is not None:
+        overrides["dataset"]["name"] = found  # no dataset given: the workspace's campaigns' own
+        settings = _settings(params, overrides)
     from flows.console import console, print_header
 
     console.print(
@@ -394,6 +395,19 @@ def _workspace_campaign(settings) -> tuple[str, str] | None:
         raise CommandError(f"the workspace holds campaigns {names}: name one with --campaign, or give --dataset")
     campaign = settings.campaign.name or (names[0] if names else None)
     return (campaign, store.dataset_of(campaign)) if campaign in names else None
+
+
+def _workspace_dataset(settings) -> str | None:
+    """The dataset of the campaign ``settings`` names if it exists, else the one every campaign of the workspace
+    uses; ``None`` without campaigns. Campaigns on several datasets and none named: the user must say which."""
+    store = _existing_store(settings)
+    names = [] if store is None else store.campaign_names()
+    if settings.campaign.name in names:
+        return store.dataset_of(settings.campaign.name)
+    datasets = sorted({store.dataset_of(name) for name in names})
+    if len(datasets) > 1:
+        raise CommandError(f"the workspace's campaigns use datasets {datasets}: give --dataset (or --campaign)")
+    return datasets[0] if datasets else None
 
 
 def _refuse_simulated(settings) -> None:
@@ -496,6 +510,7 @@ def serve(
         "acquisition": {"name": acquisition},
     }
     settings = _live_settings(params, overrides)
+    _refuse_simulated(settings)
     overrides["workspace"] = str(settings.workspace.resolve())  # the runs' processes may start elsewhere
     _prefect_defaults()
     from prefect.settings import PREFECT_API_URL

@@ -880,6 +880,13 @@ def simulate_campaign(settings: Settings, progress: bool = False) -> list[dict[s
                 soft_wrap=True,
             )
             return store.round_metrics(campaign)[: settings.campaign.rounds]
+        done = store.next_round(campaign) - 1
+        if done >= settings.campaign.rounds:
+            console.print(
+                f"campaign {campaign} has run {done} rounds (campaign.rounds: {settings.campaign.rounds}); no round "
+                f"was run: --rounds {done + 1} or more goes on",
+                soft_wrap=True,
+            )
         while store.next_round(campaign) <= settings.campaign.rounds:
             result = run_round(settings, oracle=True, progress=progress)
             print_round(result)

@@ -118,7 +118,7 @@ def test_a_round_without_dataset_continues_the_workspace_campaign(tmp_path, unla
 
 def test_a_simulated_campaign_is_continued_by_simulate_not_by_a_live_round(tmp_path):
     """A live round refuses a simulated campaign (an oracle answers its queue) and names the command that goes on;
-    ``status`` suggests the same command, and it runs the next round."""
+    ``status`` suggests the same command, and it runs the next round; run again, it says there is nothing to run."""
     import shlex
 
     workspace = ["--workspace", str(tmp_path / "w")]
@@ -134,6 +134,12 @@ def test_a_simulated_campaign_is_continued_by_simulate_not_by_a_live_round(tmp_p
     assert f"next: run the next round (the oracle answers the 5 pending items): {command}" in status
     _cli(*shlex.split(command)[1:])
     assert [m["round"] for m in store.round_metrics(campaign)] == [1, 2]
+    again = _cli("simulate", *workspace, "--campaign", campaign, "--rounds", "2").stdout
+    assert f"campaign {campaign} has run 2 rounds" in again and "--rounds 3 or more goes on" in again
+    # No --dataset: another simulated campaign on the workspace's dataset (for a comparison), not on the default.
+    _cli("simulate", *workspace, "--acquisition", "random", "--rounds", "1", "--k", "5")
+    assert sorted(store.campaign_names()) == sorted([campaign, "iris-random-seed0"])
+    assert store.dataset_of("iris-random-seed0") == "iris" and len(store.round_metrics("iris-random-seed0")) == 1
 
 
 def test_bad_dataset_file_gives_clear_error(tmp_path):
