@@ -374,37 +374,43 @@ def _live_settings(params: Path | None, overrides: dict[str, Any]):
     return settings
 
 
+@contextmanager
 def _existing_store(settings):
-    """The workspace's label store, or ``None`` when it has none yet (a SQLite file not created)."""
+    """The workspace's label store (closed after), or ``None`` when it has none yet (a SQLite file not created)."""
     from data.store import sqlite_file
 
     path = sqlite_file(settings.store_url)
     if path is not None and not path.exists():
-        return None
+        yield None
+        return
     from flows.campaign_setup import open_label_store
 
-    return open_label_store(settings)
+    store = open_label_store(settings)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def _workspace_campaign(settings) -> tuple[str, str] | None:
     """The campaign ``settings`` names (else the workspace's only one) and the dataset it was created with; ``None``
     for a workspace without a label store or campaigns, or when the named campaign does not exist yet."""
-    store = _existing_store(settings)
-    names = [] if store is None else store.campaign_names()
-    if not settings.campaign.name and len(names) > 1:
-        raise CommandError(f"the workspace holds campaigns {names}: name one with --campaign, or give --dataset")
-    campaign = settings.campaign.name or (names[0] if names else None)
-    return (campaign, store.dataset_of(campaign)) if campaign in names else None
+    with _existing_store(settings) as store:
+        names = [] if store is None else store.campaign_names()
+        if not settings.campaign.name and len(names) > 1:
+            raise CommandError(f"the workspace holds campaigns {names}: name one with --campaign, or give --dataset")
+        campaign = settings.campaign.name or (names[0] if names else None)
+        return (campaign, store.dataset_of(campaign)) if campaign in names else None
 
 
 def _workspace_dataset(settings) -> str | None:
     """The dataset of the campaign ``settings`` names if it exists, else the one every campaign of the workspace
     uses; ``None`` without campaigns. Campaigns on several datasets and none named: the user must say which."""
-    store = _existing_store(settings)
-    names = [] if store is None else store.campaign_names()
-    if settings.campaign.name in names:
-        return store.dataset_of(settings.campaign.name)
-    datasets = sorted({store.dataset_of(name) for name in names})
+    with _existing_store(settings) as store:
+        names = [] if store is None else store.campaign_names()
+        if settings.campaign.name in names:
+            return store.dataset_of(settings.campaign.name)
+        datasets = sorted({store.dataset_of(name) for name in names})
     if len(datasets) > 1:
         raise CommandError(f"the workspace's campaigns use datasets {datasets}: give --dataset (or --campaign)")
     return datasets[0] if datasets else None
@@ -412,16 +418,17 @@ def _workspace_dataset(settings) -> str | None:
 
 def _refuse_simulated(settings) -> None:
     """A simulated campaign's answers come from its oracle: a live round would mix people's into them."""
-    store = _existing_store(settings)
     campaign = settings.campaign_name
-    if store is not None and campaign in store.campaign_names() and store.item_rows(campaign, "seed"):
-        from flows.status import simulate_command
+    with _existing_store(settings) as store:
+        if store is None or campaign not in store.campaign_names() or not store.item_rows(campaign, "seed"):
+            return
+        rounds, dataset = len(store.round_metrics(campaign)) + 1, store.dataset_of(campaign)
+    from flows.status import simulate_command
 
-        rounds = len(store.round_metrics(campaign)) + 1
-        raise CommandError(
-            f"campaign {campaign!r} is simulated (an oracle answers its queue): continue it with "
-            f"{simulate_command(campaign, store.dataset_of(campaign), settings.workspace, rounds)}"
-        )
+    raise CommandError(
+        f"campaign {campaign!r} is simulated (an oracle answers its queue): continue it with "
+        f"{simulate_command(campaign, dataset, settings.workspace, rounds)}"
+    )
 
 
 @app.command("round")
