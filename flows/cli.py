@@ -333,10 +333,7 @@ def simulate(
             "dask_address": dask_address,
         },
     }
-    settings = _settings(params, overrides)
-    if "name" not in settings.dataset.model_fields_set and (found := _workspace_dataset(settings)) is not None:
-        overrides["dataset"]["name"] = found  # no dataset given: the workspace's campaigns' own
-        settings = _settings(params, overrides)
+    settings = _dataset_settings(params, overrides)
     from flows.console import console, print_header
 
     console.print(
@@ -401,6 +398,16 @@ def _workspace_campaign(settings) -> tuple[str, str] | None:
             raise CommandError(f"the workspace holds campaigns {names}: name one with --campaign, or give --dataset")
         campaign = settings.campaign.name or (names[0] if names else None)
         return (campaign, store.dataset_of(campaign)) if campaign in names else None
+
+
+def _dataset_settings(params: Path | None, overrides: dict[str, Any]):
+    """Settings where, with no dataset given (flag, environment or params file), the workspace's campaigns give it
+    (:func:`_workspace_dataset`): ``simulate``, ``select`` and ``prepare`` on a workspace work on its data."""
+    settings = _settings(params, overrides)
+    if "name" not in settings.dataset.model_fields_set and (found := _workspace_dataset(settings)) is not None:
+        overrides["dataset"]["name"] = found
+        settings = _settings(params, overrides)
+    return settings
 
 
 def _workspace_dataset(settings) -> str | None:
@@ -873,7 +880,7 @@ def select(
     selection: dict[str, Any] = {"structure": structure}
     if candidate:
         selection["candidates"] = [_parse_candidate(c) for c in candidate]
-    settings = _settings(
+    settings = _dataset_settings(
         params,
         {
             "workspace": workspace,
@@ -934,7 +941,7 @@ def prepare(
 ) -> None:
     """Import a dataset into the workspace's feature store, and fit its pool representation (DVC's ``prepare``)."""
     dataset_flags = _dataset_overrides(dataset, label_column, id_column, classes, test_fraction, text_column)
-    settings = _settings(params, {"workspace": workspace, "dataset": dataset_flags})
+    settings = _dataset_settings(params, {"workspace": workspace, "dataset": dataset_flags})
     from flows.campaign_setup import model_feature_store
 
     store = model_feature_store(settings)

@@ -140,6 +140,8 @@ def test_a_simulated_campaign_is_continued_by_simulate_not_by_a_live_round(tmp_p
     _cli("simulate", *workspace, "--acquisition", "random", "--rounds", "1", "--k", "5")
     assert sorted(store.campaign_names()) == sorted([campaign, "iris-random-seed0"])
     assert store.dataset_of("iris-random-seed0") == "iris" and len(store.round_metrics("iris-random-seed0")) == 1
+    selected = _cli("select", *workspace, "--candidate", "h8:hidden=8,depth=1", "--candidate", "h4:hidden=4,depth=1")
+    assert "Model selection on iris" in selected.stdout  # its campaigns' dataset, not the bundled default (digits)
 
 
 def test_bad_dataset_file_gives_clear_error(tmp_path):
