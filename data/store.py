@@ -394,6 +394,13 @@ class LabelStore:
         return classes
 
     @_retry_busy
+    def simulated(self, campaign: str) -> bool:
+        """Whether an oracle answers the campaign: ``beliefloop simulate`` registered its seed items."""
+        query = sa.select(items.c.item_id).where(items.c.campaign == campaign, items.c.split == "seed").limit(1)
+        with self.engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
+    @_retry_busy
     def dataset_of(self, campaign: str) -> str:
         """The dataset (name or path, as given when the campaign was created) whose feature store it uses."""
         with self.engine.connect() as conn:

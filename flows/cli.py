@@ -427,7 +427,7 @@ def _refuse_simulated(settings) -> None:
     """A simulated campaign's answers come from its oracle: a live round would mix people's into them."""
     campaign = settings.campaign_name
     with _existing_store(settings) as store:
-        if store is None or campaign not in store.campaign_names() or not store.item_rows(campaign, "seed"):
+        if store is None or campaign not in store.campaign_names() or not store.simulated(campaign):
             return
         rounds, dataset = len(store.round_metrics(campaign)) + 1, store.dataset_of(campaign)
     from flows.status import simulate_command

@@ -192,7 +192,7 @@ def _ingest(
     in_campaign_rows = store.item_rows(campaign)
     in_campaign = np.array([item in in_campaign_rows for item in ids.tolist()], dtype=bool)
     unlabeled_new = ~in_campaign & (splits == "pool") & (y_file < 0)
-    if unlabeled_new.any() and store.item_rows(campaign, "seed"):
+    if unlabeled_new.any() and store.simulated(campaign):
         raise StoreError(
             f"campaign {campaign!r} is simulated (its oracle answers from held-back labels) and {data.source} has "
             f"{int(unlabeled_new.sum())} unlabeled rows, e.g. {str(ids[unlabeled_new][0])!r}; ingest labeled rows only"

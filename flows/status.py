@@ -64,7 +64,7 @@ def campaign_status(store: LabelStore, campaign: str, workspace: Path) -> Campai
         test_items=len(store.item_rows(campaign, "test")),
         answers_since_last_round=store.answers_since_last_round(campaign),
         last_round=last,
-        simulated=bool(store.item_rows(campaign, "seed")),
+        simulated=store.simulated(campaign),
     )
     return replace(status, next_step=_next_step(status, workspace))
 
