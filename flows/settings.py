@@ -247,7 +247,7 @@ class AcquisitionSettings(_Section):
     estimated too noisily to rank a pool (digits: BALD ahead of random on 2 of 5 seeds at S = 20, 5 of 5 at 100)."""
     pool_subsample: Annotated[int, Field(ge=1)] | Literal["auto", "all"] = "auto"
     """Score only this many pool items, drawn at random each round (Gal et al. 2017); ``all`` (or ``null``) scores
-    the whole pool; ``auto``: 2,000 for a top-k acquisition, all for powerbald, random and batchbald
+    the whole pool; ``auto``: 20 × ``campaign.k`` for a top-k acquisition, all for powerbald, random and batchbald
     (``learner.query.resolve_subsample``)."""
     batch_candidates: int = Field(1000, ge=1)
     """BatchBALD chooses greedily among this many of the pool's best items by BALD."""

@@ -123,8 +123,8 @@ class ActiveLearner:
         BatchBALD picks among this many of the pool's best items by BALD.
     pool_subsample : int or str
         Score only a seeded random subset of this many pool items per query (in-memory pools); ``"auto"`` (the
-        default): 2,000 for a top-k acquisition, the whole pool for powerbald, random and batchbald
-        (:func:`learner.query.resolve_subsample`); ``"all"`` or ``None``: the whole pool.
+        default): 20 per queued item for a top-k acquisition (200 for k = 10), the whole pool for powerbald,
+        random and batchbald (:func:`learner.query.resolve_subsample`); ``"all"`` or ``None``: the whole pool.
     n_classes : int, optional
         Number of classes; default: the largest label of the first ``fit`` plus one.
     **model_options

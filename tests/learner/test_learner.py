@@ -12,7 +12,7 @@ from sklearn.datasets import load_wine
 from acquisition import bald, expected_entropy, predictive_entropy
 from bayes_models.selection import kass_raftery
 from learner import ActiveLearner, round_seed
-from learner.query import TOP_K_SUBSAMPLE, pool_predict, resolve_subsample
+from learner.query import TOP_K_SUBSAMPLE_PER_PICK, pool_predict, resolve_subsample
 
 LAST_LAYER_EVIDENCE = "Laplace log p(D₂|D₁) (last_layer, exact GGN, D₁ = 50% of the labels)"
 ALL_WEIGHTS_EVIDENCE = "Laplace log p(D₂|D₁) (all, exact GGN, D₁ = 50% of the labels)"
@@ -36,7 +36,7 @@ def _learner(**options) -> ActiveLearner:
 
 def test_query_shapes_and_parts(wine):
     x, y, pool, _, held = wine
-    learner = _learner(acquisition="bald").fit(x, y)
+    learner = _learner(acquisition="bald", pool_subsample="all").fit(x, y)
     batch = learner.query(pool, k=7)
     assert len(batch.ids) == len(batch.indices) == 7 and len(set(batch.indices.tolist())) == 7
     assert batch.scores.shape == batch.epistemic.shape == batch.aleatoric.shape == batch.predicted.shape == (7,)
@@ -188,28 +188,30 @@ def test_cold_start_and_subsample(wine):
     assert sub.n_scored == 40 and sub.pool_size == len(pool)
 
 
-def test_auto_subsample_scores_a_random_2000_for_top_k_and_the_whole_pool_for_drawn_batches(wine):
+def test_auto_subsample_scores_a_random_20_per_pick_for_top_k_and_the_whole_pool_for_drawn_batches(wine):
     x, y, pool, _, _ = wine
     large = np.repeat(pool, 17, axis=0) + np.random.default_rng(0).normal(0, 0.1, (17 * len(pool), pool.shape[1]))
-    large = large.astype(np.float32)  # 2,550 items: more than TOP_K_SUBSAMPLE
+    large = large.astype(np.float32)  # 2,550 items
     scored = {}
     for acquisition in ("bald", "predictive_entropy", "epig", "powerbald", "batchbald"):
         batch = _learner(acquisition=acquisition, batch_candidates=20).fit(x, y).query(large, k=5)
         scored[acquisition] = batch.n_scored
         assert batch.pool_size == len(large) and len(set(batch.indices.tolist())) == 5
+    top_k = TOP_K_SUBSAMPLE_PER_PICK * 5
     assert scored == {
-        "bald": TOP_K_SUBSAMPLE,
-        "predictive_entropy": TOP_K_SUBSAMPLE,
-        "epig": TOP_K_SUBSAMPLE,
+        "bald": top_k,
+        "predictive_entropy": top_k,
+        "epig": top_k,
         "powerbald": 2550,
         "batchbald": 2550,
     }
     assert _learner(acquisition="bald", pool_subsample="all").fit(x, y).query(large, k=5).n_scored == len(large)
-    assert _learner(acquisition="bald").fit(x, y).query(pool, k=5).n_scored == len(pool)  # a smaller pool: all of it
+    assert _learner(acquisition="bald").fit(x, y).query(large, k=40).n_scored == TOP_K_SUBSAMPLE_PER_PICK * 40
+    assert _learner(acquisition="bald").fit(x, y).query(pool, k=10).n_scored == len(pool)  # 150 < 200: all of it
     streamed = _learner(acquisition="bald").fit(x, y).query(iter(np.array_split(large, 3)), k=5)
     assert streamed.n_scored == len(large)  # a stream's size is not known up front: "auto" scores all of it
     with pytest.raises(ValueError, match="pool_subsample must be a number of items, 'auto' or 'all'; got 'some'"):
-        resolve_subsample("bald", "some")
+        resolve_subsample("bald", "some", 10)
 
 
 def test_bad_options_are_refused():
@@ -361,7 +363,7 @@ def test_epig_scores_items_against_targets_under_the_same_posterior_draws(wine, 
     """EPIG's joint predictive needs each posterior draw to be the same network for the items and the targets,
     which are predicted in separate calls (and chunks): every family's pool predictive must draw the same S."""
     x, y, pool, _, _ = wine
-    learner = _learner(acquisition="epig", model=family, candidates=CANDIDATES[:1]).fit(x, y)
+    learner = _learner(acquisition="epig", model=family, candidates=CANDIDATES[:1], pool_subsample="all").fit(x, y)
     model, seed = learner.selected.model, round_seed(learner.seed, learner.round)
     a, b = torch.from_numpy(pool[:30]), torch.from_numpy(pool[30:70])
     apart = torch.cat([pool_predict(model, a, 8, seed=seed), pool_predict(model, b, 8, seed=seed)], dim=1)
