@@ -17,7 +17,8 @@ fitted by :class:`bayes_models.LaplaceClassifier` in two ways:
   the linearised logits ``N(f, J H⁻¹ Jᵀ)``), and last (it rescales the prior) the own predictive under the prior
   scaled on validation NLL, as ``selection.prior_tuning: validation`` does (``validation``: a second fit without a
   held-out 20% of the labels, ``learner.candidates.tune_prior_scale``). ``--marglik-peak-lr`` trains with a
-  cosine-decayed learning rate from that peak instead of the constant ``--lr`` (an ablation);
+  cosine-decayed learning rate from that peak instead of the constant ``--lr``, ``--marglik-updates`` with that many
+  prior updates (ablations);
 * **MAP** (the recipe before): Adam with weight decay 1e-4 or 1e-2 (the two prior settings), then a post-hoc
   last-layer KFAC Laplace whose scalar prior precision is tuned on log Z; its own predictive = that Laplace's probit.
   The all-weights KFAC log Z of the same MAP network (prior tuned post hoc) is scored too.
@@ -106,6 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--marglik-peak-lr", type=float, default=None, help="marglik: a cosine decay from this peak instead of --lr"
     )
+    parser.add_argument(
+        "--marglik-updates", type=int, default=None, help="marglik: prior updates (default LaplaceConfig's)"
+    )
     parser.add_argument("--test-size", type=int, default=5000, help="test items scored (0: all; a seeded subset)")
     return finish_parser(parser, "evidence", QUICK, argv)
 
@@ -187,6 +191,7 @@ def fit(method: str, width: int, depth: int, prior: str | float, data: dict[str,
             subset="all",
             structure="kfac",
             marglik_peak_lr=args.marglik_peak_lr,
+            **({} if args.marglik_updates is None else {"marglik_updates": args.marglik_updates}),
         )
     else:
         config = LaplaceConfig(**common, training="map", weight_decay=prior, subset="last_layer", structure="kfac")
