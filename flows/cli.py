@@ -122,7 +122,7 @@ SubsampleOpt = Annotated[
     str | None,
     typer.Option(
         "--pool-subsample",
-        help="Score a random subset of M pool items per round; auto: 2000 for top-k acquisitions; all: every item.",
+        help="Score a random subset of M pool items per round; auto: 20 × k for top-k acquisitions; all: every item.",
     ),
 ]
 DaskOpt = Annotated[
