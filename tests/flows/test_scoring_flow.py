@@ -59,9 +59,8 @@ def test_dask_shards_equal_single_process(tmp_path):
     distributed = pytest.importorskip("distributed")
     from prefect_dask import DaskTaskRunner
 
-    settings, features, model, pool = _setup(
-        tmp_path, name="bald", pool_subsample="all"
-    )  # deterministic scores, every item
+    # BALD's scores are deterministic; every pool item is scored
+    settings, features, model, pool = _setup(tmp_path, name="bald", pool_subsample="all")
     single, one = _run(settings, features, model, pool, ThreadPoolTaskRunner(max_workers=1))
     sharded_settings = settings.model_copy(
         update={"acquisition": settings.acquisition.model_copy(update={"shards": 3})}
