@@ -108,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--marglik-peak-lr", type=float, default=None, help="marglik: a cosine decay from this peak instead of --lr"
     )
     parser.add_argument(
-        "--marglik-updates", type=int, default=None, help="marglik: prior updates (default LaplaceConfig's)"
+        "--marglik-updates", type=int, default=LaplaceConfig.marglik_updates, help="marglik: prior updates per fit"
     )
     parser.add_argument("--test-size", type=int, default=5000, help="test items scored (0: all; a seeded subset)")
     return finish_parser(parser, "evidence", QUICK, argv)
@@ -191,7 +191,7 @@ def fit(method: str, width: int, depth: int, prior: str | float, data: dict[str,
             subset="all",
             structure="kfac",
             marglik_peak_lr=args.marglik_peak_lr,
-            **({} if args.marglik_updates is None else {"marglik_updates": args.marglik_updates}),
+            marglik_updates=args.marglik_updates,
         )
     else:
         config = LaplaceConfig(**common, training="map", weight_decay=prior, subset="last_layer", structure="kfac")
