@@ -10,9 +10,11 @@ fitted by :class:`bayes_models.LaplaceClassifier` in two ways:
   ``log p(D₂|D₁)`` of the labels outside a seeded half ``D₁`` of them given ``D₁``, of the final network under its
   trained prior with the exact GGN's determinants (``Laplace.ggn_conditional_log_evidence``); the marginal
   ``log Z`` with the exact GGN (``log_evidence_marginal``) and with the all-weights KFAC beside it; its
-  own predictive = the classifier's default (``LaplaceConfig.predictive``, ``link``): a last-layer KFAC Laplace
-  under the trained last-layer precision, MC link (100 samples). The other predictives of the same network and
-  prior are scored beside it (``alternatives``): the last-layer full-GGN Laplace (MC link), and the all-weights
+  own predictive = the classifier's default (``LaplaceConfig.predictive``, ``predictive_prior``, ``link``): a
+  last-layer KFAC Laplace under a last-layer precision re-tuned on its own ``log Z``, probit link. The other
+  predictives of the same network and prior are scored beside it (``alternatives``): the own with the MC link (100
+  draws, ``own_mc``), the own under the trained last-layer precision (``trained_prior``), the last-layer full-GGN
+  Laplace (MC link), and the all-weights
   KFAC linearised predictive with the probit link (the own predictive before) and with the MC link (100 draws of
   the linearised logits ``N(f, J H⁻¹ Jᵀ)``), and last (it rescales the prior) the own predictive under the prior
   scaled on validation NLL, as ``selection.prior_tuning: validation`` does (``validation``: a second fit without a
@@ -231,7 +233,15 @@ def fit(method: str, width: int, depth: int, prior: str | float, data: dict[str,
             prior_precision=model.predictive_laplace.prior_precision,
         ).fit(x.to(model.device), y.to(model.device))
         generator = torch.Generator(model.device).manual_seed(0)
+        trained_prior = Laplace(
+            model.network,
+            subset="last_layer",
+            structure="kfac",
+            prior_precision=model.laplace.prior_precision.reshape(-1)[-1],
+        ).fit(x.to(model.device), y.to(model.device))
         row["alternatives"] = {
+            "own_mc": scores(model.predict(xt_dev, link="mc"), yt),
+            "trained_prior": scores(trained_prior.predict(xt_dev, link=config.link), yt),
             "last_layer_full_mc": scores(last_layer.predict(xt_dev, link="mc", generator=generator), yt),
             "kfac_probit": scores(model.laplace.predict(xt_dev, link="probit"), yt),
             "kfac_mc": scores(linearised_mc(model.laplace, xt_dev, 100, seed), yt),
@@ -412,7 +422,7 @@ def show(name: str, summary: dict[str, Any]) -> None:
         table.add_column(column, justify="right")
     rows = [
         (
-            "marglik → exact GGN log p(D₂|D₁) (own: last-layer KFAC, MC)",
+            "marglik → exact GGN log p(D₂|D₁) (own: last-layer KFAC, re-tuned δ_L, probit)",
             {k: summary[k] for k in summary["alternatives"]["kfac_mc"]},
         ),
         *((f"marglik → exact GGN log p(D₂|D₁) (predictive {a})", v) for a, v in summary["alternatives"].items()),

@@ -152,6 +152,9 @@ class ModelSettings(_Section):
     """What a ``laplace`` network trained under an explicit prior (marglik or stated) predicts and scores the pool
     with: the last layer's Laplace (KFAC or full GGN) under that prior, MC link, or ``evidence``, the all-weights
     posterior its evidence comes from (far too wide to predict with: ``benchmarks/evidence.py``)."""
+    predictive_prior: Literal["retuned", "trained"] = "retuned"
+    """After marglik training, the last-layer predictive's prior precision: ``retuned`` on that layer's own Laplace
+    evidence at the trained network, or ``trained`` (the all-weights prior's last-layer value)."""
     members: int = Field(5, ge=1)
     """Members of a deep ensemble."""
     device: str = "auto"

@@ -4,7 +4,7 @@ Uses ``bayes_models`` and ``acquisition`` on in-memory numpy / torch / pandas da
 flows wrap these steps as tasks). Start with :class:`ActiveLearner`.
 """
 
-from learner.active import ActiveLearner, as_features, as_labels, predict_proba, round_rng, round_seed
+from learner.active import ActiveLearner, as_features, as_labels, round_rng, round_seed
 from learner.candidates import (
     BELIEF_FAMILIES,
     CandidateSpec,
@@ -28,6 +28,7 @@ from learner.query import (
     StreamPlan,
     pick_batch,
     pool_predict,
+    predict_proba,
     query_pool,
     random_batch,
     stream_plan,

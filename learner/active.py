@@ -30,7 +30,15 @@ from learner.candidates import (
     rank_candidates,
     select_candidates,
 )
-from learner.query import SCORE_CHUNK, QueryResult, pick_batch, pool_predict, query_pool, stream_plan, stream_scores
+from learner.query import (
+    SCORE_CHUNK,
+    QueryResult,
+    pick_batch,
+    predict_proba,
+    query_pool,
+    stream_plan,
+    stream_scores,
+)
 
 if TYPE_CHECKING:
     import pandas
@@ -48,13 +56,6 @@ def round_seed(seed: int, round_: int) -> int:
 def round_rng(seed: int, round_: int) -> np.random.Generator:
     """The generator of round ``round_``'s cold-start batch and pool subsample (the flows use the same)."""
     return np.random.default_rng([seed, round_])
-
-
-def predict_proba(model, x: torch.Tensor, samples: int, *, seed: int) -> torch.Tensor:
-    """``probs[N, C]``: the posterior predictive, the mean of the ``samples`` draws that score the pool (S networks
-    shared by every item: the same per-item expectation as independent draws, at a fraction of the cost; on MNIST
-    the masks of 10k items × S independent draws were most of a round's evaluation time)."""
-    return pool_predict(model, x, samples, seed=seed).mean(0)
 
 
 def _is_table(x: Any) -> bool:

@@ -46,7 +46,7 @@ from bayes_models.metrics import nll
 from bayes_models.priors import check_prior_shapes
 from bayes_models.selection import BayesFactorRow, validation_table
 from bayes_models.training import StepProgress, reporting_steps
-from learner.query import pool_predict
+from learner.query import predict_proba
 
 BELIEF_FAMILIES = ("laplace", "vi")
 FAMILIES = ("mc_dropout", "laplace", "vi", "ensemble")
@@ -87,6 +87,9 @@ class ModelOptions:
     predictive: Literal["last_layer_kfac", "last_layer_full", "evidence"] = "last_layer_kfac"
     """The ``laplace`` posterior a network trained under an explicit prior predicts with (``LaplaceConfig.predictive``):
     the last layer's (KFAC or full GGN) under that prior, or the evidence's all-weights one."""
+    predictive_prior: Literal["retuned", "trained"] = "retuned"
+    """The last-layer predictive's prior precision after marglik training (``LaplaceConfig.predictive_prior``):
+    re-tuned on that layer's own evidence, or the trained all-weights prior's."""
     members: int = 5
     device: str = "auto"
     prior_std: float | None = None
@@ -272,6 +275,7 @@ def build_model(
             training=m.training,
             prior_structure=m.prior_structure,
             predictive=m.predictive,
+            predictive_prior=m.predictive_prior,
             prior_std=std,
             layer_prior_std=layers,
         )
@@ -385,7 +389,8 @@ def fit_candidate(
     A belief update's evidence is accumulated: ``log p(D) = log p(D_old) + log p(D_new | D_old)``, the second term
     being the Laplace evidence (or ELBO) of the update, so candidates stay comparable on all data seen.
     ``held_out`` (positions, :func:`validation_rows`): fit on the other rows and report the mean NLL of the
-    held-out ones under the predictive that scores the pool (``samples`` draws, seeded by ``seed``).
+    held-out ones under the predictive the test metrics use (:func:`.query.predict_proba`: ``samples`` draws seeded
+    by ``seed``, or a Laplace model's probit).
     ``prior_payload`` (:func:`load_checkpoint` of ``spec.model.prior_from``): a fresh fit starts from that saved
     posterior of an earlier campaign as its prior, for ``spec.model.steps`` steps on all of ``(x, y)``.
     """
@@ -412,8 +417,7 @@ def fit_candidate(
             seed=seed,
             prior_payload=prior_payload,
         )
-        probs = pool_predict(fitted.model, x[held], samples, seed=seed).mean(0)
-        fitted.validation_nll = nll(probs, y[held])
+        fitted.validation_nll = nll(predict_proba(fitted.model, x[held], samples, seed=seed), y[held])
         fitted.train_seconds = time.perf_counter() - start
         return fitted
     labels = dict(zip(ids, y.tolist(), strict=True))
