@@ -7,7 +7,8 @@ Prints a table (mean ± std over seeds of the per-campaign mean test accuracy ov
 per seed whether the first acquisition beats each other one) and writes ``benchmarks/results/label_efficiency.json``
 with ``--learner`` (in-process ``learner.simulate`` campaigns on the features a flow would use), else
 ``label_efficiency_<dataset>.json`` (real ``simulate_campaign`` flow runs writing to a throwaway workspace). Both
-paths take the settings a user gets by default and queue the same items (``tests/learner/test_learner_flow.py``).
+paths take the settings a user gets by default and queue the same items (``tests/learner/test_learner_flow.py``);
+``--family`` and ``--params`` (a params.yaml) change them for an ablation.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--acquisitions", nargs="+", default=["bald", "random"])
     parser.add_argument("--samples", type=int, default=None, help="posterior draws S (default: the settings' 20)")
+    parser.add_argument("--family", default=None, help="model family (default: the settings' mc_dropout)")
+    parser.add_argument("--params", type=Path, default=None, help="a params.yaml of settings (ablations)")
     parser.add_argument("--learner", action="store_true", help="in-process learner campaigns instead of flow runs")
     parser.add_argument("--out", type=Path, default=None, help="results JSON (default: see above)")
     args = parser.parse_args()
@@ -84,12 +87,13 @@ def main() -> None:
         for seed in args.seeds:
             for name in args.acquisitions:
                 settings = load_settings(
-                    None,
+                    args.params,
                     {
                         "workspace": workspace,
                         "dataset": {"name": args.dataset},
                         "campaign": {"rounds": args.rounds, "k": args.k, "initial": args.initial, "seed": seed},
                         "acquisition": {"name": name, "samples": args.samples},
+                        **({"model": {"family": args.family}} if args.family else {}),
                     },
                 )
                 run = learner_campaign(settings) if args.learner else simulate_campaign(settings)
@@ -130,7 +134,8 @@ def main() -> None:
     Console().print(table)
     RESULTS.mkdir(exist_ok=True)
     out = args.out or RESULTS / ("label_efficiency.json" if args.learner else f"label_efficiency_{args.dataset}.json")
-    payload = {"args": {**vars(args), "out": str(out)}, "seconds": elapsed, "summary": summary, "curves": curves}
+    arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    payload = {"args": {**arguments, "out": str(out)}, "seconds": elapsed, "summary": summary, "curves": curves}
     out.write_text(json.dumps(payload, indent=2))
     print(f"wrote {out} ({elapsed:.0f} s)")
 
