@@ -150,7 +150,8 @@ class ModelSettings(_Section):
     """Marglik training: one prior precision per layer, or one for all weights."""
     predictive: Literal["last_layer_kfac", "last_layer_full", "evidence"] = "last_layer_kfac"
     """What a ``laplace`` network trained under an explicit prior (marglik or stated) predicts and scores the pool
-    with: the last layer's Laplace (KFAC or full GGN) under that prior, MC link, or ``evidence``, the all-weights
+    with: the last layer's Laplace (KFAC or full GGN) under that prior (test metrics by its probit, the pool by its
+    samples), or ``evidence``, the all-weights
     posterior its evidence comes from (far too wide to predict with: ``benchmarks/evidence.py``)."""
     predictive_prior: Literal["retuned", "trained"] = "retuned"
     """After marglik training, the last-layer predictive's prior precision: ``retuned`` on that layer's own Laplace
