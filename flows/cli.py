@@ -337,8 +337,10 @@ def simulate(
     from flows.console import console, print_header
 
     console.print(
-        f"campaign [bold]{settings.campaign_name}[/]: {settings.dataset.name}, {settings.campaign.rounds} rounds, "
-        f"k={settings.campaign.k}, {settings.acquisition.name}, S={settings.acquisition.samples}"
+        f"campaign [bold]{settings.campaign_name}[/]: {settings.dataset.name}, "
+        f"{settings.campaign.rounds} round{'' if settings.campaign.rounds == 1 else 's'}, "
+        f"k={settings.campaign.k}, {settings.acquisition.name}, S={settings.acquisition.samples}, "
+        f"{settings.model.family}"
     )
     with _flow_context(meanwhile=functools.partial(_warm_up, settings, simulate=True)):
         from flows.rounds import simulate_campaign

@@ -216,6 +216,7 @@ def test_killed_round_rerun_adds_no_duplicates(tmp_path):
     json_path = tmp_path / "metrics.json"
     rerun = subprocess.run([*args, "--json", str(json_path)], env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert "iris, 3 rounds, k=5, powerbald, S=4, mc_dropout" in " ".join(rerun.stdout.split())  # the header line
     assert _queue_counts(store, campaign) == {1: 5, 2: 5, 3: 5}
     metrics = json.loads(json_path.read_text())
     assert [m["round"] for m in metrics] == [1, 2, 3]
