@@ -248,6 +248,25 @@ def test_laplace_predictive_option_reaches_the_model(wine):
         assert model.config.predictive == predictive and model.predictor().subset == subset
 
 
+def test_a_laplace_models_predict_proba_is_its_link(wine):
+    """``predict_proba`` (test metrics, ``ActiveLearner.predict_proba``, a held-out NLL) of a laplace model is its
+    ``predict`` under its link: the probit's closed form by default, else the mean of the draws that score the pool."""
+    from bayes_models import LaplaceClassifier
+    from learner import predict_proba
+
+    x, y, _, _, held = wine
+    learner = _learner(model="laplace", candidates=[{"name": "lap", "hidden": 8, "depth": 1}]).fit(x, y)
+    model, x_held = learner.selected.model, torch.from_numpy(held)
+    assert model.config.link == "probit"
+    assert torch.equal(predict_proba(model, x_held, 16, seed=3), model.predict(x_held, link="probit"))
+    assert np.array_equal(learner.predict_proba(held), predict_proba(model, x_held, 8, seed=learner.round).numpy())
+    state = model.state_dict()
+    mc = LaplaceClassifier.from_state_dict({**state, "config": {**state["config"], "link": "mc"}}, device="cpu")
+    draws = pool_predict(mc, x_held, 16, seed=3)
+    assert torch.allclose(predict_proba(mc, x_held, 16, seed=3), draws.mean(0), atol=1e-6)
+    assert not torch.allclose(predict_proba(mc, x_held, 16, seed=3), predict_proba(model, x_held, 16, seed=3))
+
+
 def test_a_round_with_an_ensemble_selects_every_candidate_by_validation_nll(wine):
     """An ensemble has no evidence: the round compares all candidates by the NLL of a held-out split, refits the
     selected one on every label, and reports no Bayes factor (never the mean of the members' log Z)."""
