@@ -1,5 +1,6 @@
 """The Laplace model family: MAP + post-hoc Laplace behind the common interface, and its belief update."""
 
+import dataclasses
 import importlib.util
 import math
 
@@ -19,9 +20,7 @@ def _blobs(n, seed):
 
 HAS_LAPLACE_TORCH = importlib.util.find_spec("laplace") is not None
 CONFIG = LaplaceConfig(feature_shape=(2,), n_classes=3, hidden=16, depth=1, steps=300, seed=0)
-TRAINED = LaplaceConfig(
-    feature_shape=(2,), n_classes=3, hidden=16, depth=1, steps=300, seed=0, predictive_prior="trained"
-)
+TRAINED = dataclasses.replace(CONFIG, predictive_prior="trained")
 """The predictive under the trained prior's last-layer precision (not re-tuned)."""
 
 
@@ -60,7 +59,6 @@ def test_a_stated_prior_is_trained_under_and_its_evidence_is_the_dense_one():
     """A stated prior std per layer group is used as given (not tuned): ``δ_l = 1/std_l²``, and ``log Z`` equals the
     dense float64 Laplace evidence of the trained network under that prior (model in float32: rel. 1e-4)."""
     import copy
-    import dataclasses
 
     from tests.bayes_models.laplace.conftest import ggn, log_evidence, log_lik, params_of, rel
 
@@ -96,7 +94,6 @@ def test_predictive_is_the_last_layer_laplace_under_the_trained_prior(predictive
     them, and MC within 5 standard errors of 20,000 draws each). The layers
     have no biases: laplace-torch gives a bias a Kronecker block of its own, this code joins it to its layer's."""
     import copy
-    import dataclasses
 
     from laplace import Laplace as Reference
     from torch import nn
@@ -140,9 +137,8 @@ def test_retuned_predictive_prior_maximises_the_last_layer_evidence():
     """``predictive_prior="retuned"`` (the default): after marglik training the last-layer predictive's precision
     maximises that Laplace's own log Z — within 0.5% of laplace-torch's ``optimize_prior_precision`` on a float64
     copy of the network started from the trained ``δ_L`` (both Adam on ``log δ``), and ``log Z`` is lower at 0.8×
-    and 1.25× it (brute force); the evidence's Laplace keeps the trained prior; a stated prior is not re-tuned."""
+    and 1.25× it (brute force); a stated prior is not re-tuned."""
     import copy
-    import dataclasses
 
     from laplace import Laplace as Reference
     from torch import nn
@@ -178,7 +174,6 @@ def test_retuned_predictive_prior_maximises_the_last_layer_evidence():
 def test_predictive_option_and_round_trip():
     """``predictive="evidence"`` predicts with the evidence's all-weights KFAC (the behaviour before the option); the
     last-layer one (under the trained prior) survives a state-dict round trip; bad options name the key."""
-    import dataclasses
 
     x, y = _blobs(120, 0)
     x_test, _ = _blobs(30, 1)
