@@ -53,9 +53,9 @@ from learner import (
     FittedCandidate,
     QueryResult,
     StreamPlan,
+    evaluation_predictive,
     fit_candidate,
     load_checkpoint,
-    predict_proba,
     query_pool,
     random_batch,
     round_rng,
@@ -108,13 +108,14 @@ class CandidateResult:
 @dataclass(frozen=True)
 class Selection:
     """The round's candidates, selected first; the selected model's test metrics on every test item and its
-    reliability-diagram data (empty and ``None`` without test items); the number of test items those metrics
-    stand on and the number the candidates' own rows are compared on (``selection.compare_test_items``)."""
+    reliability-diagram data (empty and ``None`` without test items); the feature-store rows of the test items
+    those metrics stand on (read once per round) and the number the candidates' own rows are compared on
+    (``selection.compare_test_items``)."""
 
     candidates: list[CandidateResult]
     metrics: dict[str, float]
     diagram: object | None
-    n_test: int
+    test_rows: np.ndarray
     n_compared: int
     prior_tuning: str = "evidence"
     """``selection.prior_tuning`` of the round (logged as a param)."""
@@ -122,6 +123,10 @@ class Selection:
     @property
     def selected(self) -> CandidateResult:
         return self.candidates[0]
+
+    @property
+    def n_test(self) -> int:
+        return len(self.test_rows)
 
 
 def _rows_tensor(features: FeatureStore, rows: np.ndarray) -> torch.Tensor:
@@ -259,18 +264,19 @@ def evaluate(
     store's), ingested ones included; and of every model on ``compare_items`` of them drawn with ``seed`` (all of
     them when ``None`` or when there are no more), the selected model's read off its predictive on all. One task
     for all candidates: the test inputs are read once, and a round pays for one task run instead of one per
-    candidate (``learner.predict_proba``: the pool's predictive)."""
+    candidate (``learner.evaluation_predictive``: the posterior predictive, ``samples`` fresh draws per chunk of
+    items)."""
     rows = np.asarray(test_rows, dtype=np.int64)
     x = _rows_tensor(features, rows)
     targets = torch.from_numpy(np.asarray(features.targets[rows], dtype=np.int64))
-    probs = predict_proba(models[0], x, samples, seed=round_)
+    probs = evaluation_predictive(models[0], x, samples, seed=round_)
     metrics, diagram = _test_metrics(probs, targets), reliability(probs, targets)
     first = metrics
     if compare_items is not None and compare_items < len(rows):
         subset = torch.from_numpy(np.sort(np.random.default_rng(seed).choice(len(rows), compare_items, False)))
         x, targets = x[subset], targets[subset]
         first = _test_metrics(probs[subset], targets)
-    others = [_test_metrics(predict_proba(model, x, samples, seed=round_), targets) for model in models[1:]]
+    others = [_test_metrics(evaluation_predictive(model, x, samples, seed=round_), targets) for model in models[1:]]
     return Evaluation(metrics, diagram, [first, *others], len(targets))
 
 
@@ -472,17 +478,18 @@ def register_model(
     model,
     features: FeatureStore,
     settings: Settings,
+    test_rows: np.ndarray,
 ) -> int:
     """The selected model as an MLflow pyfunc in the round's run and a new version of ``<campaign>-model``
-    (``flows.registry``); three test items are its input example (training rows when the campaign has no test
-    split). Returns the version number."""
+    (``flows.registry``); three of ``test_rows`` (the round's test items) are its input example (training rows
+    when the campaign has no test split). Returns the version number."""
     config = RoundModelConfig(
         classes=[str(c) for c in features.classes],
         feature_shape=[int(d) for d in features.meta["feature_shape"]],
         samples=settings.acquisition.samples,
         seed=round_seed(settings.campaign.seed, round_),
     )
-    rows = np.asarray(campaign_test_rows(settings, features))[:EXAMPLE_ROWS]
+    rows = np.asarray(test_rows)[:EXAMPLE_ROWS]
     if not len(rows):
         rows = np.asarray(features.rows_train)[:EXAMPLE_ROWS]
     version = log_round_model(tracker, run_id, round_, checkpoint, model, config, _rows_tensor(features, rows))
@@ -574,20 +581,25 @@ def select_model(
     test_rows = campaign_test_rows(settings, features)
     if not len(test_rows):  # no test split (dataset.test_fraction: 0): nothing to measure on, no metric made up
         return Selection(
-            [CandidateResult(r.row, r.fitted, {}) for r in ranked], {}, None, 0, 0, settings.selection.prior_tuning
+            [CandidateResult(r.row, r.fitted, {}) for r in ranked],
+            {},
+            None,
+            test_rows,
+            0,
+            settings.selection.prior_tuning,
         )
     test = evaluate(
         [r.fitted.model for r in ranked],
         features,
         test_rows,
-        settings.acquisition.samples,
+        settings.selection.test_samples,
         round_,
         compare_items,
         settings.campaign.seed,
     )
     candidates = [CandidateResult(r.row, r.fitted, m) for r, m in zip(ranked, test.compared, strict=True)]
     return Selection(
-        candidates, test.metrics, test.diagram, len(test_rows), test.n_compared, settings.selection.prior_tuning
+        candidates, test.metrics, test.diagram, test_rows, test.n_compared, settings.selection.prior_tuning
     )
 
 
@@ -769,7 +781,7 @@ def _round_steps(
 
     if selection is not None and settings.tracking.register_model:
         start = time.perf_counter()
-        register_model(tracker, run_id, round_, checkpoint, model, features, settings)
+        register_model(tracker, run_id, round_, checkpoint, model, features, settings, selection.test_rows)
         metrics["model_log_seconds"] = time.perf_counter() - start
     history = store.round_metrics(campaign)
     gallery = queued_items_gallery(settings, features, queued)

@@ -26,6 +26,7 @@ from learner.candidates import (
 from learner.query import (
     QueryResult,
     StreamPlan,
+    evaluation_predictive,
     pick_batch,
     pool_predict,
     predict_proba,
@@ -52,6 +53,7 @@ __all__ = [
     "candidate_payload",
     "candidate_specs",
     "check_comparable",
+    "evaluation_predictive",
     "fit_candidate",
     "load_checkpoint",
     "load_model",

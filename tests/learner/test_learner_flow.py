@@ -2,13 +2,14 @@
 
 import numpy as np
 import pytest
+import torch
 
 from data import balanced_seed_rows
 from data.store import LabelStore
 from flows.campaign_setup import model_feature_store
 from flows.models import learner_for
 from flows.settings import load_settings
-from learner import ActiveLearner
+from learner import ActiveLearner, evaluation_predictive
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -68,7 +69,11 @@ def test_learner_queues_what_the_flow_queues(tmp_path, acquisition, model, updat
     test_rows = np.asarray(features.rows_test)
     x_test, y_test = np.asarray(features.features[test_rows]), np.asarray(features.targets[test_rows])
     for flow_queue, flow_metrics in zip(flow_rounds, store.round_metrics(settings.campaign_name), strict=True):
-        accuracy = (learner.predict_proba(x_test).argmax(1) == y_test).mean()
+        # the round's test metrics: the selected model's predictive with selection.test_samples draws per chunk
+        probs = evaluation_predictive(
+            learner.selected.model, torch.from_numpy(x_test), settings.selection.test_samples, seed=learner.round
+        )
+        accuracy = (probs.argmax(1).numpy() == y_test).mean()
         assert accuracy == pytest.approx(flow_metrics["test_accuracy"], abs=1e-12)
         batch = learner.query(x[pool], k=5, ids=[ids[i] for i in pool])
         assert batch.ids == [q.item_id for q in flow_queue]
