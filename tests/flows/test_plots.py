@@ -83,3 +83,32 @@ def test_a_vector_gallery_is_a_table_growing_with_the_batch(tmp_path):
         for q in (few, many)
     ]
     assert heights[1] > heights[0]
+
+
+def _pixels(path):
+    return matplotlib.image.imread(path)
+
+
+def test_a_kept_figure_draws_a_rounds_plot_as_a_new_figure_would(tmp_path):
+    """Each plot's figure is built once per process and given new data every round: after an earlier round's
+    different data (other limits, other filled bins), it draws pixel for pixel what a newly built figure draws."""
+    rng = np.random.default_rng(0)
+    edges = np.linspace(0.0, 2.3, 51)
+    early = {
+        plots.learning_curve: ([20, 30], [0.5, 0.6], [1.2, 0.9]),
+        plots.uncertainty_histogram: (rng.integers(0, 900, 50), rng.integers(0, 40, 50), edges * 0.5),
+        plots.reliability_diagram: (np.linspace(0.1, 0.9, 10), np.linspace(0.0, 1.0, 10), np.arange(10) % 2),
+    }
+    late = {
+        plots.learning_curve: ([20, 30, 40, 50], [0.5, 0.6, 0.8, 0.85], [1.2, 0.9, 0.5, 0.4]),
+        plots.uncertainty_histogram: (rng.integers(0, 90, 50), rng.integers(0, 4000, 50), edges),
+        plots.reliability_diagram: (np.linspace(0.05, 0.95, 10), np.linspace(0.2, 0.9, 10), np.arange(10) // 3),
+    }
+    for draw in early:
+        plots._figures.clear()
+        fresh = _pixels(draw(*late[draw], tmp_path / "fresh.png"))
+        draw(*early[draw], tmp_path / "early.png")
+        kept = _pixels(draw(*late[draw], tmp_path / "kept.png"))
+        assert fresh[..., :3].std() > 0.05  # drawn, not blank
+        assert not np.array_equal(_pixels(tmp_path / "early.png"), kept)
+        np.testing.assert_array_equal(kept, fresh, err_msg=draw.__name__)
