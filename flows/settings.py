@@ -227,7 +227,7 @@ class SelectionSettings(_Section):
     logged test metrics and reliability diagram always use every test item; each other candidate's evaluation
     costs a predictive pass over these items only (3 candidates on MNIST's 10,000: 1.6 s of a 11 s round)."""
     test_samples: int = Field(100, ge=1)
-    """Posterior draws per test item of the round's test metrics, fresh for every 512 items
+    """Posterior draws per test item of the round's test metrics, fresh for every 1,024 items
     (``learner.evaluation_predictive``), whatever ``acquisition.samples`` scores the pool with. The cost is linear
     in it (MNIST's 10k test items at 100: ~0.5 s of a 7 s round); 50 halves that but biases the test NLL upwards by
     0.003–0.007 on MNIST networks and by up to 0.02 on digits networks at 20 labels (measured against 4,000 draws)."""

@@ -99,7 +99,7 @@ def predict_proba(model, x: torch.Tensor, samples: int, *, seed: int) -> torch.T
     return pool_predict(model, x, samples, seed=seed).mean(0)
 
 
-EVALUATION_CHUNK = 512
+EVALUATION_CHUNK = 1024
 """Items per set of posterior draws in :func:`evaluation_predictive`."""
 
 
@@ -109,12 +109,13 @@ def evaluation_predictive(model, x: torch.Tensor, samples: int, *, seed: int) ->
     chunk's position).
 
     Pool scoring shares one set of S draws by every item, so a metric over the pool carries the randomness of
-    those S networks however many items it averages; fresh draws per chunk average it out. Measured on four MNIST
-    MC-dropout networks (10k test items, RMSE over 8 seeds against 1,000 draws per chunk): shared draws at S = 100
-    had NLL RMSE 0.0026–0.0058 and ECE RMSE 0.0008–0.0054; per-chunk draws at S = 100 0.0016–0.0044 and
-    0.0003–0.0016 (the NLL's O(1/S) upward bias is then most of the error), at 10–20% more time (each chunk draws
-    its own masked weights). A set of at most one chunk gets one set of draws: smaller chunks would redraw the masked
-    weights for every few items (digits' 451 test items in chunks of 29: 3–4× the time)."""
+    those S networks however many items it averages; fresh draws per chunk average it out. Measured on MNIST
+    MC-dropout networks (10k test items, RMSE over 8–10 seeds against 1,000 draws per chunk): shared draws at
+    S = 100 had NLL RMSE 0.0026–0.0058 and ECE RMSE 0.0007–0.0054; per-chunk draws at S = 100 0.0012–0.0044 and
+    0.0003–0.0016 (the NLL's O(1/S) upward bias is then most of the error), in 2–7% more time (each chunk draws its
+    own masked weights; chunks of 512 items took 15–20% more for the same accuracy). A set of at most one chunk
+    gets one set of draws: smaller chunks would redraw the masked weights for every few items (digits' 451 test
+    items in chunks of 29: 3–4× the time)."""
     parts = [
         predict_proba(model, x[start : start + EVALUATION_CHUNK], samples, seed=_chunk_seed(seed, start))
         for start in range(0, x.shape[0], EVALUATION_CHUNK)
