@@ -54,14 +54,7 @@ def _reliability_figure(centers: np.ndarray):
 def uncertainty_histogram(aleatoric: np.ndarray, epistemic: np.ndarray, edges: np.ndarray, path: Path) -> Path:
     """Histograms (counts over shared bin ``edges``) of aleatoric (expected entropy) and epistemic (BALD)
     uncertainty over the scored pool."""
-    with _drawing:
-        fig, panels = _figure("uncertainty", _uncertainty_figure)
-        for steps, counts in zip(panels, (aleatoric, epistemic), strict=True):
-            steps.set_data(counts, edges)
-            steps.axes.relim()
-            steps.axes.autoscale_view()
-        fig.savefig(path, dpi=100)
-    return path
+    return _redraw("uncertainty", _uncertainty_figure, [(aleatoric, edges), (epistemic, edges)], path)
 
 
 def _uncertainty_figure():
@@ -82,14 +75,7 @@ def _uncertainty_figure():
 
 def learning_curve(n_labeled: list[int], accuracy: list[float], nll: list[float], path: Path) -> Path:
     """Test accuracy and NLL against the number of labels, one point per round so far."""
-    with _drawing:
-        fig, lines = _figure("learning_curve", _learning_curve_figure)
-        for line, values in zip(lines, (accuracy, nll), strict=True):
-            line.set_data(n_labeled, values)
-            line.axes.relim()
-            line.axes.autoscale_view()
-        fig.savefig(path, dpi=100)
-    return path
+    return _redraw("learning_curve", _learning_curve_figure, [(n_labeled, accuracy), (n_labeled, nll)], path)
 
 
 def _learning_curve_figure():
@@ -110,6 +96,19 @@ def _learning_curve_figure():
 _drawing = threading.Lock()
 """Held while a kept figure is updated and saved: rounds of a process may log from several threads."""
 _figures: dict = {}
+
+
+def _redraw(kind, build, data: list[tuple], path: Path) -> Path:
+    """Save the kept figure of ``kind`` (:func:`_figure`) with each data artist set to its entry of ``data`` (the
+    arguments of its ``set_data``) and its axes rescaled to it."""
+    with _drawing:
+        fig, artists = _figure(kind, build)
+        for artist, arguments in zip(artists, data, strict=True):
+            artist.set_data(*arguments)
+            artist.axes.relim()
+            artist.axes.autoscale_view()
+        fig.savefig(path, dpi=100)
+    return path
 
 
 def _figure(kind, build):
