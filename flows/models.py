@@ -150,6 +150,7 @@ def learner_for(settings: Settings, *, n_classes: int | None = None) -> ActiveLe
         prior_tuning=settings.selection.prior_tuning,
         exact_ggn=settings.selection.exact_ggn,
         condition_on=settings.selection.condition_on,
+        criterion=settings.selection.criterion,
         batch_candidates=a.batch_candidates,
         pool_subsample=a.pool_subsample,
         n_classes=n_classes,

@@ -576,7 +576,11 @@ def select_model(
         return [fit_candidate_task.submit(spec, *args).result() for spec in specs]
 
     ranked = select_candidates(
-        candidate_specs(settings), fit_all, list(labeled), round_seed(settings.campaign.seed, round_)
+        candidate_specs(settings),
+        fit_all,
+        list(labeled),
+        round_seed(settings.campaign.seed, round_),
+        settings.selection.criterion,
     )
     test_rows = campaign_test_rows(settings, features)
     if not len(test_rows):  # no test split (dataset.test_fraction: 0): nothing to measure on, no metric made up

@@ -29,6 +29,7 @@ from learner.candidates import (
     load_model,
     rank_candidates,
     select_candidates,
+    selection_criterion,
 )
 from learner.query import (
     SCORE_CHUNK,
@@ -120,6 +121,10 @@ class ActiveLearner:
     condition_on : float
         With ``exact_ggn``, candidates are compared by the evidence of the labels outside a seeded fraction of them
         given that fraction, ``log p(D₂|D₁)``; 0: by the marginal likelihood ``log Z``.
+    criterion : str
+        ``auto`` (by evidence when every candidate has one, else by validation NLL) or ``validation_nll`` (every
+        candidate fitted without a held-out 20% of the labels and ranked by their NLL, the selected one refitted on
+        all): :data:`learner.candidates.CRITERIA`.
     batch_candidates : int
         BatchBALD picks among this many of the pool's best items by BALD.
     pool_subsample : int or str
@@ -151,6 +156,7 @@ class ActiveLearner:
         prior_tuning: str = "evidence",
         exact_ggn: bool = True,
         condition_on: float = CONDITIONED,
+        criterion: str = "auto",
         batch_candidates: int = 1000,
         pool_subsample: int | str | None = "auto",
         n_classes: int | None = None,
@@ -178,6 +184,8 @@ class ActiveLearner:
         self.evidence_options = EvidenceOptions.for_candidates(
             subset, structure, self.specs, prior_tuning, exact_ggn, condition_on
         )
+        selection_criterion(self.specs, criterion)  # raises on an unknown criterion
+        self.criterion = criterion
         self.batch_candidates = batch_candidates
         self.pool_subsample = pool_subsample
         self.n_classes = n_classes
@@ -253,7 +261,7 @@ class ActiveLearner:
                 for spec in specs
             ]
 
-        self.ranked = select_candidates(self.specs, fit_all, self._ids, seed)
+        self.ranked = select_candidates(self.specs, fit_all, self._ids, seed, self.criterion)
 
     @staticmethod
     def _check_rows(x: torch.Tensor, y: torch.Tensor, ids: Sequence[str] | None) -> None:
@@ -394,6 +402,7 @@ class ActiveLearner:
                 "prior_tuning": self.evidence_options.prior_tuning,
                 "exact_ggn": self.evidence_options.exact_ggn,
                 "condition_on": self.evidence_options.condition_on,
+                "criterion": self.criterion,
                 "batch_candidates": self.batch_candidates,
                 "pool_subsample": self.pool_subsample,
                 "n_classes": self.n_classes,
@@ -431,6 +440,7 @@ class ActiveLearner:
             options.get("exact_ggn", True),
             options.get("condition_on", 0.0),  # saved before conditioning existed: log Z
         )
+        self.criterion = options.get("criterion", "auto")
         self.batch_candidates, self.pool_subsample = options["batch_candidates"], options["pool_subsample"]
         self.n_classes = options["n_classes"]
         self.specs = [
@@ -458,7 +468,8 @@ class ActiveLearner:
             )
             for c in state["candidates"]
         ]
-        self.ranked = rank_candidates(fitted) if fitted else []
+        by_validation = selection_criterion(self.specs, self.criterion) == "validation_nll"
+        self.ranked = rank_candidates(fitted, by_validation) if fitted else []
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> ActiveLearner:

@@ -1,7 +1,10 @@
 """``beliefloop select`` runs model selection alone through the real CLI and prints the Bayes-factor table."""
 
+import os
 import subprocess
 import sys
+
+import pytest
 
 LAST_LAYER_EVIDENCE = "Laplace log p(D₂|D₁) (last_layer, exact GGN, D₁ = 50% of the labels)"
 
@@ -38,17 +41,25 @@ def test_select_prints_bayes_factor_table(tmp_path):
     assert "…" not in header and "Kass–Raftery" in header and "val NLL" not in header
 
 
-def test_select_by_validation_nll_shows_its_columns(tmp_path):
-    """An ensemble among the candidates: selection by validation NLL; the table shows that column and no Bayes
-    factors, every header whole at 80 columns."""
+@pytest.mark.parametrize(
+    ("first", "environment"),
+    [
+        ("e2:family=ensemble,hidden=8,members=2", {}),  # an ensemble has no evidence
+        ("e2:hidden=8", {"BELIEFLOOP_SELECTION__CRITERION": "validation_nll"}),  # asked for, evidence or not
+    ],
+)
+def test_select_by_validation_nll_shows_its_columns(tmp_path, first, environment):
+    """Selection by validation NLL — with an ensemble among the candidates, or asked for by
+    ``selection.criterion``: the table shows that column and no Bayes factors, every header whole at 80 columns."""
     result = subprocess.run(
         [
             *(sys.executable, "-m", "flows", "select", "--dataset", "wine", "--workspace", str(tmp_path / "w")),
-            *("--candidate", "e2:family=ensemble,hidden=8,members=2", "--candidate", "h16:hidden=16", "--labels", "60"),
+            *("--candidate", first, "--candidate", "h16:hidden=16", "--labels", "60"),
         ],
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, **environment},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     header = next(line for line in result.stdout.splitlines() if "candidate" in line and "test NLL" in line)

@@ -267,6 +267,26 @@ def test_a_laplace_models_predict_proba_is_its_link(wine):
     assert not torch.allclose(predict_proba(mc, x_held, 16, seed=3), predict_proba(model, x_held, 16, seed=3))
 
 
+def test_the_validation_nll_criterion_ranks_candidates_that_have_an_evidence_by_held_out_nll(wine):
+    """``criterion="validation_nll"``: candidates that all have an evidence are ranked by the NLL of the held-out
+    20% anyway (their evidence shown, no Bayes factor), the selected one refitted on every label, the others as
+    fitted without the held-out items; a state dict keeps the criterion; an unknown one is refused."""
+    x, y, *_ = wine
+    learner = _learner(seed=3, criterion="validation_nll").fit(x, y)
+    table = learner.evidence_table().set_index("candidate")
+    assert set(table.criterion) == {"validation_nll"} and table.log_bayes_factor.isna().all()
+    assert table.log_evidence.notna().all()  # shown, not compared
+    assert table.validation_nll.tolist() == sorted(table.validation_nll)
+    assert learner.selected.n_fitted == len(y)
+    assert all(r.fitted.n_fitted == len(y) - round(0.2 * len(y)) for r in learner.ranked[1:])
+    assert set(_learner(seed=3).fit(x, y).evidence_table().criterion) == {"evidence"}  # the default: Bayes factors
+    restored = ActiveLearner.from_state_dict(learner.state_dict())
+    assert restored.criterion == "validation_nll"
+    assert restored.evidence_table().candidate.tolist() == table.index.tolist()
+    with pytest.raises(ValueError, match="criterion must be one of"):
+        _learner(criterion="bic")
+
+
 def test_a_round_with_an_ensemble_selects_every_candidate_by_validation_nll(wine):
     """An ensemble has no evidence: the round compares all candidates by the NLL of a held-out split, refits the
     selected one on every label, and reports no Bayes factor (never the mean of the members' log Z)."""
