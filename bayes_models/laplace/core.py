@@ -305,7 +305,7 @@ class Laplace:
 
         With ``σ`` fixed, ``log Z`` has a closed form in ``log δ`` that is concave in each layer's ``log δ``
         (:meth:`_log_z_in_log_delta`): Newton's method finds its maximum to √ε in ``log δ`` within ``n_steps``
-        iterations (typically under ten; a digits candidate's evidence 31 → 10 ms, measured), where ``n_steps``
+        iterations (typically under ten; an MNIST candidate's evidence at 60 labels 48–57 → 12–19 ms), where ``n_steps``
         Adam steps of ``lr`` stop wherever they got. Otherwise (``tune_sigma_noise``, or a full structure with
         one ``δ`` per layer) Adam. Keeps the best values seen (never lowers ``log Z``) and returns the new prior
         precision. Only for the isotropic prior: a prior that is an earlier posterior has no free precision.
