@@ -224,10 +224,8 @@ class SelectionSettings(_Section):
     criterion: Literal["auto", "validation_nll"] = "auto"
     """What the round selects by: ``auto``, the evidence (Bayes factors) when every candidate has one, else the NLL
     of a held-out 20% of the labels; ``validation_nll``, that NLL whenever there are two or more candidates (each
-    fitted without the held-out labels, the selected one refitted on all: one fit more per round). The evidence of
-    D₂ given D₁ is taken at weights that were trained on D₂ too, so on small tabular sets it ranked candidates by how
-    well they fit their labels: held-out NLL picked the candidate of lowest test NLL in 10 of 16 breast_cancer / wine
-    selections (40 and 100 labels, 4 seeds) against the evidence's 4 (``learner.candidates.CRITERIA``)."""
+    fitted without the held-out labels, the selected one refitted on all: one fit more per round). Why, with the
+    measurements: ``learner.candidates.CRITERIA``."""
     compare_test_items: int | None = Field(2000, ge=1)
     """Test items the round's Bayes-factor table measures every candidate on (``test_nll``, ``test_accuracy``): a
     subset drawn with the campaign's seed, the same for every candidate; null: all of them. The selected model's
