@@ -1,7 +1,8 @@
-"""The MNIST label-efficiency benchmark's ``--quick`` mode as a smoke test: the user's whole path (the pool's
-spectral embedding of 60,000 images, real ``labeling_round`` flows, MLflow and the label store) produces the curves,
-timings and plot the README's table is built from, and logs the comparison to the campaigns' MLflow store. Only that
-they are produced and well formed is asserted; the figures themselves are the benchmark's."""
+"""The MNIST label-efficiency benchmark's ``--quick`` mode, cut to 3 rounds each scoring 2,000 pool items, as a smoke
+test: the user's whole path (the pool's spectral embedding of 60,000 images, real ``labeling_round`` flows, MLflow
+and the label store) produces the curves, timings and plot the README's table is built from, and logs the comparison
+to the campaigns' MLflow store. Only that they are produced and well formed is asserted; the figures themselves are
+the benchmark's."""
 
 import json
 import os
@@ -22,6 +23,7 @@ def test_al_mnist_quick_produces_its_curves_and_plot(tmp_path):
     result = subprocess.run(
         [
             *(sys.executable, str(ROOT / "benchmarks" / "al_mnist.py"), "--quick", "--threads", "1"),
+            *("--rounds", "3", "--pool-subsample", "2000"),  # --quick's 5 rounds of the 60k pool took 190 s in CI
             *("--out", str(out), "--workspace", str(tmp_path / "workspace")),
         ],
         env=env,
@@ -35,7 +37,7 @@ def test_al_mnist_quick_produces_its_curves_and_plot(tmp_path):
     assert set(payload["methods"]) == {"powerbald", "random"}
     for summary in payload["methods"].values():
         [curve] = summary["curves"]
-        assert [r["n_labeled"] for r in curve] == [20, 30, 40, 50, 60]
+        assert [r["n_labeled"] for r in curve] == [20, 30, 40]
         assert all(0.5 < r["accuracy"] <= 1 and 0 <= r["ece"] <= 1 for r in curve)
         assert set(summary["seconds_per_round"]) == {"wall", "train", "acquisition", "overhead"}
         assert len(summary["labels_to_90"]) == len(summary["labels_to_95"]) == 1
@@ -48,7 +50,7 @@ def test_al_mnist_quick_produces_its_curves_and_plot(tmp_path):
     assert run.info.status == "FINISHED" and run.data.params["quick"] == "True"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"al_mnist.json", "al_mnist.png"}
     history = client.get_metric_history(run.info.run_id, "powerbald/median_test_accuracy")
-    assert sorted(m.step for m in history) == [20, 30, 40, 50, 60]
+    assert sorted(m.step for m in history) == [20, 30, 40]
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == [
         r["accuracy"] for r in payload["methods"]["powerbald"]["curves"][0]
     ]
