@@ -25,11 +25,14 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from data.text import TEXT_DIM, TextFeatures
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 BUNDLED = ("digits", "breast_cancer", "wine", "iris")
 FILE_SUFFIXES = (".npz", ".csv", ".parquet", ".pq")
@@ -330,6 +333,8 @@ def _load_table(
     text: TextFeatures | None = None,
     **scaling,
 ) -> Dataset:
+    import pandas as pd  # here, not at the top: the label-store commands import this module and need no pandas
+
     where = str(path.resolve())
     try:
         frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
@@ -602,6 +607,8 @@ def _raw_labels(y: np.ndarray, where: str, key: str) -> np.ndarray:
     if y.ndim != 1:
         raise DatasetError(f"{where}: {key} must be 1-D, got shape {y.shape}")
     if y.dtype.kind == "O":
+        import pandas as pd
+
         y = np.array(["" if pd.isna(v) else str(v).strip() for v in y.tolist()], dtype=str)
     elif y.dtype.kind in "SUb":
         y = np.char.strip(_as_str(y, where, key))
@@ -692,6 +699,8 @@ def _no_columns(where: str, label_column: str | None, id_column: str | None, tex
 def _text_cells(values: pd.Series, ids: np.ndarray, where: str, column: str) -> np.ndarray:
     """A text column's cells as unicode ``[N]``: a missing cell (empty, NaN) is the empty text, a number its
     digits; a cell holding a list (Parquet) is refused with its row and id."""
+    import pandas as pd
+
     cells = values.to_numpy(dtype=object)
     out = []
     for row, value in enumerate(cells):

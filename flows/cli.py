@@ -43,16 +43,18 @@ class _App(typer.Typer):
         def decorator(function):
             @functools.wraps(function)
             def friendly(*f_args, **f_kwargs):
-                from data import DatasetError, FeatureStoreError
-                from data.store import StoreError
-                from flows.failures import fault_message
-                from flows.settings import SettingsError
-
                 try:
                     return function(*f_args, **f_kwargs)
+                except (typer.Exit, typer.Abort):  # a command's own exit code, already explained
+                    raise
                 except Exception as error:
                     if _state["debug"]:
                         raise
+                    from data import DatasetError, FeatureStoreError  # here: pandas, for a failure only
+                    from data.store import StoreError
+                    from flows.failures import fault_message
+                    from flows.settings import SettingsError
+
                     fault = fault_message(error)
                     if fault is not None:  # the environment failed, not the input: exit 3, retry later
                         typer.secho(f"error: {fault}", fg="red", err=True)

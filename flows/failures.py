@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import re
+import sys
 
 LABELS_SAFE = (
     "the labels are safe: every answer recorded so far is in the label store (each write is one transaction); "
@@ -40,9 +41,12 @@ def fault_message(error: BaseException) -> str | None:
 def _describe(error: BaseException) -> str | None:
     from data.feature_store import FeatureStoreMissing
     from data.store import StoreBusyError
-    from flows.models import CheckpointError
 
-    if isinstance(error, (StoreBusyError, FeatureStoreMissing, CheckpointError)):
+    # Only a loaded flows.models raises its CheckpointError; importing it (torch) cost a refused `label` 1.5 s.
+    models = sys.modules.get("flows.models")
+    if isinstance(error, (StoreBusyError, FeatureStoreMissing)) or (
+        models is not None and isinstance(error, models.CheckpointError)
+    ):
         return str(error)
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         where = f" writing {error.filename}" if error.filename else ""
