@@ -185,8 +185,9 @@ def _freeze_imports() -> None:
 
 @contextmanager
 def _flow_context(meanwhile: Callable[[], object] | None = None):
-    """Start Prefect's temporary server when no server is set (its failure is one line), disable flow heartbeats
-    then (they only serve crash detection by a server), and keep one Prefect client for every flow run inside.
+    """Start Prefect's temporary server when no server is set (its failure is one line) and point flows at it
+    (``PREFECT_API_URL``), disable flow heartbeats then (they only serve crash detection by a server), and keep one
+    Prefect client for every flow run inside.
 
     ``meanwhile`` (imports, opening stores) runs while the server process starts, so the two overlap instead of
     adding up: the server takes seconds to start, and the caller's imports as long again. The objects alive then
@@ -209,15 +210,14 @@ def _flow_context(meanwhile: Callable[[], object] | None = None):
         with SyncClientContext.get_or_create():
             yield
         return
-    from flows.prefect_server import TemporaryServer
-
+    server = _temporary_server()
     # The environment's value, applied even when Prefect's settings were loaded before _prefect_defaults ran.
     timeout = int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
     failures: list[BaseException] = []
 
     def start() -> None:
         try:
-            TemporaryServer().start(timeout=timeout)  # the one flow runs use
+            server.start(timeout=timeout)
         except BaseException as error:  # handed to the caller's thread
             failures.append(error)
 
@@ -235,8 +235,17 @@ def _flow_context(meanwhile: Callable[[], object] | None = None):
     if failures:
         raise failures[0]
     _freeze_imports()
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), SyncClientContext.get_or_create():
+    quiet_and_here = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_API_URL: server.api_url}
+    with temporary_settings(quiet_and_here), SyncClientContext.get_or_create():
         yield
+
+
+@functools.cache
+def _temporary_server():
+    """The process's one temporary Prefect server (started by the first :func:`_flow_context` that needs it)."""
+    from flows.prefect_server import TemporaryServer
+
+    return TemporaryServer()
 
 
 def _warm_up(settings, *, campaign: bool = True, simulate: bool = False) -> None:

@@ -15,8 +15,11 @@ done, without the wait. A server set by ``PREFECT_API_URL`` is the user's and le
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,8 +27,6 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
-
-from prefect.server.api.server import SubprocessASGIServer
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -144,10 +145,60 @@ def exit_with_parent(parent: int, interval: float = 0.5) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-class TemporaryServer(SubprocessASGIServer):
-    """Prefect's temporary server (``SubprocessASGIServer``: same port choice, start-up wait and stop at exit, and
-    the instance every Prefect client finds when no ``PREFECT_API_URL`` is set) serving :func:`create_app`, which
-    is told this process's pid so that it stops when this process is killed."""
+class TemporaryServer:
+    """Prefect's temporary server for this process: uvicorn serving :func:`create_app` on a free local port in a
+    subprocess, which is told this process's pid so that it stops when this process is killed, and is stopped at
+    this process's normal exit. Flows reach it through ``PREFECT_API_URL`` (:attr:`api_url`).
+
+    Prefect's own ``SubprocessASGIServer`` does the same, but it lives in ``prefect.server.api.server``, whose import
+    (the whole server application, needed only in the subprocess) added 2.7 s to every command that starts a
+    server, ahead of the subprocess's start (measured after the round's own imports)."""
+
+    def __init__(self) -> None:
+        self.port: int | None = None
+        self.process: subprocess.Popen[Any] | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def start(self, timeout: float) -> None:
+        """Start the server (unless it runs) and wait until it answers ``/health``: ``RuntimeError`` when it has
+        not within ``timeout`` seconds. A server process that exits first (its port taken meanwhile) is started
+        again on another port, up to 3 times."""
+        import httpx
+
+        if self.process is not None and self.process.poll() is None:
+            return
+        atexit.register(self.stop)
+        deadline = time.monotonic() + timeout
+        for _ in range(3):
+            self.port = _free_port()
+            self.process = self._run_uvicorn_command()
+            with httpx.Client(timeout=5) as client:
+                while time.monotonic() < deadline and self.process.poll() is None:
+                    with contextlib.suppress(httpx.TransportError):
+                        if client.get(f"{self.api_url}/health").status_code == 200:
+                            return
+                    time.sleep(0.1)
+            if self.process.poll() is None:  # still starting: out of time
+                break
+        exited = self.process.poll()
+        self.stop()
+        what = "did not answer" if exited is None else f"exited with code {exited}"
+        raise RuntimeError(f"Prefect's temporary server {what} within {timeout} s")
+
+    def stop(self) -> None:
+        """Stop the server process (SIGTERM, uvicorn's graceful shutdown; SIGKILL after 5 s)."""
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
 
     def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
         from prefect.settings import get_current_settings
@@ -164,3 +215,10 @@ class TemporaryServer(SubprocessASGIServer):
         command += ["--factory", f"{__name__}:create_app", "--host", "127.0.0.1", "--port", str(self.port)]
         command += ["--log-level", "error", "--lifespan", "on"]
         return subprocess.Popen(command, env=env)
+
+
+def _free_port() -> int:
+    """A local port no one listens on now (the system's choice)."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

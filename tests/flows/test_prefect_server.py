@@ -88,13 +88,19 @@ def test_other_requests_are_not_retried():
 
 
 def test_the_temporary_server_serves_the_retrying_app(prefect_server):
-    """The tests' Prefect server is the CLI's temporary server: its process runs this module's app factory."""
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()  # the instance every Prefect client finds
-    assert prefect_server == server.api_url
-    assert "flows.prefect_server:create_app" in server.server_process.args
+    """The tests' Prefect server is the CLI's temporary server: a child process of this one serves this module's app
+    factory on the port of the URL flows use."""
+    port = prefect_server.removesuffix("/api").rsplit(":", 1)[1]
+    servers = [p for p in psutil.Process().children() if _serves_create_app(p)]
+    assert any(p.cmdline()[p.cmdline().index("--port") + 1] == port for p in servers)
     assert httpx.get(f"{prefect_server}/health", timeout=10).status_code == 200
+
+
+def test_starting_a_temporary_server_does_not_import_prefects_server_application():
+    """The client process imports no ``prefect.server`` (2.7 s here): only the server's subprocess serves it."""
+    code = "import sys, flows.prefect_server; print(sorted(m for m in sys.modules if m.startswith('prefect.server')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout == "[]\n"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
