@@ -91,8 +91,8 @@ def test_the_temporary_server_serves_the_retrying_app(prefect_server):
     """The tests' Prefect server is the CLI's temporary server: a child process of this one serves this module's app
     factory on the port of the URL flows use."""
     port = prefect_server.removesuffix("/api").rsplit(":", 1)[1]
-    servers = [p for p in psutil.Process().children() if _serves_create_app(p)]
-    assert any(p.cmdline()[p.cmdline().index("--port") + 1] == port for p in servers)
+    commands = [p.cmdline() for p in psutil.Process().children() if _serves_create_app(p)]
+    assert any(command[command.index("--port") + 1] == port for command in commands)
     assert httpx.get(f"{prefect_server}/health", timeout=10).status_code == 200
 
 
