@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,8 +42,63 @@ def tracking_client(tracking_uri: str) -> MlflowClient:
     write-ahead logging (:func:`use_wal`)."""
     path = sqlite_file(tracking_uri)
     if path is not None:
+        if path.parent.is_dir() and not path.exists():
+            copy_new_database(path)
         use_wal(path)
     return MlflowClient(tracking_uri=database_url(tracking_uri))
+
+
+def copy_new_database(path: Path) -> None:
+    """Create the SQLite tracking database at ``path`` as a copy of an empty one MLflow made earlier
+    (:func:`empty_database`), instead of letting MLflow build it: MLflow makes a new database by running every schema
+    migration it ships (1.1 s here, paid by every new workspace), a copy takes milliseconds. The copy has no
+    experiment, so MLflow adds its default experiment itself on opening it, located as it would locate it now.
+
+    Best effort: without a usable copy MLflow builds the database as before. ``path`` is created only if absent
+    (a hard link from the finished copy), so a database another process just made is never replaced."""
+    template = empty_database()
+    if template is None:
+        return
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        shutil.copyfile(template, partial)
+        with contextlib.closing(sqlite3.connect(partial)) as db:
+            db.execute("SELECT version_num FROM alembic_version").fetchone()  # a readable MLflow database
+        with contextlib.suppress(FileExistsError):
+            os.link(partial, path)
+    except sqlite3.Error:
+        template.unlink(missing_ok=True)  # damaged: made again next time
+    except OSError:
+        pass  # no room, no hard links here: MLflow builds the database
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def empty_database() -> Path | None:
+    """An MLflow-initialised SQLite tracking database without experiments, one per MLflow version, kept in the
+    user's cache (``$XDG_CACHE_HOME/beliefloop``, else ``~/.cache/beliefloop``); made by MLflow on first use.
+    ``None`` where the cache cannot be written."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from sqlalchemy.exc import SQLAlchemyError
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "beliefloop"
+    template = cache / f"mlflow-{mlflow.__version__}.db"
+    if template.is_file():
+        return template
+    partial = cache / f".{template.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        SqlAlchemyStore(f"sqlite:///{partial}", str(cache / "mlruns")).engine.dispose()
+        with contextlib.closing(sqlite3.connect(partial)) as db, db:
+            db.execute("DELETE FROM experiments")  # the default experiment, made again by MLflow in each copy
+        os.replace(partial, template)
+    except (OSError, sqlite3.Error, SQLAlchemyError, MlflowException):
+        return None
+    finally:
+        partial.unlink(missing_ok=True)
+    return template
 
 
 def use_wal(path: Path) -> None:

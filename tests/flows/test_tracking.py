@@ -51,3 +51,43 @@ def test_the_tracking_database_file_alone_holds_what_a_finished_process_logged(t
     copy = database_file_after_exit(code, database)
     rows = sqlite3.connect(copy).execute("SELECT key, value FROM metrics").fetchall()
     assert rows == [("test_accuracy", 0.75)]
+
+
+def test_a_new_tracking_database_is_a_copy_of_an_empty_one_that_mlflow_made(tmp_path, monkeypatch):
+    """A new workspace's MLflow database is copied from an empty one MLflow built once (its migrations take a second
+    or more): the copy has MLflow's schema and default experiment exactly as a database MLflow builds itself, and takes
+    runs. A damaged copy source is dropped and MLflow builds the database."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    tracking_client(f"sqlite:///{tmp_path / 'first.db'}").search_experiments()
+    template = next((tmp_path / "cache" / "beliefloop").glob("mlflow-*.db"))
+    assert sqlite3.connect(template).execute("SELECT count(*) FROM experiments").fetchone() == (0,)
+    with sqlite3.connect(template) as db:
+        db.execute("PRAGMA user_version = 7")  # a mark only a copy of this file carries
+
+    uri = f"sqlite:///{tmp_path / 'copied.db'}"
+    tracker = CampaignTracker(uri, (tmp_path / "artifacts").as_uri(), "c")
+    run_id = tracker.round_run(tracker.campaign_run({"seed": 0}), 1)
+    tracker.log_batch(run_id, {"test_accuracy": 0.5}, step=1)
+    reference = tmp_path / "reference.db"
+    MlflowClient(tracking_uri=f"sqlite:///{reference}").search_experiments()  # built by MLflow's migrations
+
+    def schema(path):
+        with sqlite3.connect(path) as db:
+            return sorted(db.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"))
+
+    def state(path):
+        with sqlite3.connect(path) as db:
+            default = db.execute(
+                "SELECT name, artifact_location, lifecycle_stage FROM experiments WHERE experiment_id = 0"
+            )
+            return default.fetchall(), db.execute("SELECT * FROM alembic_version").fetchall()
+
+    copied = tmp_path / "copied.db"
+    assert sqlite3.connect(copied).execute("PRAGMA user_version").fetchone() == (7,)
+    assert schema(copied) == schema(reference) and state(copied) == state(reference)
+    assert MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics == {"test_accuracy": 0.5}
+
+    template.write_bytes(b"not a database")
+    rebuilt = tmp_path / "rebuilt.db"
+    tracking_client(f"sqlite:///{rebuilt}").search_experiments()
+    assert state(rebuilt) == state(reference) and not template.exists()
