@@ -246,18 +246,51 @@ def _same_classes(dataset: Dataset, declared: tuple[str, ...] | None) -> Dataset
 
 
 def _load_bundled(name: str, test_fraction: float, seed: int, **scaling) -> Dataset:
-    from sklearn import datasets as skd
-
-    bunch = getattr(skd, f"load_{name}")()
-    x = np.asarray(bunch.data, dtype=np.float64)
-    classes = tuple(str(c) for c in bunch.target_names)
-    y = np.asarray(bunch.target, dtype=np.int64)
+    arrays = _bundled_arrays(name)
+    x = np.asarray(arrays["data"], dtype=np.float64)
+    classes = tuple(str(c) for c in arrays["target_names"])
+    y = np.asarray(arrays["target"], dtype=np.int64)
     ids = _row_ids("row", len(x))
     train, test = _stratified_split(y, test_fraction, seed)
-    names = tuple(str(n) for n in getattr(bunch, "feature_names", ())) or None
+    names = tuple(str(n) for n in arrays["feature_names"]) or None
     return _assemble(
         name, name, x[train], y[train], x[test], y[test], ids[train], ids[test], classes, feature_names=names, **scaling
     )
+
+
+def _bundled_arrays(name: str) -> dict[str, np.ndarray]:
+    """scikit-learn's bundled set ``name`` as ``data``, ``target``, ``target_names`` and ``feature_names``, read from
+    a copy kept in the user's cache per scikit-learn version (:mod:`data.user_cache`): importing scikit-learn takes
+    1.3 s here, and every new workspace of the demo's digits paid it."""
+    from importlib.metadata import version
+
+    from data.user_cache import cached_file
+
+    def from_sklearn() -> dict[str, np.ndarray]:
+        from sklearn import datasets as skd
+
+        bunch = getattr(skd, f"load_{name}")()
+        return {
+            "data": np.asarray(bunch.data),
+            "target": np.asarray(bunch.target),
+            "target_names": np.asarray([str(c) for c in bunch.target_names]),
+            "feature_names": np.asarray([str(n) for n in getattr(bunch, "feature_names", ())]),
+        }
+
+    def save(path: Path) -> None:
+        with path.open("wb") as file:
+            np.savez(file, **from_sklearn())
+
+    for _ in range(2):  # a damaged copy is made again once
+        cached = cached_file(f"{name}-scikit-learn-{version('scikit-learn')}.npz", save)
+        if cached is None:
+            break
+        try:
+            with np.load(cached, allow_pickle=False) as archive:
+                return {key: archive[key] for key in ("data", "target", "target_names", "feature_names")}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            cached.unlink(missing_ok=True)
+    return from_sklearn()
 
 
 def _load_npz(

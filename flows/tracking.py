@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from data.store import checkpoint_at_exit, database_url, sqlite_file
+from data.user_cache import cached_file
 
 ROLE, ROUND = "beliefloop.role", "beliefloop.round"
 EXPERIMENT_KIND = "mlflow.experimentKind"
@@ -49,14 +50,17 @@ def tracking_client(tracking_uri: str) -> MlflowClient:
 
 
 def copy_new_database(path: Path) -> None:
-    """Create the SQLite tracking database at ``path`` as a copy of an empty one MLflow made earlier
-    (:func:`empty_database`), instead of letting MLflow build it: MLflow makes a new database by running every schema
-    migration it ships (1.1 s here, paid by every new workspace), a copy takes milliseconds. The copy has no
-    experiment, so MLflow adds its default experiment itself on opening it, located as it would locate it now.
+    """Create the SQLite tracking database at ``path`` as a copy of an empty one MLflow made earlier, kept in the
+    user's cache per MLflow version (:mod:`data.user_cache`), instead of letting MLflow build it: MLflow makes a new
+    database by running every schema migration it ships (1.1 s here, paid by every new workspace), a copy takes
+    milliseconds. The copy has no experiment, so MLflow adds its default experiment itself on opening it, located as
+    it would locate it now.
 
     Best effort: without a usable copy MLflow builds the database as before. ``path`` is created only if absent
     (a hard link from the finished copy), so a database another process just made is never replaced."""
-    template = empty_database()
+    import mlflow
+
+    template = cached_file(f"mlflow-{mlflow.__version__}.db", _empty_database)
     if template is None:
         return
     partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -74,31 +78,19 @@ def copy_new_database(path: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
-def empty_database() -> Path | None:
-    """An MLflow-initialised SQLite tracking database without experiments, one per MLflow version, kept in the
-    user's cache (``$XDG_CACHE_HOME/beliefloop``, else ``~/.cache/beliefloop``); made by MLflow on first use.
-    ``None`` where the cache cannot be written."""
-    import mlflow
+def _empty_database(path: Path) -> None:
+    """An MLflow-initialised SQLite tracking database at ``path``, without experiments (``OSError`` when MLflow
+    cannot make it)."""
     from mlflow.exceptions import MlflowException
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
     from sqlalchemy.exc import SQLAlchemyError
 
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "beliefloop"
-    template = cache / f"mlflow-{mlflow.__version__}.db"
-    if template.is_file():
-        return template
-    partial = cache / f".{template.name}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        SqlAlchemyStore(f"sqlite:///{partial}", str(cache / "mlruns")).engine.dispose()
-        with contextlib.closing(sqlite3.connect(partial)) as db, db:
+        SqlAlchemyStore(f"sqlite:///{path}", str(path.parent / "mlruns")).engine.dispose()
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
             db.execute("DELETE FROM experiments")  # the default experiment, made again by MLflow in each copy
-        os.replace(partial, template)
-    except (OSError, sqlite3.Error, SQLAlchemyError, MlflowException):
-        return None
-    finally:
-        partial.unlink(missing_ok=True)
-    return template
+    except (sqlite3.Error, SQLAlchemyError, MlflowException) as error:
+        raise OSError(f"MLflow could not make an empty tracking database: {error}") from error
 
 
 def use_wal(path: Path) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +68,28 @@ def test_bundled_sets_are_split_stratified_and_standardised_with_train_stats(nam
     for c in range(d.n_classes):  # stratified: each class sends round(n_c / 4) rows to test
         n_c = int((bunch.target == c).sum())
         assert (d.y_test == c).sum() == int(np.floor(n_c * 0.25 + 0.5))
+
+
+def test_a_bundled_set_is_read_from_the_user_cache_without_importing_scikit_learn(tmp_path, monkeypatch):
+    """The first import of a bundled set keeps scikit-learn's arrays in the user's cache; a new process then reads
+    them without importing scikit-learn (1.3 s here), and gets what scikit-learn gives. A damaged copy is made
+    again."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = load_dataset("wine")
+    cached = next((tmp_path / "beliefloop").glob("wine-scikit-learn-*.npz"))
+    code = (
+        "import sys\nfrom data import load_dataset\nd = load_dataset('wine')\n"
+        "print('sklearn' in sys.modules, list(d.feature_names), d.classes, float(d.x_train.sum()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ)
+    bunch = skd.load_wine()
+    expected = [str(n) for n in bunch.feature_names], tuple(str(c) for c in bunch.target_names)
+    assert out.stdout.split(" [", 1)[0] == "False"
+    assert out.stdout.strip() == f"False {expected[0]} {expected[1]} {float(first.x_train.sum())}"
+    cached.write_bytes(b"damaged")
+    again = load_dataset("wine")
+    np.testing.assert_array_equal(again.x_train, first.x_train)
+    assert again.feature_names == first.feature_names and np.load(cached)["data"].shape == bunch.data.shape
 
 
 def test_bundled_split_is_deterministic_and_ids_are_stable_across_splits():

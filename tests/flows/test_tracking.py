@@ -71,9 +71,12 @@ def test_a_new_tracking_database_is_a_copy_of_an_empty_one_that_mlflow_made(tmp_
     reference = tmp_path / "reference.db"
     MlflowClient(tracking_uri=f"sqlite:///{reference}").search_experiments()  # built by MLflow's migrations
 
-    def schema(path):
+    def schema(path):  # each statement's lines as a set: MLflow orders a table's constraints anew in every build
         with sqlite3.connect(path) as db:
-            return sorted(db.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"))
+            rows = db.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+            return sorted(
+                (kind, name, sorted(line.strip(" ,") for line in sql.splitlines())) for kind, name, sql in rows
+            )
 
     def state(path):
         with sqlite3.connect(path) as db:
