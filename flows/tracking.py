@@ -39,8 +39,8 @@ ENTRY_BATCH, PARAM_BATCH = 1000, 100
 def tracking_client(tracking_uri: str) -> MlflowClient:
     """One client per tracking store and process: opening a SQL store costs seconds (engine, schema check), and
     a process running many rounds (a simulated campaign, a served deployment) would pay it every round. A bare
-    ``postgresql://`` URI gets the installed driver (``data.store.database_url``). A SQLite store is switched to
-    write-ahead logging (:func:`use_wal`)."""
+    ``postgresql://`` URI gets the installed driver (``data.store.database_url``). A new SQLite store starts as a
+    copy of an empty one (:func:`copy_new_database`), and is switched to write-ahead logging (:func:`use_wal`)."""
     path = sqlite_file(tracking_uri)
     if path is not None:
         if path.parent.is_dir() and not path.exists():
