@@ -21,7 +21,7 @@ def cached_file(name: str, make: Callable[[Path], None]) -> Path | None:
     path = folder / name
     if path.is_file():
         return path
-    partial = folder / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    partial = partial_path(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         make(partial)
@@ -31,3 +31,9 @@ def cached_file(name: str, make: Callable[[Path], None]) -> Path | None:
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+def partial_path(path: Path) -> Path:
+    """A hidden name beside ``path`` that only this process and thread use: where a file is written before it
+    becomes ``path``."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")

@@ -157,6 +157,7 @@ class TemporaryServer:
     def __init__(self) -> None:
         self.port: int | None = None
         self.process: subprocess.Popen[Any] | None = None
+        atexit.register(self.stop)
 
     @property
     def api_url(self) -> str:
@@ -170,7 +171,6 @@ class TemporaryServer:
 
         if self.process is not None and self.process.poll() is None:
             return
-        atexit.register(self.stop)
         deadline = time.monotonic() + timeout
         for _ in range(3):
             self.port = _free_port()

@@ -12,7 +12,6 @@ import functools
 import os
 import shutil
 import sqlite3
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from data.store import checkpoint_at_exit, database_url, sqlite_file
-from data.user_cache import cached_file
+from data.user_cache import cached_file, partial_path
 
 ROLE, ROUND = "beliefloop.role", "beliefloop.round"
 EXPERIMENT_KIND = "mlflow.experimentKind"
@@ -63,7 +62,7 @@ def copy_new_database(path: Path) -> None:
     template = cached_file(f"mlflow-{mlflow.__version__}.db", _empty_database)
     if template is None:
         return
-    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    partial = partial_path(path)
     try:
         shutil.copyfile(template, partial)
         with contextlib.closing(sqlite3.connect(partial)) as db:
