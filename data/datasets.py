@@ -443,9 +443,9 @@ def _load_table(
         wrong = np.flatnonzero((split != "train") & (split != "test"))
         if wrong.size:
             row = wrong[0]
+            value = "blank" if split[row] == "" else repr(str(frame["split"].iloc[row]))
             raise DatasetError(
-                f"{where}: column 'split' in row {row} (id {ids[row].item()!r}) "
-                f"is {frame['split'].iloc[row]!r}, expected 'train' or 'test'"
+                f"{where}: column 'split' in row {row} (id {ids[row].item()!r}) is {value}, expected 'train' or 'test'"
             )
         train, test = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
     else:
