@@ -255,7 +255,8 @@ def _warm_up(settings, *, campaign: bool = True, simulate: bool = False) -> None
     The dataset is imported first (for a ``simulate`` campaign: checked to have every training label): a file
     that cannot be used fails the command before it creates a workspace.
     """
-    import torch._dynamo  # noqa: F401  (torch.optim imports it on the first optimiser step: seconds)
+    if settings.families & {"laplace", "vi"}:  # may build torch.optim optimisers, which import torch._dynamo (1.5 s)
+        import torch._dynamo  # noqa: F401
 
     from flows.campaign_setup import model_feature_store, open_label_store
     from flows.rounds import labeling_round  # noqa: F401  (torch, MLflow, the models)

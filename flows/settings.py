@@ -370,11 +370,15 @@ class Settings(BaseSettings):
             raise ValueError("the workspace must not be empty (default: workspace)")
         return workspace
 
+    @property
+    def families(self) -> set[str]:
+        """The model families the round fits: every candidate's (its own or ``model``'s), else ``model``'s."""
+        return {c.family or self.model.family for c in self.selection.candidates} or {self.model.family}
+
     @model_validator(mode="after")
     def _belief_needs_a_posterior(self) -> Settings:
         if self.update == "belief":
-            families = {c.family or self.model.family for c in self.selection.candidates} or {self.model.family}
-            unsupported = sorted(families - {"laplace", "vi"})
+            unsupported = sorted(self.families - {"laplace", "vi"})
             if unsupported:
                 raise ValueError(
                     f"update: belief needs a posterior to carry over (families laplace or vi); got {unsupported}"
