@@ -91,7 +91,9 @@ def _main(
 
 
 ParamsOpt = Annotated[Path | None, typer.Option("--params", help="params.yaml to read (DVC's params file).")]
-WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", help="Campaign workspace folder [workspace].")]
+WorkspaceOpt = Annotated[
+    Path | None, typer.Option("--workspace", help="Campaign workspace folder (default: ./workspace).")
+]
 DatasetOpt = Annotated[
     str | None,
     typer.Option("--dataset", help="digits | breast_cancer | wine | iris, or a .npz/.csv/.parquet path."),
@@ -119,18 +121,26 @@ TestFractionOpt = Annotated[
         help="Share of labelled rows held out for testing when the file has no `split` column; 0: none.",
     ),
 ]
+AcquisitionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--acquisition",
+        help="Score function (default: powerbald): bald (top k), batchbald, epig, predictive_entropy, random, ...",
+    ),
+]
 CampaignOpt = Annotated[str | None, typer.Option("--campaign", help="Campaign name (= MLflow experiment).")]
 SubsampleOpt = Annotated[
     str | None,
     typer.Option(
         "--pool-subsample",
-        help="Score a random subset of M pool items per round; auto: 20 × k for top-k acquisitions; all: every item.",
+        help="Score a random subset of M pool items per round; auto (default): 20 × k for top-k acquisitions; "
+        "all: every item.",
     ),
 ]
 DaskOpt = Annotated[
     str | None, typer.Option("--dask-address", help="Dask scheduler (tcp://host:8786) to run the round's tasks on.")
 ]
-ShardsOpt = Annotated[int | None, typer.Option("--shards", help="Pool-scoring tasks per round.")]
+ShardsOpt = Annotated[int | None, typer.Option("--shards", help="Pool-scoring tasks per round (default: 1).")]
 
 
 def _dataset_overrides(
@@ -315,12 +325,14 @@ def simulate(
     text_column: TextColumnOpt = None,
     classes: ClassesOpt = None,
     test_fraction: TestFractionOpt = None,
-    rounds: Annotated[int | None, typer.Option(help="Number of rounds.")] = None,
-    k: Annotated[int | None, typer.Option("--k", help="Items queued per round.")] = None,
-    initial: Annotated[int | None, typer.Option(help="Class-balanced initial labeled set size.")] = None,
-    acquisition: Annotated[str | None, typer.Option(help="bald, predictive_entropy, random, ...")] = None,
-    samples: Annotated[int | None, typer.Option(help="Posterior samples S per item.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the seed set, training and acquisition.")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Number of rounds (default: 10).")] = None,
+    k: Annotated[int | None, typer.Option("--k", help="Items queued per round (default: 10).")] = None,
+    initial: Annotated[int | None, typer.Option(help="Class-balanced initial labeled set size (default: 20).")] = None,
+    acquisition: AcquisitionOpt = None,
+    samples: Annotated[int | None, typer.Option(help="Posterior samples S per item (default: 100).")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the seed set, training and acquisition (default: 0).")
+    ] = None,
     workspace: WorkspaceOpt = None,
     campaign: CampaignOpt = None,
     pool_subsample: SubsampleOpt = None,
@@ -460,8 +472,10 @@ def run_round(
     text_column: TextColumnOpt = None,
     classes: ClassesOpt = None,
     test_fraction: TestFractionOpt = None,
-    k: Annotated[int | None, typer.Option("--k", help="Pending items the round tops the queue up to.")] = None,
-    acquisition: Annotated[str | None, typer.Option(help="bald, predictive_entropy, random, ...")] = None,
+    k: Annotated[
+        int | None, typer.Option("--k", help="Pending items the round tops the queue up to (default: 10).")
+    ] = None,
+    acquisition: AcquisitionOpt = None,
     workspace: WorkspaceOpt = None,
     campaign: CampaignOpt = None,
     pool_subsample: SubsampleOpt = None,
@@ -522,8 +536,8 @@ def serve(
     interval: Annotated[float | None, typer.Option(help="Run a round every this many seconds.")] = None,
     cron: Annotated[str | None, typer.Option(help='Run rounds on a cron schedule, e.g. "0 9 * * 1-5".')] = None,
     force: Annotated[bool, typer.Option(help="Run every scheduled round, even without new answers.")] = False,
-    k: Annotated[int | None, typer.Option("--k", help="Items queued per round.")] = None,
-    acquisition: Annotated[str | None, typer.Option(help="bald, predictive_entropy, random, ...")] = None,
+    k: Annotated[int | None, typer.Option("--k", help="Items queued per round (default: 10).")] = None,
+    acquisition: AcquisitionOpt = None,
     workspace: WorkspaceOpt = None,
     campaign: CampaignOpt = None,
     params: ParamsOpt = None,
@@ -566,7 +580,7 @@ def label(
         bool,
         typer.Option("--new-class", help="Admit --label as a new class of the campaign (the next round retrains)."),
     ] = False,
-    annotator: Annotated[str | None, typer.Option(help="Who answered [current user].")] = None,
+    annotator: Annotated[str | None, typer.Option(help="Who answered (default: the current user).")] = None,
     workspace: WorkspaceOpt = None,
     campaign: CampaignOpt = None,
     params: ParamsOpt = None,
@@ -650,7 +664,8 @@ def annotate(
     host: Annotated[str, typer.Option(help="Address to bind; any but loopback requires a token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the labeling page.")] = 8765,
     token: Annotated[
-        str | None, typer.Option(help="Token every request must carry [generated when binding beyond loopback].")
+        str | None,
+        typer.Option(help="Token every request must carry (default: one generated when binding beyond loopback)."),
     ] = None,
     params: ParamsOpt = None,
 ) -> None:
@@ -803,7 +818,7 @@ def queue_list(
 @queue_app.command("export")
 def queue_export(
     fmt: Annotated[str, typer.Option("--format", help="csv | jsonl | label-studio")] = "csv",
-    out: Annotated[Path | None, typer.Option("--out", help="File to write [standard output].")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="File to write (default: standard output).")] = None,
     status: Annotated[str, typer.Option(help="pending | labeled | skipped")] = "pending",
     workspace: WorkspaceOpt = None,
     campaign: CampaignOpt = None,
@@ -831,7 +846,9 @@ def queue_export(
 @queue_app.command("import")
 def queue_import(
     path: Annotated[Path, typer.Argument(help="CSV of item_id,label[,annotator] or a Label Studio JSON export.")],
-    annotator: Annotated[str | None, typer.Option(help="Who answered [the file's, else current user].")] = None,
+    annotator: Annotated[
+        str | None, typer.Option(help="Who answered (default: the file's, else the current user).")
+    ] = None,
     workspace: WorkspaceOpt = None,
     campaign: CampaignOpt = None,
     params: ParamsOpt = None,
@@ -953,7 +970,7 @@ def prepare(
     workspace: WorkspaceOpt = None,
     params: ParamsOpt = None,
 ) -> None:
-    """Import a dataset into the workspace's feature store, and fit its pool representation (DVC's ``prepare``)."""
+    """Import a dataset into the workspace's feature store, and fit its pool representation (DVC's `prepare` stage)."""
     dataset_flags = _dataset_overrides(dataset, label_column, id_column, classes, test_fraction, text_column)
     settings = _dataset_settings(params, {"workspace": workspace, "dataset": dataset_flags})
     from flows.campaign_setup import model_feature_store
