@@ -607,9 +607,9 @@ def label(
             f"{len(classes) - 1})"
         )
     if index is None:
-        raise typer.BadParameter(
-            f"unknown class {label_!r}; expected one of {classes} or an index (--new-class admits a new class)"
-        )
+        from flows.queue_io import unknown_class_message
+
+        raise typer.BadParameter(f"{unknown_class_message(label_, classes)} (--new-class admits a new class)")
     report = store.record_labels(name, [LabelAnswer(item, index)], annotator=annotator or getpass.getuser())
     if report.rejected:
         item_id, reason = report.rejected[0]

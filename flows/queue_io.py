@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import difflib
 import io
 import json
 from dataclasses import dataclass
@@ -145,13 +146,22 @@ def _class_index(value: str, classes: list[str]) -> int | None:
     return int(value) if value.isascii() and value.isdigit() and int(value) < len(classes) else None
 
 
+def unknown_class_message(value: str, classes: list[str]) -> str:
+    """Why ``value`` names no class of ``classes``, naming the class meant when the case or a typo is the likely cause
+    ('Barolo', 'barbara' for 'barolo', 'barbera')."""
+    meant = [name for name in classes if name.casefold() == value.strip().casefold()]
+    meant = meant or difflib.get_close_matches(value, classes, n=2, cutoff=0.75)
+    hint = f" (did you mean {' or '.join(map(repr, meant))}?)" if meant else ""
+    return f"unknown class {value!r}{hint}; expected one of {classes} or an index"
+
+
 def _answer(where: str, item_id: str, value: str, classes: list[str], annotator: str) -> ImportRow:
     if not item_id:
         return ImportRow(where, item_id, None, annotator, "no item id")
     if not value:
         return ImportRow(where, item_id, None, annotator, "no label (not answered)")
     index = _class_index(value, classes)
-    problem = None if index is not None else f"unknown class {value!r}; expected one of {classes} or an index"
+    problem = None if index is not None else unknown_class_message(value, classes)
     return ImportRow(where, item_id, index, annotator, problem)
 
 

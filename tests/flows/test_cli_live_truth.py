@@ -70,6 +70,8 @@ def test_live_campaign_on_a_csv_tells_the_truth(tmp_path, mostly_blank, belieflo
     assert beliefloop("label", "--item", batch[0], "--label", "class_0", *where).returncode == 0
     refused = beliefloop("label", "--item", batch[1], "--label", "rosé", *where, check=False)
     assert refused.returncode == 2 and "unknown class 'rosé'" in refused.stderr and "--new-class" in refused.stderr
+    typo = beliefloop("label", "--item", batch[1], "--label", "Class_1", *where, check=False)
+    assert typo.returncode == 2 and "unknown class 'Class_1' (did you mean 'class_1'?)" in typo.stderr
     assert store.classes("wine") == ["class_0", "class_1", "class_2"]
     stray = beliefloop("label", "--item", "w999", "--label", "rosé", "--new-class", *where, check=False)
     assert stray.returncode == 2 and "'w999' is an unknown item" in stray.stderr

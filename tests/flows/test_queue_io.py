@@ -183,3 +183,19 @@ def test_a_label_of_non_ascii_digits_is_an_unknown_class_not_a_crash(tmp_path):
         ("a", None, "unknown class '\u00b9'; expected one of ['cat', 'dog'] or an index"),
         ("b", 1, None),
     ]
+
+
+def test_an_unknown_class_names_the_class_a_typo_or_the_case_likely_meant(tmp_path):
+    """Typed answers: a different case or a typo names the class it resembles; anything else lists the classes."""
+    from flows.queue_io import read_answers
+
+    path = tmp_path / "answers.csv"
+    path.write_text("item_id,label\na,Barolo\nb,barbara\nc,cat\nd,barolo\n")
+    rows = read_answers(path, ["barbera", "barolo", "grignolino"], None, "me")
+    expected = "; expected one of ['barbera', 'barolo', 'grignolino'] or an index"
+    assert [(r.item_id, r.label, r.problem) for r in rows] == [
+        ("a", None, "unknown class 'Barolo' (did you mean 'barolo'?)" + expected),
+        ("b", None, "unknown class 'barbara' (did you mean 'barbera'?)" + expected),
+        ("c", None, "unknown class 'cat'" + expected),
+        ("d", 1, None),
+    ]
