@@ -824,7 +824,7 @@ def queue_export(
     campaign: CampaignOpt = None,
     params: ParamsOpt = None,
 ) -> None:
-    """Write the queue (default: pending items) for annotators' tools, with the model's prediction and score."""
+    """Write the queue (default: pending items) for annotators' tools: each item, the model's prediction and score."""
     from data import open_feature_store
     from flows.campaign_setup import feature_store_dir
     from flows.queue_io import EXPORT_FORMATS, export_queue

@@ -1,9 +1,10 @@
 """The queue in the files annotators' tools read and write: CSV, JSON lines and Label Studio tasks.
 
-An export lists queue entries with the model's predicted class and the acquisition score; Label Studio tasks carry
-the item in ``data`` (its id, and the image as a PNG data URL or the vector as text) and the prediction in
-``predictions``, so Label Studio shows it as a pre-annotation. An import reads answers back (a CSV of
-``item_id,label[,annotator]`` or a Label Studio JSON export), matched by item id, never by position.
+An export lists queue entries with the model's predicted class, the acquisition score and the item people label
+(its text, its features as ``name=value``, an image as a PNG data URL: :func:`_item_content`); Label Studio tasks carry
+the item in ``data`` and the prediction in ``predictions``, so Label Studio shows it as a pre-annotation.
+An import reads answers back (a CSV of ``item_id,label[,annotator]``, other columns ignored, or a Label Studio JSON
+export), matched by item id, never by position.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ QUEUE_COLUMNS = (
 )
 EXPORT_COLUMNS = ("item_id", "label", "annotator", *QUEUE_COLUMNS[1:])
 """A CSV export leaves ``label`` and ``annotator`` blank for people to fill in."""
+CONTENT_COLUMNS = ("text", "features")
+"""What people label from, after a CSV export's queue columns when the campaign's items have them: the item's text
+and its features as ``name=value`` (in the imported file's units). An image is in JSON lines and Label Studio
+exports (a PNG data URL) and on the labeling page, not in a CSV cell."""
 
 
 class ImportFileError(ValueError):
@@ -80,9 +85,9 @@ def queue_rows(entries: list[QueuedItem], classes: list[str]) -> list[dict]:
 
 
 def rows_csv(rows: list[dict], columns: tuple[str, ...]) -> str:
-    """Rows as CSV with a header of ``columns``; columns a row lacks are left blank."""
+    """Rows as CSV with a header of ``columns``; columns a row lacks are left blank, keys not in them left out."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
@@ -91,29 +96,36 @@ def rows_csv(rows: list[dict], columns: tuple[str, ...]) -> str:
 def export_queue(entries: list[QueuedItem], classes: list[str], features: FeatureStore, fmt: str) -> str:
     """The entries as text in ``fmt``, one of ``EXPORT_FORMATS`` (``features`` shows items to Label Studio)."""
     rows = queue_rows(entries, classes)
-    if fmt == "csv":
-        return rows_csv(rows, EXPORT_COLUMNS)
-    if fmt == "jsonl":
-        return "".join(json.dumps(row) + "\n" for row in rows)
     if fmt == "label-studio":
         return json.dumps([_label_studio_task(row, features) for row in rows], indent=1) + "\n"
+    rows = [row | _item_content(features, row["item_id"]) for row in rows]
+    if fmt == "csv":
+        columns = (*EXPORT_COLUMNS, *(column for column in CONTENT_COLUMNS if any(column in row for row in rows)))
+        return rows_csv(rows, columns)
+    if fmt == "jsonl":
+        return "".join(json.dumps(row) + "\n" for row in rows)
     raise ValueError(f"unknown export format {fmt!r}; expected one of {list(EXPORT_FORMATS)}")
+
+
+def _item_content(features: FeatureStore, item_id: str) -> dict[str, str]:
+    """The item as people read it: ``image`` (a PNG data URL), or ``text`` and / or ``features`` (``name=value``)."""
+    index = int(features.row_of(item_id))
+    if features.meta["is_image"]:
+        return {"image": "data:image/png;base64," + base64.b64encode(image_png(features.features[index])).decode()}
+    content = {}
+    if (text := item_text(features, index)) is not None:
+        content["text"] = text
+    if table := feature_table(features, index):
+        content["features"] = ", ".join(f"{name}={value}" for name, value in table)
+    return content
 
 
 def _label_studio_task(row: dict, features: FeatureStore) -> dict:
     """A task: the item in ``data`` (``$image``, or ``$text`` and / or ``$features`` for the labeling config) with its
     acquisition score and that score's epistemic / aleatoric parts, and the model's choice with its probability."""
-    index = int(features.row_of(row["item_id"]))
     data = {"item_id": row["item_id"], "round": row["round"], "rank": row["rank"]}
     data |= {key: row[key] for key in ("score", "epistemic", "aleatoric") if row[key] is not None}
-    if features.meta["is_image"]:
-        data["image"] = "data:image/png;base64," + base64.b64encode(image_png(features.features[index])).decode()
-    else:
-        if (text := item_text(features, index)) is not None:
-            data["text"] = text
-        if table := feature_table(features, index):
-            data["features"] = ", ".join(f"{name}={value}" for name, value in table)
-    task = {"data": data}
+    task = {"data": data | _item_content(features, row["item_id"])}
     if row["predicted"] is not None:
         choice = {"from_name": "label", "to_name": "item", "type": "choices", "value": {"choices": [row["predicted"]]}}
         # Label Studio sorts and filters tasks by a prediction's score as the model's confidence: the predicted

@@ -6,6 +6,7 @@ import json
 import shutil
 
 from data.store import LabelStore
+from flows.queue_io import EXPORT_COLUMNS
 
 CAMPAIGN = "digits8"
 
@@ -27,6 +28,7 @@ def test_csv_export_fill_in_import(queued_workspace, beliefloop, tmp_path):
     exported = tmp_path / "queue.csv"
     beliefloop("queue", "export", "--format", "csv", "--out", str(exported), *common)
     rows = list(csv.DictReader(exported.open()))
+    assert list(rows[0]) == list(EXPORT_COLUMNS)  # an image is not put in a cell (it is in JSON lines)
     assert [r["item_id"] for r in rows] == [q.item_id for q in pending]  # rank order, untrusted id included
     assert [r["predicted"] for r in rows] == [str(q.predicted) for q in pending]  # digits' classes are "0".."9"
     assert [float(r["score"]) for r in rows] == [q.score for q in pending]
@@ -112,6 +114,7 @@ def test_jsonl_export_names_classes(queued_workspace, beliefloop):
     lines = [json.loads(line) for line in out.splitlines()]
     assert [line["item_id"] for line in lines] == [q.item_id for q in _pending(queued_workspace)]
     assert {line["status"] for line in lines} == {"pending"} and all(line["acquisition"] == "bald" for line in lines)
+    assert all(line["image"].startswith("data:image/png;base64,") for line in lines)  # the item people label
 
 
 def test_queue_list_for_scripts_keeps_whole_ids(queued_workspace, beliefloop, script_id):

@@ -1,6 +1,8 @@
 """A campaign on a CSV of free text: a real round through the CLI, the text on the page (escaped), in the Label
 Studio export and the gallery, and rows ingested later featurised exactly as the same text was at first."""
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -15,7 +17,7 @@ from data.store import LabelStore
 from flows.annotate import create_app
 from flows.campaign_setup import feature_store_dir
 from flows.ingest import ingest
-from flows.queue_io import export_queue
+from flows.queue_io import export_queue, read_answers
 from flows.rounds import queued_items_gallery
 from flows.settings import load_settings
 
@@ -93,6 +95,32 @@ def test_a_round_queues_text_items_shown_as_escaped_text(text_campaign):
     by_rank = sorted(pending, key=lambda q: q.rank)
     assert gallery.texts == [frame.body[int(q.item_id[1:])][:60] for q in by_rank]  # short texts: all of it
     assert gallery.vectors[0] == [("stars", str(frame.stars[int(by_rank[0].item_id[1:])]))]
+
+
+def test_a_csv_export_carries_the_text_and_comes_back_filled_in(text_campaign, tmp_path):
+    """A CSV for a spreadsheet: each item's text (quoted as CSV needs: quotes, ``&``, ``<``) and its other columns as
+    ``name=value``; filled in and read back, each answer is matched to its item by id."""
+    settings, frame = text_campaign
+    store = LabelStore.for_workspace(settings.workspace)
+    pending, classes = store.queued("reviews", status="pending"), store.classes("reviews")
+    features = open_feature_store(feature_store_dir(settings, store.dataset_of("reviews")))
+    rows = list(csv.DictReader(io.StringIO(export_queue(pending, classes, features, "csv"))))
+    assert [row["item_id"] for row in rows] == [q.item_id for q in pending]
+    assert [(row["text"], row["features"]) for row in rows] == [
+        (frame.body[int(q.item_id[1:])], f"stars={frame.stars[int(q.item_id[1:])]}") for q in pending
+    ]
+    assert SCRIPT_TEXT in [row["text"] for row in rows]
+
+    truth = {row["item_id"]: ("sport", "food")[int(row["item_id"][1:]) % 2] for row in rows}  # _reviews' topics
+    filled = tmp_path / "filled.csv"
+    with filled.open("w", newline="") as file:
+        writer = csv.DictWriter(file, rows[0].keys())
+        writer.writeheader()
+        writer.writerows({**row, "label": truth[row["item_id"]]} for row in reversed(rows))
+    answers = read_answers(filled, classes, None, "me")
+    assert [(a.item_id, a.label, a.problem) for a in answers] == [
+        (row["item_id"], classes.index(truth[row["item_id"]]), None) for row in reversed(rows)
+    ]
 
 
 def test_rows_ingested_later_are_featurised_as_the_same_text_was_at_first(text_campaign, tmp_path):
