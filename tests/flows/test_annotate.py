@@ -49,6 +49,8 @@ def test_page_shows_the_first_pending_item_with_prediction_score_image_and_progr
     assert f'class="probability">{first.probability:.3f}<' in page.text
     assert f'class="epistemic">{first.epistemic:.4f}<' in page.text
     assert f'class="aleatoric">{first.aleatoric:.4f}<' in page.text
+    # the score is the acquisition's; the predictive entropy is what the two parts add up to (shown as such)
+    assert f'class="entropy">{first.epistemic + first.aleatoric:.4f}</span> nats' in page.text
     predicted = re.search(r'class="predicted">([^<]+)<', page.text).group(1)
     assert predicted == LabelStore.for_workspace(queued_workspace).classes(CAMPAIGN)[first.predicted]
     assert page.text.count("data-label=") == 10 and 'data-action="skip"' in page.text
