@@ -211,7 +211,11 @@ def backprop(
     outputs = [seen[id(m)][0][1] for m in layers]
     grads = [out.new_zeros(columns.shape[2], *s.shape) for s in outputs]
     for k in range(columns.shape[2]):
-        column = torch.autograd.grad(out, outputs, grad_outputs=columns[:, :, k], retain_graph=True, allow_unused=True)
+        # vᵀ∂f/∂s as the gradient of the scalar Σ f ⊙ v (the same numbers): torch checks a ``grad_outputs`` tensor's
+        # shape with torch.fx's symbolic shapes, whose first use imports sympy (0.5 s in every process that fits)
+        with torch.enable_grad():  # a caller's no_grad would leave the product without a graph
+            projected = (out * columns[:, :, k]).sum()
+        column = torch.autograd.grad(projected, outputs, retain_graph=True, allow_unused=True)
         for g, gk in zip(grads, column, strict=True):
             if gk is not None:
                 g[k] = gk.detach()

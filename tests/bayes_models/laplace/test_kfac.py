@@ -180,3 +180,24 @@ def test_spectrum_of_rank_deficient_factors_is_finite_float32():
     assert q_a.dtype == torch.float32
     assert torch.isfinite(q_g).all() and torch.isfinite(q_a).all() and torch.isfinite(d).all()
     assert (d >= 1.0 - 1e-5).all()  # eigenvalues of GGN (≥ 0) plus the prior δ = 1
+
+
+def test_kfac_fit_does_not_import_sympy():
+    """A KFAC fit in a fresh interpreter leaves ``sympy`` unimported (0.5 s a process): a ``grad_outputs`` tensor given
+    to ``torch.autograd.grad`` would import it, through torch.fx's symbolic shapes, as the check below shows."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from bayes_models.architectures import mlp\n"
+        "from bayes_models.laplace import Laplace\n"
+        "x = torch.randn(40, 5); y = x[:, :2].argmax(1); net = mlp(5, 2, hidden=8)\n"
+        "Laplace(net, 'classification', subset='all', structure='kfac').fit(x, y)\n"
+        "print('sympy' in sys.modules)\n"
+        "out = net(x)\n"
+        "torch.autograd.grad(out, next(net.parameters()), grad_outputs=torch.ones_like(out))\n"
+        "print('sympy' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "True"]
