@@ -260,7 +260,8 @@ def _temporary_server():
 
 def _warm_up(settings, *, campaign: bool = True, simulate: bool = False) -> None:
     """What a first flow run needs besides Prefect, done while Prefect's server starts: the round's imports, the
-    model's features and, for a ``campaign``, the label store and the MLflow store (both created on first use).
+    model's features and, for a ``campaign``, the label store and the MLflow store (both created on first use) and
+    the round's plots (matplotlib's import and first draw).
 
     The dataset is imported first (for a ``simulate`` campaign: checked to have every training label): a file
     that cannot be used fails the command before it creates a workspace.
@@ -269,6 +270,7 @@ def _warm_up(settings, *, campaign: bool = True, simulate: bool = False) -> None
         import torch._dynamo  # noqa: F401
 
     from flows.campaign_setup import model_feature_store, open_label_store
+    from flows.plots import warm_up as warm_up_plots
     from flows.rounds import labeling_round  # noqa: F401  (torch, MLflow, the models)
     from flows.tracking import tracking_client
 
@@ -276,6 +278,7 @@ def _warm_up(settings, *, campaign: bool = True, simulate: bool = False) -> None
     if campaign:
         open_label_store(settings).close()  # creates the label store
         tracking_client(settings.tracking_uri)
+        warm_up_plots()  # last: the server's start usually outlasts the rest by more than this takes
 
 
 def _settings(params: Path | None, overrides: dict[str, Any]):

@@ -112,3 +112,7 @@ def test_a_kept_figure_draws_a_rounds_plot_as_a_new_figure_would(tmp_path):
         assert fresh[..., :3].std() > 0.05  # drawn, not blank
         assert not np.array_equal(_pixels(tmp_path / "early.png"), kept)
         np.testing.assert_array_equal(kept, fresh, err_msg=draw.__name__)
+        plots._figures.clear()
+        plots.warm_up()  # the CLI's, while Prefect's server starts: figures built and drawn before any data
+        warmed = _pixels(draw(*late[draw], tmp_path / "warmed.png"))
+        np.testing.assert_array_equal(warmed, fresh, err_msg=f"{draw.__name__} after warm_up")
