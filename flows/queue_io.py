@@ -94,17 +94,16 @@ def rows_csv(rows: list[dict], columns: tuple[str, ...]) -> str:
 
 
 def export_queue(entries: list[QueuedItem], classes: list[str], features: FeatureStore, fmt: str) -> str:
-    """The entries as text in ``fmt``, one of ``EXPORT_FORMATS`` (``features`` shows items to Label Studio)."""
+    """The entries as text in ``fmt``, one of ``EXPORT_FORMATS``, each with its item as ``features`` shows it."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; expected one of {list(EXPORT_FORMATS)}")
     rows = queue_rows(entries, classes)
     if fmt == "label-studio":
         return json.dumps([_label_studio_task(row, features) for row in rows], indent=1) + "\n"
     rows = [row | _item_content(features, row["item_id"]) for row in rows]
-    if fmt == "csv":
-        columns = (*EXPORT_COLUMNS, *(column for column in CONTENT_COLUMNS if any(column in row for row in rows)))
-        return rows_csv(rows, columns)
     if fmt == "jsonl":
         return "".join(json.dumps(row) + "\n" for row in rows)
-    raise ValueError(f"unknown export format {fmt!r}; expected one of {list(EXPORT_FORMATS)}")
+    return rows_csv(rows, (*EXPORT_COLUMNS, *(c for c in CONTENT_COLUMNS if any(c in row for row in rows))))
 
 
 def _item_content(features: FeatureStore, item_id: str) -> dict[str, str]:
