@@ -136,6 +136,17 @@ def postgres_database(postgres_server):
 
 
 @pytest.fixture()
+def fresh_python():
+    """``run(code)``: the standard output of ``code`` run in a new Python interpreter (which must exit 0): what a
+    process imports, seen from a clean ``sys.modules``."""
+
+    def run(code: str) -> str:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+
+    return run
+
+
+@pytest.fixture()
 def database_file_after_exit(tmp_path):
     """``run(code, database)``: run ``code`` in a new Python process that ends with ``gc.freeze()`` (as the CLI
     does, so its database connections are never closed), then return a copy of the SQLite file ``database`` alone,

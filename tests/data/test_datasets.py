@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +67,7 @@ def test_bundled_sets_are_split_stratified_and_standardised_with_train_stats(nam
         assert (d.y_test == c).sum() == int(np.floor(n_c * 0.25 + 0.5))
 
 
-def test_a_bundled_set_is_read_from_the_user_cache_without_importing_scikit_learn(tmp_path, monkeypatch):
+def test_a_bundled_set_is_read_from_the_user_cache_without_importing_scikit_learn(tmp_path, monkeypatch, fresh_python):
     """The first import of a bundled set keeps scikit-learn's arrays in the user's cache; a new process then reads
     them without importing scikit-learn (1.3 s here), and gets what scikit-learn gives. A damaged copy is made
     again."""
@@ -81,10 +78,10 @@ def test_a_bundled_set_is_read_from_the_user_cache_without_importing_scikit_lear
         "import sys\nfrom data import load_dataset\nd = load_dataset('wine')\n"
         "print('sklearn' in sys.modules, list(d.feature_names), d.classes, float(d.x_train.sum()))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ)
+    out = fresh_python(code)
     bunch = skd.load_wine()
     expected = [str(n) for n in bunch.feature_names], tuple(str(c) for c in bunch.target_names)
-    imported, loaded = out.stdout.strip().split(" ", 1)
+    imported, loaded = out.strip().split(" ", 1)
     assert imported == "False"  # scikit-learn not imported
     assert loaded == f"{expected[0]} {expected[1]} {float(first.x_train.sum())}"
     cached.write_bytes(b"damaged")

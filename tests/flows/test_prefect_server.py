@@ -96,11 +96,10 @@ def test_the_temporary_server_serves_the_retrying_app(prefect_server):
     assert httpx.get(f"{prefect_server}/health", timeout=10).status_code == 200
 
 
-def test_starting_a_temporary_server_does_not_import_prefects_server_application():
+def test_starting_a_temporary_server_does_not_import_prefects_server_application(fresh_python):
     """The client process imports no ``prefect.server`` (2.7 s here): only the server's subprocess serves it."""
     code = "import sys, flows.prefect_server; print(sorted(m for m in sys.modules if m.startswith('prefect.server')))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout == "[]\n"
+    assert fresh_python(code) == "[]\n"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])

@@ -101,12 +101,9 @@ def test_evidence_conditioning_default_is_the_packages():
     assert SelectionSettings().condition_on == CONDITIONED
 
 
-def test_reading_settings_does_not_import_torch():
-    import subprocess
-    import sys
-
+def test_reading_settings_does_not_import_torch(fresh_python):
     code = "import sys, flows.settings; flows.settings.load_settings(None, {}); print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+    assert fresh_python(code) == "False\n"
 
 
 def test_stated_priors_reach_each_candidate_and_nonsense_is_refused_by_key(tmp_path):

@@ -182,12 +182,9 @@ def test_spectrum_of_rank_deficient_factors_is_finite_float32():
     assert (d >= 1.0 - 1e-5).all()  # eigenvalues of GGN (≥ 0) plus the prior δ = 1
 
 
-def test_kfac_fit_does_not_import_sympy():
+def test_kfac_fit_does_not_import_sympy(fresh_python):
     """A KFAC fit in a fresh interpreter leaves ``sympy`` unimported (0.5 s a process): a ``grad_outputs`` tensor given
     to ``torch.autograd.grad`` would import it, through torch.fx's symbolic shapes, as the check below shows."""
-    import subprocess
-    import sys
-
     code = (
         "import sys, torch\n"
         "from bayes_models.architectures import mlp\n"
@@ -199,5 +196,4 @@ def test_kfac_fit_does_not_import_sympy():
         "torch.autograd.grad(out, next(net.parameters()), grad_outputs=torch.ones_like(out))\n"
         "print('sympy' in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.split() == ["False", "True"]
+    assert fresh_python(code).split() == ["False", "True"]
