@@ -1,11 +1,12 @@
-"""Dataset import: bundled scikit-learn sets, ``.npz`` arrays, CSV and Parquet tables.
+"""Dataset import: bundled scikit-learn sets, ``.npz`` arrays, CSV and Parquet tables, folders of images.
 
 Every source becomes one :class:`Dataset` of model-ready arrays:
 
 - vectors ``[N, D]`` are standardised with the *train* statistics, ``x' = (x - mean_train) / std_train``
   (``std = 0`` is replaced by 1, so constant features become 0), kept as :attr:`Dataset.standardization` so
   that data arriving later is loaded with the same transform (``load_dataset(..., standardization=...)``);
-- images ``[N, C, H, W]`` are divided by 255 when stored as ``uint8``, else kept as given (as float32);
+- images ``[N, C, H, W]`` are divided by 255 when stored as ``uint8``, else kept as given (as float32); a folder
+  of image files (:mod:`data.image_folder`) takes its labels from class folders and its ids from file paths;
 - labels are ``int64`` indices into ``classes``, ``-1`` meaning unknown (the unlabeled pool, train only);
 - ids are unique strings across train and test and derived from the source row, so an item keeps its id
   whatever the split;
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 BUNDLED = ("digits", "breast_cancer", "wine", "iris")
 FILE_SUFFIXES = (".npz", ".csv", ".parquet", ".pq")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test", "ids_train", "ids_test", "classes", "feature_names")
-_SUPPORTED = f"bundled names {', '.join(BUNDLED)} or files ending in {', '.join(FILE_SUFFIXES)}"
+_SUPPORTED = f"bundled names {', '.join(BUNDLED)}, files ending in {', '.join(FILE_SUFFIXES)} or a folder of images"
 
 
 class DatasetError(ValueError):
@@ -158,14 +159,17 @@ def load_dataset(
     standardization: tuple[np.ndarray, np.ndarray] | None = None,
     allow_empty_test: bool = False,
     classes: Sequence[str] | None = None,
+    image_size: tuple[int, int] | None = None,
+    image_channels: int | None = None,
 ) -> Dataset:
-    """Import a bundled set, an ``.npz`` file or a CSV / Parquet table.
+    """Import a bundled set, an ``.npz`` file, a CSV / Parquet table or a folder of images.
 
     Parameters
     ----------
     source : str or Path
-        ``digits``, ``breast_cancer``, ``wine``, ``iris`` (scikit-learn's bundled copies, no download), or a
-        path ending in ``.npz``, ``.csv``, ``.parquet`` or ``.pq``.
+        ``digits``, ``breast_cancer``, ``wine``, ``iris`` (scikit-learn's bundled copies, no download), a
+        path ending in ``.npz``, ``.csv``, ``.parquet`` or ``.pq``, or a folder of images laid out as
+        :mod:`data.image_folder` says (class folders; optional ``train/`` and ``test/``).
     label_column, id_column : str, optional
         Tables only: the label column (required) and the id column (default ``row-<i>``).
     text_column, text_dim : str, int
@@ -185,7 +189,11 @@ def load_dataset(
     classes : sequence of str, optional
         Every class, in order, declared up front so that a class no labelled row has yet exists. A table's labels
         are matched to them by name (a numeric label ``2`` is the name ``"2"``); an ``.npz`` without ``classes``
-        takes them; an ``.npz`` with ``classes`` and a bundled set must list the same.
+        takes them; an ``.npz`` with ``classes`` and a bundled set must list the same; a folder's class folders
+        must be among them.
+    image_size, image_channels : optional
+        Folders of images only: resize every image to ``(height, width)``, and make every image grey (1) or RGB
+        (3) — by default images must share one size, and are RGB when any has colour.
 
     Returns
     -------
@@ -219,6 +227,11 @@ def load_dataset(
         _no_columns(source, label_column, id_column, text_column)
         return _same_classes(_load_bundled(source, test_fraction, split_seed, **scaling), declared)
     path = Path(source).expanduser()
+    if path.is_dir():
+        _no_columns(str(path), label_column, id_column, text_column)
+        return _load_image_folder(path, declared, test_fraction, split_seed, image_size, image_channels, **scaling)
+    if image_size is not None or image_channels is not None:
+        raise DatasetError(f"{source}: image_size / image_channels apply to folders of images only")
     suffix = path.suffix.lower()
     if suffix not in FILE_SUFFIXES:
         what = f"unsupported file extension {suffix!r}" if suffix else "unknown dataset name"
@@ -353,6 +366,49 @@ def _load_npz(
     scaling["allow_empty_test"] = allow_empty_test
     return _assemble(
         path.stem, where, x_train, y_train, x_test, y_test, ids_train, ids_test, classes, feature_names=names, **scaling
+    )
+
+
+def _load_image_folder(
+    path: Path,
+    declared: tuple[str, ...] | None,
+    frac: float,
+    seed: int,
+    size: tuple[int, int] | None,
+    channels: int | None,
+    **scaling,
+) -> Dataset:
+    """A folder of images (:mod:`data.image_folder`): its class folders are the classes, unless ``declared``
+    lists them all (and maybe more); without train/ and test/ parts, labelled images are split as a table's rows."""
+    from data.image_folder import read_image_folder  # here: Pillow only for folders
+
+    folder = read_image_folder(path, size=size, channels=channels)
+    classes = folder.classes
+    if declared is not None:
+        unknown = [name for name in classes if name not in declared]
+        if unknown:
+            raise DatasetError(
+                f"{folder.where}: class folder {unknown[0]!r} is not among the declared classes {list(declared)}"
+            )
+        classes = declared
+    index = {name: i for i, name in enumerate(classes)}
+    y = np.array([index.get(label, -1) for label in folder.labels.tolist()], dtype=np.int64)  # "": unknown
+    if folder.is_test is None:
+        train, test = _stratified_split(y, frac, seed)
+    else:
+        train, test = np.flatnonzero(~folder.is_test), np.flatnonzero(folder.is_test)
+    x, ids = folder.pixels, folder.ids
+    return _assemble(
+        path.resolve().name,
+        folder.where,
+        x[train],
+        y[train],
+        x[test],
+        y[test],
+        ids[train],
+        ids[test],
+        classes,
+        **scaling,
     )
 
 

@@ -53,6 +53,7 @@ def ensure_feature_store(settings: Settings, *, simulate: bool = False) -> Featu
             test_fraction=settings.dataset.test_fraction,
             allow_empty_test=settings.dataset.test_fraction == 0,
             classes=settings.dataset.classes,
+            image_size=settings.dataset.image_size,
         )
         if simulate:
             _check_simulatable(settings, dataset.y_train)

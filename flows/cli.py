@@ -96,7 +96,9 @@ WorkspaceOpt = Annotated[
 ]
 DatasetOpt = Annotated[
     str | None,
-    typer.Option("--dataset", help="digits | breast_cancer | wine | iris, or a .npz/.csv/.parquet path."),
+    typer.Option(
+        "--dataset", help="digits | breast_cancer | wine | iris, a .npz/.csv/.parquet path, or a folder of images."
+    ),
 ]
 LabelColumnOpt = Annotated[
     str | None, typer.Option("--label-column", help="CSV/Parquet: the column holding labels (blank = unknown).")
@@ -119,6 +121,14 @@ TestFractionOpt = Annotated[
     typer.Option(
         "--test-fraction",
         help="Share of labelled rows held out for testing when the file has no `split` column; 0: none.",
+    ),
+]
+ImageSizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--image-size",
+        help="Folders of images: resize every image to N × N (64) or HEIGHTxWIDTH (48x64) pixels; "
+        "by default all must share one size.",
     ),
 ]
 AcquisitionOpt = Annotated[
@@ -150,6 +160,7 @@ def _dataset_overrides(
     classes: str | None,
     test_fraction: float | None,
     text_column: str | None,
+    image_size: str | None,
 ) -> dict[str, Any]:
     """The ``dataset`` settings that the flags give (``None``: not given)."""
     return {
@@ -159,6 +170,7 @@ def _dataset_overrides(
         "text_column": text_column,
         "classes": None if classes is None else [c.strip() for c in classes.split(",")],
         "test_fraction": test_fraction,
+        "image_size": image_size,
     }
 
 
@@ -328,6 +340,7 @@ def simulate(
     text_column: TextColumnOpt = None,
     classes: ClassesOpt = None,
     test_fraction: TestFractionOpt = None,
+    image_size: ImageSizeOpt = None,
     rounds: Annotated[int | None, typer.Option(help="Number of rounds (default: 10).")] = None,
     k: Annotated[int | None, typer.Option("--k", help="Items queued per round (default: 10).")] = None,
     initial: Annotated[int | None, typer.Option(help="Class-balanced initial labeled set size (default: 20).")] = None,
@@ -350,7 +363,9 @@ def simulate(
     """Run a simulated campaign: an oracle answers the queue from held-back labels."""
     overrides = {
         "workspace": workspace,
-        "dataset": _dataset_overrides(dataset, label_column, id_column, classes, test_fraction, text_column),
+        "dataset": _dataset_overrides(
+            dataset, label_column, id_column, classes, test_fraction, text_column, image_size
+        ),
         "campaign": {"name": campaign, "rounds": rounds, "k": k, "initial": initial, "seed": seed},
         "acquisition": {
             "name": acquisition,
@@ -475,6 +490,7 @@ def run_round(
     text_column: TextColumnOpt = None,
     classes: ClassesOpt = None,
     test_fraction: TestFractionOpt = None,
+    image_size: ImageSizeOpt = None,
     k: Annotated[
         int | None, typer.Option("--k", help="Pending items the round tops the queue up to (default: 10).")
     ] = None,
@@ -492,7 +508,9 @@ def run_round(
     """Run one live round: ingest answers, train once enough labels exist, top the queue up to k pending items."""
     overrides = {
         "workspace": workspace,
-        "dataset": _dataset_overrides(dataset, label_column, id_column, classes, test_fraction, text_column),
+        "dataset": _dataset_overrides(
+            dataset, label_column, id_column, classes, test_fraction, text_column, image_size
+        ),
         "campaign": {"k": k, "name": campaign},
         "acquisition": {
             "name": acquisition,
@@ -536,6 +554,7 @@ def serve(
     text_column: TextColumnOpt = None,
     classes: ClassesOpt = None,
     test_fraction: TestFractionOpt = None,
+    image_size: ImageSizeOpt = None,
     interval: Annotated[float | None, typer.Option(help="Run a round every this many seconds.")] = None,
     cron: Annotated[str | None, typer.Option(help='Run rounds on a cron schedule, e.g. "0 9 * * 1-5".')] = None,
     force: Annotated[bool, typer.Option(help="Run every scheduled round, even without new answers.")] = False,
@@ -550,7 +569,9 @@ def serve(
         raise CommandError("give one schedule: --interval SECONDS or --cron EXPRESSION")
     overrides = {
         "workspace": workspace,
-        "dataset": _dataset_overrides(dataset, label_column, id_column, classes, test_fraction, text_column),
+        "dataset": _dataset_overrides(
+            dataset, label_column, id_column, classes, test_fraction, text_column, image_size
+        ),
         "campaign": {"k": k, "name": campaign},
         "acquisition": {"name": acquisition},
     }
@@ -692,12 +713,15 @@ def annotate(
 
 @app.command("ingest")
 def ingest_file(
-    path: Annotated[Path, typer.Argument(help="A .npz, .csv or .parquet file of new items, labeled or not.")],
+    path: Annotated[
+        Path, typer.Argument(help="A .npz, .csv or .parquet file, or a folder of images, of new items, labeled or not.")
+    ],
     allow_new_classes: Annotated[
         bool, typer.Option("--allow-new-classes", help="Add label names the campaign does not know as new classes.")
     ] = False,
     id_prefix: Annotated[
-        str | None, typer.Option("--id-prefix", help="Put before the file's item ids (default: '<file stem>/').")
+        str | None,
+        typer.Option("--id-prefix", help="Put before the item ids (default: '<file stem>/' or '<folder>/')."),
     ] = None,
     label_column: Annotated[
         str | None, typer.Option("--label-column", help="Tables: the label column (default: dataset.label_column).")
@@ -901,6 +925,7 @@ def select(
     text_column: TextColumnOpt = None,
     classes: ClassesOpt = None,
     test_fraction: TestFractionOpt = None,
+    image_size: ImageSizeOpt = None,
     candidate: Annotated[
         list[str] | None,
         typer.Option("--candidate", help="name:key=value,... (repeat); keys of `model`, e.g. h64:hidden=64,depth=1."),
@@ -918,7 +943,9 @@ def select(
         params,
         {
             "workspace": workspace,
-            "dataset": _dataset_overrides(dataset, label_column, id_column, classes, test_fraction, text_column),
+            "dataset": _dataset_overrides(
+                dataset, label_column, id_column, classes, test_fraction, text_column, image_size
+            ),
             "selection": selection,
         },
     )
@@ -970,11 +997,14 @@ def prepare(
     text_column: TextColumnOpt = None,
     classes: ClassesOpt = None,
     test_fraction: TestFractionOpt = None,
+    image_size: ImageSizeOpt = None,
     workspace: WorkspaceOpt = None,
     params: ParamsOpt = None,
 ) -> None:
     """Import a dataset into the workspace's feature store, and fit its pool representation (DVC's `prepare` stage)."""
-    dataset_flags = _dataset_overrides(dataset, label_column, id_column, classes, test_fraction, text_column)
+    dataset_flags = _dataset_overrides(
+        dataset, label_column, id_column, classes, test_fraction, text_column, image_size
+    )
     settings = _dataset_settings(params, {"workspace": workspace, "dataset": dataset_flags})
     from flows.campaign_setup import model_feature_store
 

@@ -80,23 +80,24 @@ def ingest(
     id_column: str | None = None,
     text_column: str | None = None,
 ) -> IngestReport:
-    """Add the items of ``path`` (``.npz``, CSV or Parquet, labeled or not) to ``campaign``.
+    """Add the items of ``path`` (``.npz``, CSV, Parquet or a folder of images, labeled or not) to ``campaign``.
 
     Parameters
     ----------
     settings : Settings
         Workspace and label store; ``dataset.label_column`` / ``id_column`` are the defaults for a table.
     path : str or Path
-        The file, in the format of :func:`data.load_dataset`. Rows of a ``split`` column's ``test`` (an
-        ``.npz``'s ``x_test``) become test items; everything else, and a table without a ``split`` column,
-        goes to the pool. Test rows must be labeled.
+        The file or folder, in the format of :func:`data.load_dataset`. Rows of a ``split`` column's ``test`` (an
+        ``.npz``'s ``x_test``, a folder's ``test/``) become test items; everything else, and a table without a
+        ``split`` column, goes to the pool. Test rows must be labeled. A folder's images are resized to the
+        campaign's images' size and made grey or RGB as they are.
     campaign : str
         A campaign created by ``prepare_campaign`` (``beliefloop round`` / ``simulate``).
     allow_new_classes : bool
         Extend the campaign's classes with class names it does not know instead of refusing the file.
     id_prefix : str, optional
-        Put before the file's item ids; default ``"<file stem>/"``. ``""`` addresses the campaign's own items
-        (e.g. labels for pool items arriving from elsewhere).
+        Put before the file's item ids; default ``"<file stem>/"`` (a folder's name). ``""`` addresses the
+        campaign's own items (e.g. labels for pool items arriving from elsewhere).
     label_column, id_column : str, optional
         Tables only; default the settings' ``dataset.label_column`` / ``dataset.id_column``.
     text_column : str, optional
@@ -150,6 +151,7 @@ def _ingest(
 
     table = path.suffix.lower() in _TABLE_SUFFIXES
     text = features.text_features
+    images = path.is_dir() and features.meta["is_image"]  # a folder's images take the campaign's size and channels
     data = load_dataset(
         path,
         label_column=label_column if label_column is not None or not table else settings.dataset.label_column,
@@ -159,6 +161,8 @@ def _ingest(
         test_fraction=0.0,
         allow_empty_test=True,
         standardization=_standardization(settings, dataset_name, features),
+        image_size=tuple(features.feature_shape[1:]) if images else None,
+        image_channels=features.feature_shape[0] if images else None,
     )
     if text is not None and (
         data.text.to_json() | {"column": text.column} != features.meta["text"]
@@ -174,7 +178,7 @@ def _ingest(
             f"has {features.feature_shape}"
         )
     n_train = len(data.x_train)
-    prefix = f"{path.stem}/" if id_prefix is None else id_prefix
+    prefix = f"{path.name if path.is_dir() else path.stem}/" if id_prefix is None else id_prefix
     ids = np.char.add(prefix, np.concatenate([data.ids_train, data.ids_test]).astype(str))
     x = np.concatenate([data.x_train, data.x_test])
     y_file = np.concatenate([data.y_train, data.y_test])

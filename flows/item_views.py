@@ -16,12 +16,17 @@ SNIPPET_LENGTH = 60
 
 
 def image_png(image_C_H_W: np.ndarray, min_side: int = IMAGE_MIN_SIDE) -> bytes:
-    """An image as PNG: grey for one channel, RGB(A) for three (four), min–max scaled, enlarged by an integer."""
+    """An image as PNG: grey for one channel, RGB(A) for three (four), enlarged by an integer.
+
+    Pixels in [0, 1] — what every import makes of 8- and 16-bit images — are shown as they are, so a photo keeps
+    its colours and a dim scan stays dim; other ranges (an ``.npz`` of floats) are min–max scaled to [0, 1].
+    """
     import matplotlib.image
 
     image = np.asarray(image_C_H_W, dtype=np.float64)
     low, high = image.min(), image.max()
-    image = (image - low) / (high - low) if high > low else np.zeros_like(image)
+    if low < 0 or high > 1:
+        image = (image - low) / (high - low) if high > low else np.zeros_like(image)
     scale = max(1, -(-min_side // max(image.shape[1:])))
     image = image.repeat(scale, axis=1).repeat(scale, axis=2)
     buffer = io.BytesIO()

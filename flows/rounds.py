@@ -611,7 +611,8 @@ def _few_test_items(n_test: int, min_test: int) -> str:
     what = "no test items: no test metrics" if n_test == 0 else f"test metrics stand on {n_test} test items"
     return (
         f"{what} (campaign.min_test={min_test}); add labelled test rows: `beliefloop ingest FILE` with a `split` "
-        "column saying test (a new campaign takes its dataset's `split` column)"
+        "column saying test, or a folder of images with test/<class>/ folders (a new campaign takes its dataset's "
+        "`split` column or test/ folder)"
     )
 
 

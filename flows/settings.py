@@ -49,7 +49,8 @@ class _Section(BaseModel):
 
 class DatasetSettings(_Section):
     name: str = "digits"
-    """A bundled scikit-learn set (digits, breast_cancer, wine, iris) or a path to .npz / .csv / .parquet."""
+    """A bundled scikit-learn set (digits, breast_cancer, wine, iris), a path to .npz / .csv / .parquet, or a folder
+    of images (class folders hold labelled images, the folder itself unlabelled ones; optional train/ and test/)."""
     label_column: str | None = None
     """CSV/Parquet: the column holding labels (blank = unknown)."""
     id_column: str | None = None
@@ -68,6 +69,26 @@ class DatasetSettings(_Section):
     """Share of each class's labelled rows held out as the test set when the file gives no ``split`` column (a
     ``split`` column of ``train`` / ``test`` decides instead); 0 holds out none: rounds then report no test
     metrics until test rows arrive (``beliefloop ingest``)."""
+    image_size: tuple[int, int] | None = None
+    """Folders of images: resize every image to ``[height, width]`` (or ``N`` for N × N, ``"48x64"``) when they
+    are imported; ``null``: they must all have one size. Images ingested later take the campaign's size."""
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _image_size(cls, size: Any) -> Any:
+        """``64`` and ``"64"`` are 64 × 64, ``"48x64"`` 48 high and 64 wide; each side at least 8 pixels."""
+        if isinstance(size, str):
+            parts = size.lower().replace("×", "x").split("x")
+            try:
+                size = [int(part) for part in parts]
+            except ValueError:
+                raise ValueError(f"image_size must be N or HEIGHTxWIDTH (e.g. 64 or 48x64), got {size!r}") from None
+        if isinstance(size, int) or (isinstance(size, list) and len(size) == 1):
+            size = [size, size] if isinstance(size, int) else size * 2
+        whole = isinstance(size, list | tuple) and all(isinstance(side, int) for side in size)
+        if whole and (len(size) != 2 or min(size) < 8):
+            raise ValueError(f"image_size must be two sides of at least 8 pixels (height, width), got {size!r}")
+        return size
 
     @field_validator("classes")
     @classmethod

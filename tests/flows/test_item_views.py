@@ -35,3 +35,13 @@ def test_images_are_enlarged_by_whole_pixels_and_keep_their_colours():
     assert png.shape[:2] == (50, 100)  # scale 25: 4 pixels → 100
     assert png[:25, :25, :3].tolist() == [[[1.0, 0.0, 0.0]] * 25] * 25
     assert png[25:, 25:, :3].max() == 0.0
+
+
+def test_pixels_in_unit_range_are_shown_as_they_are_and_others_scaled():
+    pale = np.full((3, 2, 2), 0.6, dtype=np.float32)
+    pale[2] = 0.2  # a pale yellow: imports put 8-bit pixels in [0, 1]; stretching would saturate it
+    shown = matplotlib.image.imread(io.BytesIO(image_png(pale, min_side=2)))
+    np.testing.assert_allclose(shown[..., :3], np.broadcast_to([0.6, 0.6, 0.2], (2, 2, 3)), atol=1 / 255)
+    signed = np.array([[[-1.0, 0.0], [0.5, 1.0]]], dtype=np.float32)  # another range: min–max scaled
+    shown = matplotlib.image.imread(io.BytesIO(image_png(signed, min_side=2)))
+    np.testing.assert_allclose(shown[..., 0], [[0.0, 0.5], [0.75, 1.0]], atol=1 / 255)

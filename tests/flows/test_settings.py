@@ -164,3 +164,22 @@ def test_pool_subsample_is_auto_all_or_a_number_of_items(tmp_path, monkeypatch):
     for bad in ("0", "some"):
         with pytest.raises(SettingsError, match=r"acquisition\.pool_subsample.*'auto' or 'all'"):
             load_settings(None, {"acquisition": {"pool_subsample": bad}})
+
+
+@pytest.mark.parametrize(
+    ("given", "size"),
+    [(64, (64, 64)), ("64", (64, 64)), ("48x64", (48, 64)), ("48×64", (48, 64)), ([32, 16], (32, 16))],
+)
+def test_an_image_size_is_a_side_or_height_by_width(given, size):
+    assert load_settings(None, {"dataset": {"image_size": given}}).dataset.image_size == size
+
+
+@pytest.mark.parametrize("given", ["7", "big", "8x8x3", [64, 4]])
+def test_an_image_size_that_is_no_size_is_refused(given):
+    with pytest.raises(SettingsError, match=r"dataset\.image_size"):
+        load_settings(None, {"dataset": {"image_size": given}})
+
+
+def test_the_image_size_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("BELIEFLOOP_DATASET__IMAGE_SIZE", "28")
+    assert load_settings(None).dataset.image_size == (28, 28)
