@@ -275,13 +275,15 @@ def _warm_up(settings, *, campaign: bool = True, simulate: bool = False) -> None
     model's features and, for a ``campaign``, the label store and the MLflow store (both created on first use) and
     the round's plots (matplotlib's import and first draw).
 
-    The dataset is imported first (for a ``simulate`` campaign: checked to have every training label): a file
-    that cannot be used fails the command before it creates a workspace.
+    The dataset is imported first, before the heavy imports (for a ``simulate`` campaign: checked to have every
+    training label): a file that cannot be used fails the command quickly, before it creates a workspace.
     """
+    from flows.campaign_setup import ensure_feature_store, model_feature_store, open_label_store
+
+    ensure_feature_store(settings, simulate=simulate)  # first: a file that cannot be used fails in a second or two
     if settings.families & {"laplace", "vi"}:  # may build torch.optim optimisers, which import torch._dynamo (1.5 s)
         import torch._dynamo  # noqa: F401
 
-    from flows.campaign_setup import model_feature_store, open_label_store
     from flows.plots import warm_up as warm_up_plots
     from flows.rounds import labeling_round  # noqa: F401  (torch, MLflow, the models)
     from flows.tracking import tracking_client

@@ -157,6 +157,8 @@ class TemporaryServer:
     def __init__(self) -> None:
         self.port: int | None = None
         self.process: subprocess.Popen[Any] | None = None
+        self.answered = False
+        """Whether the running server process has answered ``/health``."""
         atexit.register(self.stop)
 
     @property
@@ -174,11 +176,12 @@ class TemporaryServer:
         deadline = time.monotonic() + timeout
         for _ in range(3):
             self.port = _free_port()
-            self.process = self._run_uvicorn_command()
+            self.process, self.answered = self._run_uvicorn_command(), False
             with httpx.Client(timeout=5) as client:
                 while time.monotonic() < deadline and self.process.poll() is None:
                     with contextlib.suppress(httpx.TransportError):
                         if client.get(f"{self.api_url}/health").status_code == 200:
+                            self.answered = True
                             return
                     time.sleep(0.1)
             if self.process.poll() is None:  # still starting: out of time
@@ -189,8 +192,17 @@ class TemporaryServer:
         raise RuntimeError(f"Prefect's temporary server {what} within {timeout} s")
 
     def stop(self) -> None:
-        """Stop the server process (SIGTERM, uvicorn's graceful shutdown; SIGKILL after 5 s)."""
+        """Stop the server process (SIGTERM, uvicorn's graceful shutdown; SIGKILL after 5 s).
+
+        A server that has not answered yet (a command that failed on its input while the server started) is sent
+        SIGTERM and not waited for: it finishes starting before it shuts down, 4 s here, which the command's exit
+        waited out after its one-line error. It has served nothing, and stops on its own.
+        """
         if self.process is None:
+            return
+        if not self.answered:
+            self.process.terminate()
+            self.process = None
             return
         self.process.terminate()
         try:

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from flows.prefect_server import RetryLockedRequests
+from flows.prefect_server import PARENT_VARIABLE, RetryLockedRequests, TemporaryServer
 
 ACQUIRE = "/api/v2/concurrency_limits/increment-with-lease"
 CREATE_FLOW_RUN = "/api/flow_runs/"
@@ -128,6 +128,42 @@ def test_the_temporary_server_stops_when_a_killed_campaign_leaves_it(tmp_path, s
         for server in servers:
             if server.is_running():
                 server.kill()
+
+
+def test_a_server_still_starting_is_not_waited_for_and_stops_by_itself(tmp_path, monkeypatch):
+    """A command that fails on its input while its temporary server starts: ``stop`` (at exit) sends SIGTERM and
+    returns without reaping the process (waiting for its start to finish cost such a command 4 s after its error),
+    and the process ends by itself."""
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    server = TemporaryServer()
+    server.port = 0  # not started by start(): no /health answered
+    server.process = process = server._run_uvicorn_command()
+    server.stop()
+    assert server.process is None and process.returncode is None  # sent SIGTERM, not waited for
+    assert process.wait(timeout=60) is not None  # it stopped by itself
+
+
+def test_a_command_failing_on_its_dataset_leaves_no_server_behind(tmp_path):
+    """``beliefloop round`` on a file it refuses, with a temporary server starting beside it: the one-line error,
+    exit 2, and no server process of that command is left a minute later."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("f,label\nnot a number,a\n")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL")
+    command = [sys.executable, "-m", "flows", "round", "--dataset", str(bad), "--label-column", "label"]
+    run = subprocess.Popen([*command, "--workspace", str(tmp_path / "w")], env=env, stderr=subprocess.PIPE, text=True)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 2 and "feature column 'f' is not numeric" in stderr
+    left = [p for p in psutil.process_iter() if _serves_create_app(p) and _served_pid(p) == run.pid]
+    _, alive = psutil.wait_procs(left, timeout=60)
+    assert not alive, "the temporary server outlived the command"
+
+
+def _served_pid(process: psutil.Process) -> int | None:
+    try:
+        return int(process.environ().get(PARENT_VARIABLE, -1))
+    except psutil.Error:
+        return None
 
 
 def _serves_create_app(process: psutil.Process) -> bool:
