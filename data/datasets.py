@@ -35,6 +35,8 @@ from data.text import TEXT_DIM, TextFeatures
 if TYPE_CHECKING:
     import pandas as pd
 
+    from data.table_encoding import TableEncoding
+
 BUNDLED = ("digits", "breast_cancer", "wine", "iris")
 FILE_SUFFIXES = (".npz", ".csv", ".parquet", ".pq")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test", "ids_train", "ids_test", "classes", "feature_names")
@@ -71,6 +73,9 @@ class Dataset:
         Unicode ``[N]``: each item's text (a table's ``text_column``), None without one.
     text : TextFeatures, or None
         How the text became the last ``text.dim`` features; set exactly when the texts are.
+    encoding : TableEncoding, or None
+        A table's: how its feature columns became the features before any text ones (categories one-hot,
+        missing numbers imputed and flagged, :mod:`data.table_encoding`); None for other sources.
     """
 
     name: str
@@ -87,6 +92,7 @@ class Dataset:
     texts_train: np.ndarray | None = None
     texts_test: np.ndarray | None = None
     text: TextFeatures | None = None
+    encoding: TableEncoding | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
@@ -161,6 +167,7 @@ def load_dataset(
     classes: Sequence[str] | None = None,
     image_size: tuple[int, int] | None = None,
     image_channels: int | None = None,
+    encoding: TableEncoding | None = None,
 ) -> Dataset:
     """Import a bundled set, an ``.npz`` file, a CSV / Parquet table or a folder of images.
 
@@ -194,6 +201,9 @@ def load_dataset(
     image_size, image_channels : optional
         Folders of images only: resize every image to ``(height, width)``, and make every image grey (1) or RGB
         (3) — by default images must share one size, and are RGB when any has colour.
+    encoding : TableEncoding, optional
+        Tables only: encode the columns as an earlier import did (its :attr:`Dataset.encoding`) instead of
+        fitting an encoding to this file, so rows arriving later get the same features.
 
     Returns
     -------
@@ -205,9 +215,10 @@ def load_dataset(
     ``ids_train`` / ``ids_test`` (default ``train-<i>`` / ``test-<i>``), ``classes`` and, for vectors,
     ``feature_names`` (one per feature); any other key is an error. Features ``[N, D]`` are vectors;
     ``[N, H, W]``, ``[N, H, W, C]`` and ``[N, C, H, W]`` (C in 1, 3, 4; channels-first wins when ambiguous)
-    are images. Tables: the columns other than label, id and ``split`` are numeric features, named by their
-    column; a ``split`` column (``train`` / ``test``) fixes the split, and rows with an empty label always go
-    to train as unknown. Numeric labels ``-1`` / NaN and string labels ``""`` are unknown; without
+    are images. Tables: the columns other than label, id, text and ``split`` are features, named by their
+    column (a category column one-hot, a number column with missing cells imputed and flagged:
+    :mod:`data.table_encoding`); a ``split`` column (``train`` / ``test``) fixes the split, and rows with an
+    empty label always go to train as unknown. Numeric labels ``-1`` / NaN and string labels ``""`` are unknown; without
     ``classes`` the classes are the sorted distinct known labels (numeric order for
     numbers), with ``classes`` integer labels index it and string labels are looked up by name.
 
@@ -232,6 +243,8 @@ def load_dataset(
         return _load_image_folder(path, declared, test_fraction, split_seed, image_size, image_channels, **scaling)
     if image_size is not None or image_channels is not None:
         raise DatasetError(f"{source}: image_size / image_channels apply to folders of images only")
+    if encoding is not None and Path(source).suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise DatasetError(f"{source}: a table encoding applies to CSV and Parquet tables only")
     suffix = path.suffix.lower()
     if suffix not in FILE_SUFFIXES:
         what = f"unsupported file extension {suffix!r}" if suffix else "unknown dataset name"
@@ -243,7 +256,7 @@ def load_dataset(
     if suffix == ".npz":
         _no_columns(str(path), label_column, id_column, text_column)
         return _load_npz(path, declared, **scaling)
-    return _load_table(path, label_column, id_column, test_fraction, split_seed, declared, text, **scaling)
+    return _load_table(path, label_column, id_column, test_fraction, split_seed, declared, text, encoding, **scaling)
 
 
 def _same_classes(dataset: Dataset, declared: tuple[str, ...] | None) -> Dataset:
@@ -420,6 +433,7 @@ def _load_table(
     seed: int,
     declared: tuple[str, ...] | None = None,
     text: TextFeatures | None = None,
+    encoding: TableEncoding | None = None,
     **scaling,
 ) -> Dataset:
     import pandas as pd  # here, not at the top: the label-store commands import this module and need no pandas
@@ -463,19 +477,11 @@ def _load_table(
     features = [c for c in columns if c not in features_excluded]
     if not features and text is None:
         raise DatasetError(f"{where}: no feature columns besides label/id/split; columns are {columns}")
-    for column in features:
-        values = frame[column]
-        if not (pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values)):
-            bad = values[pd.to_numeric(values, errors="coerce").isna() & values.notna()]
-            example = bad.iloc[0] if len(bad) else values.iloc[0]
-            example = example.item() if isinstance(example, np.generic) else example
-            raise DatasetError(f"{where}: feature column {column!r} is not numeric ({values.dtype}), e.g. {example!r}")
-    x = frame[features].to_numpy(dtype=np.float64, na_value=np.nan).reshape(len(frame), len(features))
-    bad = np.argwhere(~np.isfinite(x))
-    if bad.size:
-        row, col = bad[0]
-        raise DatasetError(f"{where}: NaN/inf in row {row} (id {ids[row].item()!r}), column {features[col]!r}")
-    names = [str(c) for c in features]
+    from data.table_encoding import TableEncoding
+
+    encoding = encoding or TableEncoding.fit(frame, features, ids, where)
+    x = encoding.transform(frame[features], ids, where)  # NaN: a missing number, imputed once the split is known
+    names = encoding.feature_names
     if text is not None:
         x = np.concatenate([x, text.transform(texts)], axis=1)
         names += text.feature_names()
@@ -506,7 +512,15 @@ def _load_table(
         train, test = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
     else:
         train, test = _stratified_split(y, frac, seed)
-    optional = {"feature_names": names}
+    gaps = np.isnan(x)
+    if gaps.any():  # the train rows' mean (the recorded one for rows added later): 0 once standardised
+        if scaling["standardization"] is not None:
+            fill = np.asarray(scaling["standardization"][0], dtype=np.float64)
+        else:
+            counts = (~gaps[train]).sum(axis=0)
+            fill = np.divide(np.nansum(x[train], axis=0), counts, out=np.zeros(x.shape[1]), where=counts > 0)
+        x = np.where(gaps, fill, x)
+    optional = {"feature_names": names, "encoding": encoding}
     if texts is not None:
         optional.update(texts_train=texts[train], texts_test=texts[test], text=text)
     return _assemble(

@@ -11,7 +11,9 @@ Layout of a store folder (the campaign keeps it at ``workspace/datasets/<name>/`
                    import's train mean and std, which every appended row must have gone through; null for
                    images) where present; feature_names (vectors: one name per feature) where known — a
                    store written before names were kept opens with ``x0 .. x{D-1}``; text (a table's text
-                   column: how it became the last features, :class:`data.text.TextFeatures`) where set
+                   column: how it became the last features, :class:`data.text.TextFeatures`) where set;
+                   encoding (a table's: how its columns became the features, :class:`data.table_encoding.TableEncoding`)
+                   where set
     texts.npy      with ``text`` only: uint8, the items' texts as UTF-8, one after the other
     text_offsets.npy  with ``text`` only: int64 [n + 1], item ``i``'s text is bytes ``offsets[i]:offsets[i+1]``
                    (compact whatever the lengths, memory-mapped, appended to like the other arrays)
@@ -42,6 +44,7 @@ import numpy as np
 
 from data.datasets import Dataset, DatasetError, default_feature_names
 from data.faults import kill_point
+from data.table_encoding import TableEncoding
 from data.text import TextFeatures
 
 try:
@@ -51,7 +54,7 @@ except ImportError:  # pragma: no cover - Windows: appends are then not serialis
 
 FORMAT_VERSION = 1
 META_KEYS = ("name", "source", "classes", "n_train", "n_test", "feature_shape", "is_image", "dtype")
-HASHED_IF_SET = ("feature_names", "text")
+HASHED_IF_SET = ("feature_names", "text", "encoding")
 """Metadata added after the first stores: hashed when set, so that the hashes of older stores stay valid."""
 _DTYPES = ("float32", "float16")
 
@@ -153,6 +156,13 @@ class FeatureStore:
         return None if text is None else TextFeatures.from_json(text)
 
     @property
+    def table_encoding(self) -> TableEncoding | None:
+        """How a table's columns became the features (before any text ones); None for other sources and for
+        stores written before it was recorded (their columns were all numbers)."""
+        encoding = self.meta.get("encoding")
+        return None if encoding is None else TableEncoding.from_json(encoding)
+
+    @property
     def feature_shape(self) -> tuple[int, ...]:
         return tuple(self.meta["feature_shape"])
 
@@ -215,7 +225,21 @@ class FeatureStore:
                 "texts_test": self.texts.decode(range(n, end)),
                 "text": self.text_features,
             }
-        return Dataset(name, source, x[:n], y[:n], x[n:], y[n:], ids[:n], ids[n:], self.classes, stats, names, **texts)
+        return Dataset(
+            name,
+            source,
+            x[:n],
+            y[:n],
+            x[n:],
+            y[n:],
+            ids[:n],
+            ids[n:],
+            self.classes,
+            stats,
+            names,
+            **texts,
+            encoding=self.table_encoding,
+        )
 
     def verify(self) -> None:
         """Re-hash the arrays (reads everything) and raise :class:`FeatureStoreError` if they changed."""
@@ -283,6 +307,7 @@ def write_feature_store(
         "standardization": _stats_json(dataset.standardization),
         "feature_names": None if dataset.feature_names is None else list(dataset.feature_names),
         "text": None if dataset.text is None else dataset.text.to_json(),
+        "encoding": None if dataset.encoding is None else dataset.encoding.to_json(),
     }
     texts = None if dataset.text is None else Texts.encode(np.concatenate([dataset.texts_train, dataset.texts_test]))
     meta["content_hash"] = _content_hash(meta, features, targets, ids, texts)

@@ -161,6 +161,7 @@ def _ingest(
         test_fraction=0.0,
         allow_empty_test=True,
         standardization=_standardization(settings, dataset_name, features),
+        encoding=features.table_encoding if table else None,
         image_size=tuple(features.feature_shape[1:]) if images else None,
         image_channels=features.feature_shape[0] if images else None,
     )

@@ -39,7 +39,8 @@ def image_png(image_C_H_W: np.ndarray, min_side: int = IMAGE_MIN_SIDE) -> bytes:
 
 def feature_table(features: FeatureStore, row: int) -> list[tuple[str, str]]:
     """A vector's features as ``(name, value)`` in the units of the imported file (standardisation undone),
-    named as in the file (``x0``, ``x1``, … when it named none). The features a text column became are left out:
+    named as in the file (``x0``, ``x1``, … when it named none); a table's category column as its value, a missing
+    cell as ``missing``. The features a text column became are left out:
     people read the text itself (:func:`item_text`)."""
     x = np.asarray(features.features[row], dtype=np.float64)
     if (stats := features.standardization) is not None:
@@ -47,6 +48,8 @@ def feature_table(features: FeatureStore, row: int) -> list[tuple[str, str]]:
         x = x * std + mean
         x[np.abs(x) <= 1e-6 * (np.abs(mean) + std)] = 0.0  # float32 rounding of a stored 0, not "-2.5e-09"
     shown = len(x) - (text.dim if (text := features.text_features) is not None else 0)
+    if (encoding := features.table_encoding) is not None:  # categories by name, missing cells as missing
+        return encoding.readable(x[:shown])
     return [(name, f"{value:.4g}") for name, value in zip(features.feature_names[:shown], x[:shown], strict=True)]
 
 

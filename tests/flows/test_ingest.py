@@ -292,3 +292,45 @@ def test_an_ingest_killed_while_its_feature_store_is_swapped_is_rerun_safely(tmp
     assert len(store.current_labels("live")) == n_labels + 4
     assert {"batch/b8", "batch/b9"} <= set(store.item_rows("live", "test"))
     assert not [p.name for p in directory.parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def test_a_table_with_categories_and_gaps_ingests_rows_encoded_as_the_campaign_was(tmp_path):
+    """A campaign on a table with a category column and missing numbers: ingested rows get the same features (the
+    same one-hot columns, gaps imputed with the first import's mean and flagged), and a value it never had is
+    refused with its row, leaving the campaign as it was."""
+    rng = np.random.default_rng(0)
+    n = 60
+    frame = _iris_table(np.arange(n), IRIS.target_names[IRIS.target[:n]].astype(object), ["train"] * n, None)
+    frame["id"] = [f"s{i}" for i in range(n)]
+    frame["site"] = rng.choice(["north", "south"], n)
+    frame.loc[[3, 7], "f1"] = np.nan
+    frame.loc[(frame.index % 4 == 0) & (frame.index < 50), "label"] = None
+    frame.loc[50:, "split"] = "test"
+    original = tmp_path / "sites.csv"
+    frame.to_csv(original, index=False)
+    settings = load_settings(
+        None,
+        {
+            "workspace": tmp_path / "w",
+            "dataset": {"name": str(original), "label_column": "label", "id_column": "id"},
+            "campaign": {"name": "sites"},
+        },
+    )
+    store = LabelStore(settings.store_url)
+    prepare_campaign(settings, store, simulate=False)
+    features = open_feature_store(feature_store_dir(settings))
+    assert features.feature_names == ("f0", "f1", "f1 missing", "f2", "f3", "site=north", "site=south")
+
+    batch = frame.iloc[[3, 5]].copy()  # a row with a gap and one without, under new ids
+    batch["id"] = ["n3", "n5"]
+    batch.drop(columns="split").to_csv(tmp_path / "more.csv", index=False)
+    ingest(settings, tmp_path / "more.csv", campaign="sites")
+    features = open_feature_store(feature_store_dir(settings))
+    copies, originals = features.row_of(["more/n3", "more/n5"]), features.row_of(["s3", "s5"])
+    np.testing.assert_allclose(features.features[copies], features.features[originals], rtol=0, atol=1e-6)
+
+    batch["id"], batch["site"] = ["m0", "m1"], ["north", "east"]
+    batch.drop(columns="split").to_csv(tmp_path / "odd.csv", index=False)
+    with pytest.raises(DatasetError, match=r"row 1 \(id 'm1'\), column 'site': 'east' is not one of the values"):
+        ingest(settings, tmp_path / "odd.csv", campaign="sites")
+    assert open_feature_store(feature_store_dir(settings)).n_appended == 2
