@@ -23,10 +23,10 @@ was expected versus found. Files are never unpickled (``allow_pickle=False``).
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -168,6 +168,7 @@ def load_dataset(
     image_size: tuple[int, int] | None = None,
     image_channels: int | None = None,
     encoding: TableEncoding | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Dataset:
     """Import a bundled set, an ``.npz`` file, a CSV / Parquet table or a folder of images.
 
@@ -204,6 +205,8 @@ def load_dataset(
     encoding : TableEncoding, optional
         Tables only: encode the columns as an earlier import did (its :attr:`Dataset.encoding`) instead of
         fitting an encoding to this file, so rows arriving later get the same features.
+    progress : callable, optional
+        Folders of images only: told ``(done, total)`` as the images are decoded.
 
     Returns
     -------
@@ -240,7 +243,8 @@ def load_dataset(
     path = Path(source).expanduser()
     if path.is_dir():
         _no_columns(str(path), label_column, id_column, text_column)
-        return _load_image_folder(path, declared, test_fraction, split_seed, image_size, image_channels, **scaling)
+        folder = {"size": image_size, "channels": image_channels, "progress": progress}
+        return _load_image_folder(path, declared, test_fraction, split_seed, folder, **scaling)
     if image_size is not None or image_channels is not None:
         raise DatasetError(f"{source}: image_size / image_channels apply to folders of images only")
     if encoding is not None and Path(source).suffix.lower() not in (".csv", ".parquet", ".pq"):
@@ -387,15 +391,15 @@ def _load_image_folder(
     declared: tuple[str, ...] | None,
     frac: float,
     seed: int,
-    size: tuple[int, int] | None,
-    channels: int | None,
+    options: dict[str, Any],
     **scaling,
 ) -> Dataset:
-    """A folder of images (:mod:`data.image_folder`): its class folders are the classes, unless ``declared``
-    lists them all (and maybe more); without train/ and test/ parts, labelled images are split as a table's rows."""
+    """A folder of images (:mod:`data.image_folder`, read with ``options``): its class folders are the classes,
+    unless ``declared`` lists them all (and maybe more); without train/ and test/ parts, labelled images are split
+    as a table's rows."""
     from data.image_folder import read_image_folder  # here: Pillow only for folders
 
-    folder = read_image_folder(path, size=size, channels=channels)
+    folder = read_image_folder(path, **options)
     classes = folder.classes
     if declared is not None:
         unknown = [name for name in classes if name not in declared]

@@ -24,6 +24,7 @@ must have the same size, unless ``size`` resizes each (Pillow, bilinear with ant
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +70,11 @@ class ImageFolder:
 
 
 def read_image_folder(
-    root: str | Path, *, size: tuple[int, int] | None = None, channels: int | None = None
+    root: str | Path,
+    *,
+    size: tuple[int, int] | None = None,
+    channels: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ImageFolder:
     """Read every image of ``root`` (see the module's layout) into one array.
 
@@ -82,6 +87,8 @@ def read_image_folder(
     channels : 1 or 3, optional
         Make every image grey (1) or RGB (3), e.g. to match the images a campaign already has; by default
         RGB when any image has colour, else grey.
+    progress : callable, optional
+        Told ``(done, total)`` as the images are decoded (a folder of photos takes minutes).
 
     Raises
     ------
@@ -116,7 +123,7 @@ def read_image_folder(
     ids = np.array([path.relative_to(root).as_posix() for path, _, _ in files], dtype=str)
     return ImageFolder(
         where=where,
-        pixels=_decode_all([path for path, _, _ in files], ids, where, size, channels),
+        pixels=_decode_all([path for path, _, _ in files], ids, where, size, channels, progress),
         ids=ids,
         labels=np.array([label for _, label, _ in files], dtype=str),
         is_test=np.array([test for _, _, test in files], dtype=bool) if parts else None,
@@ -182,11 +189,18 @@ def _class_order(classes: set[str]) -> tuple[str, ...]:
 
 
 def _decode_all(
-    paths: list[Path], ids: np.ndarray, where: str, size: tuple[int, int] | None, channels: int | None
+    paths: list[Path],
+    ids: np.ndarray,
+    where: str,
+    size: tuple[int, int] | None,
+    channels: int | None,
+    progress: Callable[[int, int], None] | None,
 ) -> np.ndarray:
     """``[N, C, H, W]`` pixels of ``paths``: headers first (sizes, modes, orientation), then each image decoded."""
     from PIL import Image
 
+    if progress is not None:
+        progress(0, len(paths))
     headers = []
     for path, item in zip(paths, ids.tolist(), strict=True):
         try:
@@ -222,6 +236,8 @@ def _decode_all(
             pixels[row] = _decode(path, size, channels, deep)
         except Exception as error:  # a header that read but pixels that do not (truncated files, ...)
             raise DatasetError(f"{where}: cannot read image {item!r}: {error}") from error
+        if progress is not None and (row % 256 == 255 or row == len(paths) - 1):
+            progress(row + 1, len(paths))
     return pixels
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +33,16 @@ def feature_store_dir(settings: Settings, dataset: str | None = None) -> Path:
     return settings.datasets_dir / Path(dataset or settings.dataset.name).stem
 
 
-def ensure_feature_store(settings: Settings, *, simulate: bool = False) -> FeatureStore:
+def ensure_feature_store(
+    settings: Settings, *, simulate: bool = False, progress: Callable[[int, int], None] | None = None
+) -> FeatureStore:
     """Import the dataset into ``workspace/datasets/<name>/`` once; later calls open the stored copy.
 
     The file is read and checked before anything is written (for a ``simulate`` campaign: every training row
     labelled), so a dataset that cannot be used leaves no workspace behind. Declared classes
     (``dataset.classes``) that extend the stored ones are added to the store; stored classes that extend the
     declared ones (admitted later: ``beliefloop label --new-class``) are kept; any other difference is refused.
+    ``progress(done, total)`` is told the images decoded while a folder of images is imported.
     """
     directory = feature_store_dir(settings)
     recover_store(directory)  # a store whose rewrite was killed is rolled back, not imported afresh
@@ -54,6 +57,7 @@ def ensure_feature_store(settings: Settings, *, simulate: bool = False) -> Featu
             allow_empty_test=settings.dataset.test_fraction == 0,
             classes=settings.dataset.classes,
             image_size=settings.dataset.image_size,
+            progress=progress,
         )
         if simulate:
             _check_simulatable(settings, dataset.y_train)

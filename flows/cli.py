@@ -278,9 +278,9 @@ def _warm_up(settings, *, campaign: bool = True, simulate: bool = False) -> None
     The dataset is imported first, before the heavy imports (for a ``simulate`` campaign: checked to have every
     training label): a file that cannot be used fails the command quickly, before it creates a workspace.
     """
-    from flows.campaign_setup import ensure_feature_store, model_feature_store, open_label_store
+    from flows.campaign_setup import model_feature_store, open_label_store
 
-    ensure_feature_store(settings, simulate=simulate)  # first: a file that cannot be used fails in a second or two
+    _import_dataset(settings, simulate=simulate)  # first: a file that cannot be used fails in a second or two
     if settings.families & {"laplace", "vi"}:  # may build torch.optim optimisers, which import torch._dynamo (1.5 s)
         import torch._dynamo  # noqa: F401
 
@@ -293,6 +293,23 @@ def _warm_up(settings, *, campaign: bool = True, simulate: bool = False) -> None
         open_label_store(settings).close()  # creates the label store
         tracking_client(settings.tracking_uri)
         warm_up_plots()  # last: the server's start usually outlasts the rest by more than this takes
+
+
+def _import_dataset(settings, *, simulate: bool = False) -> None:
+    """The dataset in the workspace's feature store (``ensure_feature_store``), with a progress bar on a terminal (a
+    log line elsewhere) while a folder of images is read: thousands of photos take minutes."""
+    from flows.campaign_setup import ensure_feature_store, feature_store_dir
+
+    folder = Path(settings.dataset.name).expanduser()
+    if not folder.is_dir() or (feature_store_dir(settings) / "meta.json").exists():
+        ensure_feature_store(settings, simulate=simulate)
+        return
+    from flows.console import console
+    from flows.progress import RoundProgress
+
+    bars = RoundProgress(console, logging.getLogger(__name__))
+    with bars.shown(), bars.step(f"read {folder.resolve().name}/", 0, "images") as step:
+        ensure_feature_store(settings, simulate=simulate, progress=step.part())
 
 
 def _settings(params: Path | None, overrides: dict[str, Any]):
@@ -1010,6 +1027,7 @@ def prepare(
     settings = _dataset_settings(params, {"workspace": workspace, "dataset": dataset_flags})
     from flows.campaign_setup import model_feature_store
 
+    _import_dataset(settings)
     store = model_feature_store(settings)
     typer.echo(f"{store.directory}: {store.n_train} train + {store.n_test} test items, {len(store.classes)} classes")
 

@@ -171,3 +171,12 @@ def test_a_folder_without_class_folders_is_all_pool(tmp_path):
     _save(root / "b.png", _grey(1))
     dataset = load_dataset(root, test_fraction=0.0, allow_empty_test=True)
     assert dataset.y_train.tolist() == [-1, -1] and len(dataset.x_test) == 0 and dataset.classes == ()
+
+
+def test_progress_is_told_the_images_decoded(tmp_path):
+    root = tmp_path / "many"
+    for i in range(300):
+        _save(root / "a" / f"{i:03d}.png", _grey(i, (2, 2)))
+    calls = []
+    read_image_folder(root, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(0, 300), (256, 300), (300, 300)]
