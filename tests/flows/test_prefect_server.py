@@ -147,13 +147,13 @@ def test_a_command_failing_on_its_dataset_leaves_no_server_behind(tmp_path):
     """``beliefloop round`` on a file it refuses, with a temporary server starting beside it: the one-line error,
     exit 2, and no server process of that command is left a minute later."""
     bad = tmp_path / "bad.csv"
-    bad.write_text("f,label\nnot a number,a\n")
+    bad.write_text("f,label\n1.5,a\n?,b\n2.5,a\n")
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
     env.pop("PREFECT_API_URL")
     command = [sys.executable, "-m", "flows", "round", "--dataset", str(bad), "--label-column", "label"]
     run = subprocess.Popen([*command, "--workspace", str(tmp_path / "w")], env=env, stderr=subprocess.PIPE, text=True)
     _, stderr = run.communicate(timeout=120)
-    assert run.returncode == 2 and "feature column 'f' is not numeric" in stderr
+    assert run.returncode == 2 and "feature column 'f' holds numbers, but row 1" in stderr
     left = [p for p in psutil.process_iter() if _serves_create_app(p) and _served_pid(p) == run.pid]
     _, alive = psutil.wait_procs(left, timeout=60)
     assert not alive, "the temporary server outlived the command"
