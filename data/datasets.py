@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from data.errors import DatasetError
 from data.text import TEXT_DIM, TextFeatures
 
 if TYPE_CHECKING:
@@ -41,10 +42,6 @@ BUNDLED = ("digits", "breast_cancer", "wine", "iris")
 FILE_SUFFIXES = (".npz", ".csv", ".parquet", ".pq")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test", "ids_train", "ids_test", "classes", "feature_names")
 _SUPPORTED = f"bundled names {', '.join(BUNDLED)}, files ending in {', '.join(FILE_SUFFIXES)} or a folder of images"
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be used; the message names the source, the place and the problem."""
 
 
 @dataclass(frozen=True, eq=False, repr=False)

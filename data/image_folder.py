@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.datasets import DatasetError
+from data.errors import DatasetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "test")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from data.datasets import DatasetError
+from data.errors import DatasetError
 
 if TYPE_CHECKING:
     import pandas as pd
