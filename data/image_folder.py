@@ -161,12 +161,18 @@ def _scan(part: Path, root: Path, classes: set[str], *, is_test: bool) -> list[t
     return files
 
 
-def _images_below(directory: Path, root: Path) -> list[Path]:
-    """Every image under ``directory`` at any depth, in path order; any other visible file is refused."""
+def _images_below(directory: Path, root: Path, above: frozenset[Path] = frozenset()) -> list[Path]:
+    """Every image under ``directory`` at any depth, in path order; any other visible file is refused, and so is a
+    linked folder that leads back to one of the folders ``above`` it (it would be read forever)."""
+    real = directory.resolve()
+    if real in above:
+        raise DatasetError(
+            f"{root.resolve()}: {directory.relative_to(root).as_posix()!r} links back to a folder above it"
+        )
     images = []
     for entry in _visible(directory):
         if entry.is_dir():
-            images += _images_below(entry, root)
+            images += _images_below(entry, root, above | {real})
         elif entry.suffix.lower() in IMAGE_SUFFIXES:
             images.append(entry)
         else:

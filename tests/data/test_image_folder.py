@@ -180,3 +180,14 @@ def test_progress_is_told_the_images_decoded(tmp_path):
     calls = []
     read_image_folder(root, progress=lambda done, total: calls.append((done, total)))
     assert calls == [(0, 300), (256, 300), (300, 300)]
+
+
+def test_a_linked_folder_that_leads_back_up_is_refused(tmp_path):
+    root = tmp_path / "linked"
+    _save(root / "a" / "x.png", _grey(0))
+    (root / "a" / "again").symlink_to(root / "a", target_is_directory=True)
+    with pytest.raises(DatasetError, match=r"'a/again' links back to a folder above it"):
+        read_image_folder(root)
+    (root / "a" / "again").unlink()
+    (root / "b").symlink_to(root / "a", target_is_directory=True)  # a linked class folder is read as any other
+    assert read_image_folder(root).ids.tolist() == ["a/x.png", "b/x.png"]
