@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from data.table_encoding import TableEncoding
 
 BUNDLED = ("digits", "breast_cancer", "wine", "iris")
-FILE_SUFFIXES = (".npz", ".csv", ".parquet", ".pq")
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+FILE_SUFFIXES = (".npz", *TABLE_SUFFIXES)
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test", "ids_train", "ids_test", "classes", "feature_names")
 _SUPPORTED = f"bundled names {', '.join(BUNDLED)}, files ending in {', '.join(FILE_SUFFIXES)} or a folder of images"
 
@@ -244,7 +245,7 @@ def load_dataset(
         return _load_image_folder(path, declared, test_fraction, split_seed, folder, **scaling)
     if image_size is not None or image_channels is not None:
         raise DatasetError(f"{source}: image_size / image_channels apply to folders of images only")
-    if encoding is not None and Path(source).suffix.lower() not in (".csv", ".parquet", ".pq"):
+    if encoding is not None and path.suffix.lower() not in TABLE_SUFFIXES:
         raise DatasetError(f"{source}: a table encoding applies to CSV and Parquet tables only")
     suffix = path.suffix.lower()
     if suffix not in FILE_SUFFIXES:

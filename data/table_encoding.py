@@ -57,12 +57,11 @@ class TableEncoding:
         a category too)."""
         categories, flagged = {}, []
         for column in columns:
-            numbers, typos = _numbers(frame[column], ids, where)
+            numbers, typos, cells = _numbers(frame[column], ids, where)
             if not typos.size:  # numbers (a cell of spaces is empty)
                 if np.isnan(numbers).any():
                     flagged.append(column)
                 continue
-            cells = _cells(frame[column], ids, where)
             present = cells[cells != ""]
             if len(present) - typos.size >= len(present) / 2:  # numbers with a few typos ("?", "12,5")
                 row = typos[0]
@@ -116,12 +115,12 @@ class TableEncoding:
                 one_hot[rows, [index[cell] for cell in cells[rows].tolist()]] = 1.0
                 parts.append(one_hot)
                 continue
-            number, typos = _numbers(values, ids, where)
+            number, typos, cells = _numbers(values, ids, where)
             if typos.size:
                 row = typos[0]
                 raise DatasetError(
                     f"{where}: feature column {column!r} holds numbers in the campaign, but row {row} "
-                    f"(id {ids[row].item()!r}) holds {_cells(values, ids, where)[row]!r}"
+                    f"(id {ids[row].item()!r}) holds {cells[row]!r}"
                 )
             missing = np.isnan(number)
             if missing.any() and column not in self.flagged:
@@ -172,15 +171,16 @@ class TableEncoding:
         return cls(tuple(data["columns"]), categories, tuple(data["flagged"]))
 
 
-def _numbers(values: pd.Series, ids: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """A column as float64 numbers (NaN where a cell is empty) and the rows whose cells are not numbers."""
+def _numbers(values: pd.Series, ids: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A column as float64 numbers (NaN where a cell is empty), the rows whose cells are not numbers, and the cells
+    as text (:func:`_cells`) when the column is not numbers already (None then: no text was made)."""
     import pandas as pd
 
     if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-        return values.to_numpy(dtype=np.float64, na_value=np.nan), np.zeros(0, dtype=np.int64)
+        return values.to_numpy(dtype=np.float64, na_value=np.nan), np.zeros(0, dtype=np.int64), None
     cells = _cells(values, ids, where)
     numbers = pd.to_numeric(pd.Series(np.where(cells == "", None, cells)), errors="coerce").to_numpy(np.float64)
-    return numbers, np.flatnonzero((cells != "") & np.isnan(numbers))
+    return numbers, np.flatnonzero((cells != "") & np.isnan(numbers)), cells
 
 
 def _cells(values: pd.Series, ids: np.ndarray, where: str) -> np.ndarray:

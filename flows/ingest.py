@@ -25,14 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from data import DatasetError, FeatureStore, load_dataset, open_feature_store
-from data.datasets import FILE_SUFFIXES
+from data.datasets import TABLE_SUFFIXES
 from data.feature_store import append_rows
 from data.store import LabelAnswer, LabelStore, StoreError
 from flows.campaign_setup import admit_classes, feature_store_dir, open_label_store
 from flows.settings import Settings
 
 ANNOTATOR = "ingest"
-_TABLE_SUFFIXES = tuple(s for s in FILE_SUFFIXES if s != ".npz")
 
 
 @dataclass(frozen=True)
@@ -149,7 +148,7 @@ def _ingest(
             f"{list(features.classes)} ({directory})"
         )
 
-    table = path.suffix.lower() in _TABLE_SUFFIXES
+    table = path.suffix.lower() in TABLE_SUFFIXES
     text = features.text_features
     images = path.is_dir() and features.meta["is_image"]  # a folder's images take the campaign's size and channels
     data = load_dataset(

@@ -19,6 +19,21 @@ p6,Dream,,male,Adelie,test
 """
 
 
+def _load_later(path, text, first):
+    """Rows arriving later (``text`` written to ``path``), read as ingest reads them: all to the pool, in the first
+    import's encoding and standardisation."""
+    path.write_text(text)
+    return load_dataset(
+        path,
+        label_column="species",
+        id_column="id",
+        test_fraction=0.0,
+        allow_empty_test=True,
+        standardization=first.standardization,
+        encoding=first.encoding,
+    )
+
+
 @pytest.fixture()
 def penguins(tmp_path):
     path = tmp_path / "penguins.csv"
@@ -67,17 +82,8 @@ def test_people_see_the_files_values_and_rows_added_later_are_encoded_alike(peng
     ]
     assert feature_table(store, rows["p2"]) == [("island", "Biscoe"), ("bill", "46.5"), ("sex", "missing")]
 
-    later = tmp_path / "later.csv"  # another order of columns, a missing bill, only one island
-    later.write_text("sex,bill,island,species,id\nmale,,Biscoe,,q0\nfemale,44.0,Biscoe,Gentoo,q1\n")
-    new = load_dataset(
-        later,
-        label_column="species",
-        id_column="id",
-        test_fraction=0.0,
-        allow_empty_test=True,
-        standardization=d.standardization,
-        encoding=store.table_encoding,
-    )
+    later = "sex,bill,island,species,id\nmale,,Biscoe,,q0\nfemale,44.0,Biscoe,Gentoo,q1\n"  # columns reordered
+    new = _load_later(tmp_path / "later.csv", later, store.to_dataset())  # the encoding as the store keeps it
     assert new.feature_names == d.feature_names
     mean, std = d.standardization
     bill_mean = np.mean([39.1, 46.5, 50.0, 41.0])  # the first import's train mean, recorded with it
@@ -90,16 +96,7 @@ def test_rows_added_later_that_the_encoding_has_no_place_for_are_refused(penguin
     later = tmp_path / "later.csv"
 
     def load(text):
-        later.write_text(text)
-        return load_dataset(
-            later,
-            label_column="species",
-            id_column="id",
-            test_fraction=0.0,
-            allow_empty_test=True,
-            standardization=d.standardization,
-            encoding=d.encoding,
-        )
+        return _load_later(later, text, d)
 
     with pytest.raises(DatasetError, match=r"row 0 \(id 'q0'\), column 'island': 'Mars' is not one of the values"):
         load("id,island,bill,sex,species\nq0,Mars,40,male,\n")
@@ -111,17 +108,8 @@ def test_rows_added_later_that_the_encoding_has_no_place_for_are_refused(penguin
     no_gaps = tmp_path / "no_gaps.csv"  # a campaign whose bills were all measured
     no_gaps.write_text("id,bill,species\na,1,x\nb,2,y\nc,3,x\nd,4,y\n")
     complete = load_dataset(no_gaps, label_column="species", id_column="id")
-    later.write_text("id,bill,species\ne,,\n")
     with pytest.raises(DatasetError, match=r"row 0 \(id 'e'\), column 'bill' is empty; the campaign's column had no"):
-        load_dataset(
-            later,
-            label_column="species",
-            id_column="id",
-            test_fraction=0.0,
-            allow_empty_test=True,
-            standardization=complete.standardization,
-            encoding=complete.encoding,
-        )
+        _load_later(later, "id,bill,species\ne,,\n", complete)
 
 
 def test_ids_and_free_text_are_not_taken_for_categories(tmp_path):
