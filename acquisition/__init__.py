@@ -1,7 +1,8 @@
 """Acquisition: score functions on predictive samples ``probs[S, N, C]`` and top-k selection.
 
 Pure tensor functions (torch and numpy only). See ``scores`` for the score functions and
-their registry, ``topk`` for deterministic (score desc, item id asc) selection.
+their registry, ``topk`` for deterministic (score desc, item id asc) selection, ``stopping`` for when more labels
+stop changing the model's predictions.
 """
 
 from acquisition.batch import (
@@ -29,6 +30,7 @@ from acquisition.scores import (
     random,
     variation_ratios,
 )
+from acquisition.stopping import cohen_kappa, stable_rounds
 from acquisition.streaming import StreamResult, score_pool_streaming
 from acquisition.topk import RunningTopK, top_k
 
@@ -50,6 +52,7 @@ __all__ = [
     "bald",
     "bald_from_log_probs",
     "batchbald",
+    "cohen_kappa",
     "epig",
     "expected_entropy",
     "expected_entropy_from_log_probs",
@@ -65,6 +68,7 @@ __all__ = [
     "predictive_entropy_from_log_probs",
     "random",
     "score_pool_streaming",
+    "stable_rounds",
     "top_k",
     "variation_ratios",
 ]

@@ -409,7 +409,7 @@ def simulate(
         print_header()  # once the dataset is known to be usable
         results = simulate_campaign(settings, progress=True)
     if json_path:
-        _write_json(json_path, results)
+        _write_json(json_path, _same_keys(results))
     if summary_path:
         _write_json(summary_path, campaign_summary(results))
     _print_ui_hint(settings.workspace)
@@ -805,7 +805,7 @@ def status(
         shown = ", ".join(
             f"{key} {value:.0f}" if key.startswith("n_") else f"{key} {value:.3f}"
             for key, value in last.items()
-            if key not in ("round", "selected", "warnings")
+            if key not in ("round", "selected", "warnings", "stopping_note")
         )
         model = f"; model {last['selected']}" if last["selected"] else ""
         lines.append(f"last round {last['round']}: {shown}{model}")
@@ -1142,6 +1142,13 @@ def campaign_summary(results: list[dict[str, float]]) -> dict[str, float]:
         summary["mean_test_accuracy"] = sum(accuracies) / len(accuracies)
     summary["rounds"] = len(results)
     return summary
+
+
+def _same_keys(rows: list[dict]) -> list[dict]:
+    """Every row with every row's keys (``None`` where a round has no such value: round 1 has no stop-set agreement,
+    a round without a model no training time): DVC's plots read a list of rows only when their keys agree."""
+    keys = dict.fromkeys(key for row in rows for key in row)
+    return [{key: row.get(key) for key in keys} for row in rows]
 
 
 def _write_json(path: Path, value: object) -> None:

@@ -39,6 +39,8 @@ def pool_exhausted(metrics: dict) -> bool:
 def print_round(metrics: dict) -> None:
     cells = [fmt.format(metrics[key]) if metrics.get(key) is not None else "-" for _, key, fmt in _COLUMNS]
     console.print(_line(cells, metrics.get("selected") or "-"))
+    if metrics.get("stopping_note"):
+        console.print(f"round {metrics['round']:.0f}: {metrics['stopping_note']}", style="green", soft_wrap=True)
     for warning in metrics.get("warnings") or ():
         errors.print(f"warning: round {metrics['round']:.0f}: {warning}", style="yellow", soft_wrap=True)
     if pool_exhausted(metrics):

@@ -12,6 +12,7 @@ import contextlib
 import csv
 import functools
 import gc
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from acquisition import StreamResult
+from acquisition import StreamResult, cohen_kappa, stable_rounds
 from bayes_models.metrics import accuracy, brier, ece, nll, reliability
 from bayes_models.selection import BayesFactorRow
 from data import DatasetError, FeatureStore, balanced_seed_rows, open_feature_store
@@ -65,7 +66,7 @@ from learner import (
 )
 from learner.query import SCORE_CHUNK
 
-CURVE_METRICS = ("n_labeled", "test_accuracy", "test_nll", "test_ece")
+CURVE_METRICS = ("n_labeled", "test_accuracy", "test_nll", "test_ece", "stop_set_agreement")
 """Round metrics also logged on the campaign's parent run, so its chart shows the learning curve as one line."""
 
 
@@ -228,6 +229,65 @@ def _labels_tensor(labeled: dict[str, int]) -> torch.Tensor:
 
 def _candidates_dir(settings: Settings) -> Path:
     return settings.models_dir / settings.campaign_name / "candidates"
+
+
+def _stop_set_dir(settings: Settings) -> Path:
+    return settings.models_dir / settings.campaign_name / "stop_set"
+
+
+def _save_atomically(path: Path, **arrays: np.ndarray) -> None:
+    """``np.savez`` to a temporary file renamed over ``path``: a crashed round leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial.npz")
+    np.savez(partial, **arrays)
+    os.replace(partial, path)
+
+
+def stop_set_agreement(
+    settings: Settings, features: FeatureStore, model, pool: dict[str, int], round_: int
+) -> tuple[float | None, int]:
+    """Cohen's κ between this round's and the previous model's predicted classes on the campaign's stop set, and
+    the stop set's size (``acquisition.stopping``; κ ``None`` in the first round with a model).
+
+    The stop set is ``stopping.items`` pool items drawn (seeded by the campaign's seed) the first time a round has
+    a model, kept in ``stop_set/items.npz``; each round's predictions are saved as ``round-NNNN.npz`` (a re-run
+    round overwrites its own). The predictive is the one test metrics use, with the same draws every round, so κ
+    moves with the model only."""
+    directory = _stop_set_dir(settings)
+    items_path = directory / "items.npz"
+    if items_path.exists():
+        with np.load(items_path) as saved:
+            ids = saved["ids"]
+    else:
+        ordered = np.array(sorted(pool), dtype=str)
+        n = min(settings.stopping.items, len(ordered))
+        rng = np.random.default_rng([settings.campaign.seed, 0x5709])
+        ids = ordered[np.sort(rng.choice(len(ordered), n, replace=False))]
+        if n:
+            _save_atomically(items_path, ids=ids)
+    if len(ids) == 0:
+        return None, 0
+    x = _rows_tensor(features, features.row_of(ids))
+    predicted = evaluation_predictive(model, x, settings.selection.test_samples, seed=0).argmax(1).numpy()
+    earlier = sorted(p for p in directory.glob("round-*.npz") if int(p.stem.split("-")[1]) < round_)
+    _save_atomically(directory / f"round-{round_:04d}.npz", predicted=predicted.astype(np.int16))
+    if not earlier:
+        return None, len(ids)
+    with np.load(earlier[-1]) as saved:
+        return cohen_kappa(saved["predicted"], predicted), len(ids)
+
+
+def stopping_note(settings: Settings, history: list[dict], kappa: float | None, items: int) -> str | None:
+    """What the round says when its predictions have been stable for ``stopping.rounds`` rounds, else ``None``."""
+    kappas = [h.get("stop_set_agreement") for h in history] + [kappa]
+    stable = stable_rounds(kappas, settings.stopping.agreement)
+    if stable < settings.stopping.rounds:
+        return None
+    return (
+        f"predictions stable: the model's classes for {items} unlabelled pool items agreed with the round before's "
+        f"at Cohen's kappa >= {settings.stopping.agreement:g} for {stable} rounds in a row (now {kappa:.3f}), so more "
+        "labels are unlikely to change the model (stopping.agreement, stopping.rounds)"
+    )
 
 
 @dataclass(frozen=True)
@@ -755,6 +815,15 @@ def _round_steps(
         kill_point("after_training")
 
     pool = store.unlabeled_pool(campaign)
+    history = store.round_metrics(campaign)
+    note = None
+    if model is not None and settings.stopping.items:
+        kappa, items = stop_set_agreement(settings, features, model, pool, round_)
+        if kappa is not None:
+            metrics["stop_set_agreement"] = kappa
+        note = stopping_note(settings, history, kappa, items)
+        if note:
+            logger.info(note)
     pending = sum(q.round < round_ for q in store.queued(campaign, status="pending"))
     metrics["n_pending"] = pending
     k = settings.campaign.k if full_batch else max(settings.campaign.k - pending, 0)
@@ -788,7 +857,6 @@ def _round_steps(
         start = time.perf_counter()
         register_model(tracker, run_id, round_, checkpoint, model, features, settings, selection.test_rows)
         metrics["model_log_seconds"] = time.perf_counter() - start
-    history = store.round_metrics(campaign)
     gallery = queued_items_gallery(settings, features, queued)
     metrics |= log_round(
         tracker, run_id, round_, metrics, queued, query, selection, checkpoint, started_at, parent, history, gallery
@@ -801,6 +869,7 @@ def _round_steps(
         "selected": selection.selected.fitted.name if selection else None,
         "labels_upto": snapshot.upto,
         "warnings": warnings,
+        "stopping_note": note,
     }
     store.finish_round(campaign, round_, summary)
     return summary

@@ -318,6 +318,19 @@ class RepresentationSettings(_Section):
     auto_min_pool: int = Field(1000, ge=1)
 
 
+class StoppingSettings(_Section):
+    """When more labels stop changing the model: its predicted classes on a fixed set of unlabelled pool items,
+    compared round to round by Cohen's κ (``acquisition.stopping``)."""
+
+    items: int = Field(1000, ge=0)
+    """Pool items in the stop set, drawn once per campaign (seeded); 0: no stop set and no signal."""
+    agreement: float = Field(0.99, gt=0, le=1)
+    """κ at or above which a round's predictions count as unchanged from the round before."""
+    rounds: int = Field(3, ge=1)
+    """Rounds in a row at or above ``agreement`` after which the round and ``status`` say the predictions are
+    stable."""
+
+
 class LabelsSettings(_Section):
     policy: Literal["latest", "majority"] = "latest"
     """The training label of an item several annotators answered: ``latest`` (the latest answer by anyone) or
@@ -372,6 +385,7 @@ class Settings(BaseSettings):
     acquisition: AcquisitionSettings = AcquisitionSettings()
     selection: SelectionSettings = SelectionSettings()
     representation: RepresentationSettings = RepresentationSettings()
+    stopping: StoppingSettings = StoppingSettings()
     update: Literal["retrain", "belief"] = "retrain"
     """``belief``: a round starts from the previous round's posterior as its prior and fits only the new labels."""
     labels: LabelsSettings = LabelsSettings()

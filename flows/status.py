@@ -11,7 +11,16 @@ from typing import Any
 from data.store import LabelStore
 from flows.settings import dataset_slug
 
-LAST_METRICS = ("n_labeled", "n_test", "test_accuracy", "test_nll", "test_ece", "n_queued", "n_pending")
+LAST_METRICS = (
+    "n_labeled",
+    "n_test",
+    "test_accuracy",
+    "test_nll",
+    "test_ece",
+    "stop_set_agreement",
+    "n_queued",
+    "n_pending",
+)
 """The last round's summary values that the status shows (those it has)."""
 
 
@@ -33,7 +42,7 @@ class CampaignStatus:
     test_items: int
     answers_since_last_round: int | None
     last_round: dict[str, Any] = field(default_factory=dict)
-    """The last finished round's number, selected model, ``LAST_METRICS`` and warnings."""
+    """The last finished round's number, selected model, ``LAST_METRICS``, warnings and stopping note."""
     simulated: bool = False
     """An oracle answers the queue (``beliefloop simulate``): the next round is a simulated one, not a live one."""
     next_step: str = ""
@@ -51,6 +60,7 @@ def campaign_status(store: LabelStore, campaign: str, workspace: Path) -> Campai
         last = {"round": int(summary["round"]), "selected": summary.get("selected")}
         last |= {key: summary[key] for key in LAST_METRICS if summary.get(key) is not None}
         last["warnings"] = summary.get("warnings", [])
+        last["stopping_note"] = summary.get("stopping_note")
     status = CampaignStatus(
         campaign=campaign,
         dataset=dataset,
@@ -84,6 +94,9 @@ def _next_step(s: CampaignStatus, workspace: Path) -> str:
         round_command = simulate_command(s.campaign, s.dataset, workspace, s.unfinished_round or s.rounds_done + 1)
     if s.unfinished_round is not None:
         return f"round {s.unfinished_round} is unfinished (running now, or crashed): {round_command} resumes it"
+    stable = s.last_round.get("stopping_note")
+    if stable and (s.pool or s.pending):
+        return f"{stable}: stop here, or run the next round: {round_command}"
     if s.simulated and (s.pool or s.pending):
         answers = f" (the oracle answers the {s.pending} pending items)" if s.pending else ""
         return f"run the next round{answers}: {round_command}"

@@ -1,0 +1,84 @@
+"""The stopping signal in real flow runs: the stop set drawn once, κ between rounds' saved predictions, the round's
+note and ``status``'s next step, MLflow's metric."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from sklearn.metrics import cohen_kappa_score
+
+from data.store import LabelStore, database_url
+from flows.settings import load_settings
+
+
+def _settings(workspace, **stopping):
+    return load_settings(
+        None,
+        {
+            "workspace": workspace,
+            "dataset": {"name": "iris"},
+            "campaign": {"rounds": 4, "k": 5, "initial": 9},
+            "model": {"steps": 50},
+            "acquisition": {"samples": 8},
+            "selection": {"test_samples": 8},
+            "tracking": {"register_model": False},
+            "stopping": stopping,
+        },
+    )
+
+
+def test_rounds_compare_their_predictions_on_one_stop_set_and_say_when_they_are_stable(tmp_path):
+    from flows.rounds import simulate_campaign
+
+    settings = _settings(tmp_path / "w", items=40, agreement=0.5, rounds=2)
+    results = simulate_campaign(settings)
+    directory = settings.models_dir / settings.campaign_name / "stop_set"
+    with np.load(directory / "items.npz") as saved:
+        ids = saved["ids"]
+    store = LabelStore(settings.store_url)
+    seed_labels = set(store.current_labels(settings.campaign_name)) - {
+        q.item_id for q in store.queued(settings.campaign_name)
+    }
+    pool = set(store.item_rows(settings.campaign_name, "pool"))
+    assert len(ids) == 40 == len(set(ids)) and set(ids) <= pool - seed_labels  # drawn from round 1's pool
+    predicted = [np.load(directory / f"round-{r:04d}.npz")["predicted"] for r in (1, 2, 3, 4)]
+    assert all(p.shape == (40,) and set(p) <= {0, 1, 2} for p in predicted)
+
+    assert "stop_set_agreement" not in results[0]  # nothing to compare round 1 with
+    kappas = [cohen_kappa_score(predicted[r - 1], predicted[r]) for r in (1, 2, 3)]
+    assert [r["stop_set_agreement"] for r in results[1:]] == pytest.approx(kappas, abs=1e-9)
+    stable = [False] + [bool(kappas[i - 1] >= 0.5 and (i > 1 and kappas[i - 2] >= 0.5)) for i in (1, 2, 3)]
+    assert [bool(r["stopping_note"]) for r in results] == stable
+    assert any(stable), kappas  # iris at 9+ labels: the 3 classes' predictions barely move
+
+    client = MlflowClient(tracking_uri=database_url(settings.tracking_uri))
+    experiment = client.get_experiment_by_name(settings.campaign_name)
+    parent = next(
+        r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("beliefloop.role") == "campaign"
+    )
+    history = client.get_metric_history(parent.info.run_id, "stop_set_agreement")
+    assert [m.step for m in history] == [2, 3, 4]
+    assert [m.value for m in history] == pytest.approx(kappas)
+
+    status = subprocess.run(
+        [sys.executable, "-m", "flows", "status", "--workspace", str(settings.workspace)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"stop_set_agreement {kappas[-1]:.3f}" in status
+    next_step = status.split("next: ", 1)[1]
+    assert next_step.startswith("predictions stable: the model's classes for 40 unlabelled pool items") == stable[-1]
+
+
+def test_no_stop_set_when_switched_off(tmp_path):
+    from flows.rounds import simulate_campaign
+
+    settings = _settings(tmp_path / "w", items=0)
+    results = simulate_campaign(
+        settings.model_copy(update={"campaign": settings.campaign.model_copy(update={"rounds": 2})})
+    )
+    assert not (settings.models_dir / settings.campaign_name / "stop_set").exists()
+    assert all("stop_set_agreement" not in r and r["stopping_note"] is None for r in results)
