@@ -247,33 +247,42 @@ def stop_set_agreement(
     settings: Settings, features: FeatureStore, model, pool: dict[str, int], round_: int
 ) -> tuple[float | None, int]:
     """Cohen's κ between this round's and the previous model's predicted classes on the campaign's stop set, and
-    the stop set's size (``acquisition.stopping``; κ ``None`` in the first round with a model).
+    the stop set's size (``acquisition.stopping``; κ ``None`` when there is no earlier round to compare with).
 
     The stop set is ``stopping.items`` pool items drawn (seeded by the campaign's seed) the first time a round has
-    a model, kept in ``stop_set/items.npz``; each round's predictions are saved as ``round-NNNN.npz`` (a re-run
-    round overwrites its own). The predictive is the one test metrics use, with the same draws every round, so κ
-    moves with the model only."""
+    a model, kept in ``stop_set/items.npz``, and drawn afresh from the pool once items have been added to the
+    campaign (``beliefloop ingest``): a stop set blind to the new data would call the model stable before it has
+    learnt them, so the count starts over. Each round's predictions are saved as ``round-NNNN.npz`` with the
+    feature rows the stop set was drawn at (a re-run round overwrites its own). The predictive is the one test
+    metrics use, with the same draws every round, so κ moves with the model only."""
     directory = _stop_set_dir(settings)
     items_path = directory / "items.npz"
+    feature_rows = len(features.ids)
+    ids = None
     if items_path.exists():
         with np.load(items_path) as saved:
-            ids = saved["ids"]
-    else:
+            if int(saved["feature_rows"]) == feature_rows:
+                ids = saved["ids"]
+    if ids is None:
         ordered = np.array(sorted(pool), dtype=str)
         n = min(settings.stopping.items, len(ordered))
         rng = np.random.default_rng([settings.campaign.seed, 0x5709])
         ids = ordered[np.sort(rng.choice(len(ordered), n, replace=False))]
         if n:
-            _save_atomically(items_path, ids=ids)
+            _save_atomically(items_path, ids=ids, feature_rows=feature_rows)
     if len(ids) == 0:
         return None, 0
     x = _rows_tensor(features, features.row_of(ids))
     predicted = evaluation_predictive(model, x, settings.selection.test_samples, seed=0).argmax(1).numpy()
     earlier = sorted(p for p in directory.glob("round-*.npz") if int(p.stem.split("-")[1]) < round_)
-    _save_atomically(directory / f"round-{round_:04d}.npz", predicted=predicted.astype(np.int16))
+    _save_atomically(
+        directory / f"round-{round_:04d}.npz", predicted=predicted.astype(np.int16), feature_rows=feature_rows
+    )
     if not earlier:
         return None, len(ids)
     with np.load(earlier[-1]) as saved:
+        if int(saved["feature_rows"]) != feature_rows:
+            return None, len(ids)
         return cohen_kappa(saved["predicted"], predicted), len(ids)
 
 

@@ -334,3 +334,25 @@ def test_a_table_with_categories_and_gaps_ingests_rows_encoded_as_the_campaign_w
     with pytest.raises(DatasetError, match=r"row 1 \(id 'm1'\), column 'site': 'east' is not one of the values"):
         ingest(settings, tmp_path / "odd.csv", campaign="sites")
     assert open_feature_store(feature_store_dir(settings)).n_appended == 2
+
+
+def test_new_pool_items_get_a_new_stop_set_and_the_stability_count_starts_over(tmp_path, prefect_no_heartbeat):
+    """A stop set blind to ingested items would call the model stable before it has seen them."""
+    from flows.rounds import run_round
+
+    settings, store = _live(tmp_path, stopping={"items": 1000, "agreement": 0.5, "rounds": 1})
+    stop_set = settings.models_dir / "live" / "stop_set" / "items.npz"
+    first, second = run_round(settings), run_round(settings)
+    assert "stop_set_agreement" not in first and second["stop_set_agreement"] >= 0.5 and second["stopping_note"]
+    with np.load(stop_set) as saved:
+        before = set(saved["ids"])
+    assert before == set(store.unlabeled_pool("live")) | {q.item_id for q in store.queued("live")}  # 1000 > pool
+
+    ingest(settings, _standard_batch(tmp_path), campaign="live")
+    third, fourth = run_round(settings), run_round(settings)
+    with np.load(stop_set) as saved:
+        after = set(saved["ids"])
+    new_pool = {f"batch/b{i}" for i in range(4, 8)}
+    assert new_pool <= after and not new_pool & before
+    assert "stop_set_agreement" not in third and third["stopping_note"] is None  # nothing comparable yet
+    assert fourth["stop_set_agreement"] >= 0.5 and fourth["stopping_note"]
