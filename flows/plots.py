@@ -74,23 +74,37 @@ def _uncertainty_figure():
     return fig, panels
 
 
-def learning_curve(n_labeled: list[int], accuracy: list[float], nll: list[float], path: Path) -> Path:
-    """Test accuracy and NLL against the number of labels, one point per round so far."""
-    return _redraw("learning_curve", _learning_curve_figure, [(n_labeled, accuracy), (n_labeled, nll)], path)
+def learning_curve(
+    n_labeled: list[int],
+    accuracy: list[float],
+    nll: list[float],
+    agreement: list[float | None],
+    threshold: float,
+    path: Path,
+) -> Path:
+    """Test accuracy, NLL and the stop set's agreement with the round before (Cohen's κ; ``None`` where a round had
+    nothing to compare with) against the number of labels, one point per round so far; a dashed line at the κ the
+    stopping signal asks for (``threshold``)."""
+    kappas = [np.nan if k is None else k for k in agreement]
+    span = [n_labeled[0], n_labeled[-1]]
+    data = [(n_labeled, accuracy), (n_labeled, nll), (n_labeled, kappas), (span, [threshold, threshold])]
+    return _redraw("learning_curve", _learning_curve_figure, data, path)
 
 
 def _learning_curve_figure():
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 3.2))
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.91, wspace=0.3)
-    axes = fig.subplots(1, 2, sharex=True)
+    fig = Figure(figsize=(11, 3.2))
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.15, top=0.91, wspace=0.3)
+    axes = fig.subplots(1, 3, sharex=True)
     lines = []
-    for ax, (title, color) in zip(axes, (("test accuracy", "tab:green"), ("test NLL", "tab:red")), strict=True):
+    panels = (("test accuracy", "tab:green"), ("test NLL", "tab:red"), ("stop-set agreement (Cohen's κ)", "tab:blue"))
+    for ax, (title, color) in zip(axes, panels, strict=True):
         lines.extend(ax.plot([], [], marker="o", markersize=3, color=color))
         ax.set(xlabel="labels")
         ax.set_title(title, y=_TITLE_Y)
         ax.grid(alpha=0.3)
+    lines.extend(axes[2].plot([], [], "--", color="grey", linewidth=1))  # the κ the stopping signal asks for
     return fig, lines
 
 

@@ -464,10 +464,12 @@ def log_round(
     parent_id: str,
     history: list[dict[str, float]],
     gallery: Gallery,
+    stopping_agreement: float,
 ) -> dict[str, float]:
     """Artifacts (queued batch as CSV and as a gallery, Bayes factors as CSV and as an MLflow table, plots incl. the
     learning curve over
-    ``history`` — the earlier rounds' summaries — and this round, the selected candidate's checkpoint as saved for
+    ``history`` — the earlier rounds' summaries — and this round, with the stop set's κ against the
+    ``stopping_agreement`` the signal asks for, the selected candidate's checkpoint as saved for
     the next round), then the round's metrics, params and tags in one MLflow batch, with the round's timings up to
     that point (``started_at``: the round's start, Unix time), and the learning-curve metrics on the campaign's
     parent run. Returns the timings: ``round_seconds`` and ``overhead_seconds``, everything but training and
@@ -519,6 +521,8 @@ def log_round(
                     [int(r["n_labeled"]) for r in curve],
                     [r["test_accuracy"] for r in curve],
                     [r["test_nll"] for r in curve],
+                    [r.get("stop_set_agreement") for r in curve],
+                    stopping_agreement,
                     tmp_path / "learning_curve.png",
                 )
             )
@@ -868,7 +872,19 @@ def _round_steps(
         metrics["model_log_seconds"] = time.perf_counter() - start
     gallery = queued_items_gallery(settings, features, queued)
     metrics |= log_round(
-        tracker, run_id, round_, metrics, queued, query, selection, checkpoint, started_at, parent, history, gallery
+        tracker,
+        run_id,
+        round_,
+        metrics,
+        queued,
+        query,
+        selection,
+        checkpoint,
+        started_at,
+        parent,
+        history,
+        gallery,
+        settings.stopping.agreement,
     )
     kill_point("after_logging")
     tracker.finish(run_id)

@@ -95,12 +95,18 @@ def test_a_kept_figure_draws_a_rounds_plot_as_a_new_figure_would(tmp_path):
     rng = np.random.default_rng(0)
     edges = np.linspace(0.0, 2.3, 51)
     early = {
-        plots.learning_curve: ([20, 30], [0.5, 0.6], [1.2, 0.9]),
+        plots.learning_curve: ([20, 30], [0.5, 0.6], [1.2, 0.9], [None, 0.8], 0.99),
         plots.uncertainty_histogram: (rng.integers(0, 900, 50), rng.integers(0, 40, 50), edges * 0.5),
         plots.reliability_diagram: (np.linspace(0.1, 0.9, 10), np.linspace(0.0, 1.0, 10), np.arange(10) % 2),
     }
     late = {
-        plots.learning_curve: ([20, 30, 40, 50], [0.5, 0.6, 0.8, 0.85], [1.2, 0.9, 0.5, 0.4]),
+        plots.learning_curve: (
+            [20, 30, 40, 50],
+            [0.5, 0.6, 0.8, 0.85],
+            [1.2, 0.9, 0.5, 0.4],
+            [None, 0.7, 0.95, 0.995],
+            0.99,
+        ),
         plots.uncertainty_histogram: (rng.integers(0, 90, 50), rng.integers(0, 4000, 50), edges),
         plots.reliability_diagram: (np.linspace(0.05, 0.95, 10), np.linspace(0.2, 0.9, 10), np.arange(10) // 3),
     }
