@@ -323,7 +323,8 @@ class StoppingSettings(_Section):
     compared round to round by Cohen's κ (``acquisition.stopping``)."""
 
     items: int = Field(1000, ge=0)
-    """Pool items in the stop set, drawn once per campaign (seeded); 0: no stop set and no signal."""
+    """Pool items in the stop set, drawn (seeded) when a round first has a model and again after items are added to
+    the campaign; 0: no stop set and no signal."""
     agreement: float = Field(0.99, gt=0, le=1)
     """κ at or above which a round's predictions count as unchanged from the round before."""
     rounds: int = Field(3, ge=1)

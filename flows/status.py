@@ -76,7 +76,11 @@ def campaign_status(store: LabelStore, campaign: str, workspace: Path) -> Campai
         last_round=last,
         simulated=store.simulated(campaign),
     )
-    return replace(status, next_step=_next_step(status, workspace))
+    step = _next_step(status, workspace)
+    stable = last.get("stopping_note")
+    if stable and status.unfinished_round is None and (status.pool or status.pending):
+        step = f"{stable}: stop here, or {step}"
+    return replace(status, next_step=step)
 
 
 def simulate_command(campaign: str, dataset: str, workspace: Path, rounds: int) -> str:
@@ -94,9 +98,6 @@ def _next_step(s: CampaignStatus, workspace: Path) -> str:
         round_command = simulate_command(s.campaign, s.dataset, workspace, s.unfinished_round or s.rounds_done + 1)
     if s.unfinished_round is not None:
         return f"round {s.unfinished_round} is unfinished (running now, or crashed): {round_command} resumes it"
-    stable = s.last_round.get("stopping_note")
-    if stable and (s.pool or s.pending):
-        return f"{stable}: stop here, or run the next round: {round_command}"
     if s.simulated and (s.pool or s.pending):
         answers = f" (the oracle answers the {s.pending} pending items)" if s.pending else ""
         return f"run the next round{answers}: {round_command}"

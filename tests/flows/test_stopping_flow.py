@@ -1,5 +1,5 @@
-"""The stopping signal in real flow runs: the stop set drawn once, κ between rounds' saved predictions, the round's
-note and ``status``'s next step, MLflow's metric."""
+"""The stopping signal in real flow runs: the stop set drawn at the first model, κ between rounds' saved
+predictions, the round's note and ``status``'s next step, MLflow's metric."""
 
 import subprocess
 import sys
@@ -13,13 +13,13 @@ from data.store import LabelStore, database_url
 from flows.settings import load_settings
 
 
-def _settings(workspace, **stopping):
+def _settings(workspace, campaign_rounds=4, **stopping):
     return load_settings(
         None,
         {
             "workspace": workspace,
             "dataset": {"name": "iris"},
-            "campaign": {"rounds": 4, "k": 5, "initial": 9},
+            "campaign": {"rounds": campaign_rounds, "k": 5, "initial": 9},
             "model": {"steps": 50},
             "acquisition": {"samples": 8},
             "selection": {"test_samples": 8},
@@ -71,14 +71,20 @@ def test_rounds_compare_their_predictions_on_one_stop_set_and_say_when_they_are_
     assert f"stop_set_agreement {kappas[-1]:.3f}" in status
     next_step = status.split("next: ", 1)[1]
     assert next_step.startswith("predictions stable: the model's classes for 40 unlabelled pool items") == stable[-1]
+    assert (
+        next_step.endswith(
+            f"stop here, or run the next round (the oracle answers the 5 pending items): "
+            f"beliefloop simulate --dataset iris --workspace {settings.workspace} "
+            f"--campaign {settings.campaign_name} --rounds 5\n"
+        )
+        == stable[-1]
+    )
 
 
 def test_no_stop_set_when_switched_off(tmp_path):
     from flows.rounds import simulate_campaign
 
-    settings = _settings(tmp_path / "w", items=0)
-    results = simulate_campaign(
-        settings.model_copy(update={"campaign": settings.campaign.model_copy(update={"rounds": 2})})
-    )
+    settings = _settings(tmp_path / "w", campaign_rounds=2, items=0)
+    results = simulate_campaign(settings)
     assert not (settings.models_dir / settings.campaign_name / "stop_set").exists()
     assert all("stop_set_agreement" not in r and r["stopping_note"] is None for r in results)
