@@ -109,7 +109,7 @@ def model_feature_store(settings: Settings, *, simulate: bool = False) -> Featur
     if not (directory / "meta.json").exists():
         train, test = np.asarray(raw.rows_train), np.asarray(raw.rows_test)
         embedding.fit(raw.features[train])
-        _save_arrays(state_file, embedding.state_dict())
+        save_arrays(state_file, embedding.state_dict())
         dataset = Dataset(
             raw.meta["name"],
             f"{raw.meta['source']} ({tag})",
@@ -141,7 +141,8 @@ def representation_name(settings: Settings, raw: FeatureStore) -> str:
     return "spectral" if raw.meta["is_image"] and raw.n_train >= r.auto_min_pool else "none"
 
 
-def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` to a file of its own renamed over ``path``: a crash leaves the old file or the new one."""
     tmp = path.with_name(f"{path.stem}.tmp.npz")
     np.savez(tmp, **arrays)
     tmp.replace(path)

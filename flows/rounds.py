@@ -12,7 +12,6 @@ import contextlib
 import csv
 import functools
 import gc
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from flows.campaign_setup import (
     model_feature_store,
     open_label_store,
     prepare_campaign,
+    save_arrays,
 )
 from flows.console import console, pool_exhausted, print_round
 from flows.models import candidate_specs, evidence_options, load_candidate, prior_checkpoint, save_candidate
@@ -235,14 +235,6 @@ def _stop_set_dir(settings: Settings) -> Path:
     return settings.models_dir / settings.campaign_name / "stop_set"
 
 
-def _save_atomically(path: Path, **arrays: np.ndarray) -> None:
-    """``np.savez`` to a temporary file renamed over ``path``: a crashed round leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial.npz")
-    np.savez(partial, **arrays)
-    os.replace(partial, path)
-
-
 def stop_set_agreement(
     settings: Settings, features: FeatureStore, model, pool: dict[str, int], round_: int
 ) -> tuple[float | None, int]:
@@ -269,18 +261,20 @@ def stop_set_agreement(
         rng = np.random.default_rng([settings.campaign.seed, 0x5709])
         ids = ordered[np.sort(rng.choice(len(ordered), n, replace=False))]
         if n:
-            _save_atomically(items_path, ids=ids, feature_rows=feature_rows)
+            directory.mkdir(parents=True, exist_ok=True)
+            save_arrays(items_path, {"ids": ids, "feature_rows": feature_rows})
     if len(ids) == 0:
         return None, 0
     x = _rows_tensor(features, features.row_of(ids))
     predicted = evaluation_predictive(model, x, settings.selection.test_samples, seed=0).argmax(1).numpy()
-    earlier = sorted(p for p in directory.glob("round-*.npz") if int(p.stem.split("-")[1]) < round_)
-    _save_atomically(
-        directory / f"round-{round_:04d}.npz", predicted=predicted.astype(np.int16), feature_rows=feature_rows
+    saved_rounds = (p.stem.removeprefix("round-") for p in directory.glob("round-*.npz"))
+    earlier = [int(r) for r in saved_rounds if r.isdigit() and int(r) < round_]  # not a crash's left-over .tmp
+    save_arrays(
+        directory / f"round-{round_:04d}.npz", {"predicted": predicted.astype(np.int16), "feature_rows": feature_rows}
     )
     if not earlier:
         return None, len(ids)
-    with np.load(earlier[-1]) as saved:
+    with np.load(directory / f"round-{max(earlier):04d}.npz") as saved:
         if int(saved["feature_rows"]) != feature_rows:
             return None, len(ids)
         return cohen_kappa(saved["predicted"], predicted), len(ids)
