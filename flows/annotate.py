@@ -121,6 +121,10 @@ def create_app(
                 context["table"] = feature_table(features, row)
                 context["text"] = item_text(features, row)
             context["predicted"] = classes[item.predicted] if item.predicted is not None else None
+        else:  # why nothing is pending: a round to run, or a campaign stopped as stable (stopping.when_stable)
+            rounds = store.round_metrics(campaign)
+            if rounds and rounds[-1].get("stopped_when_stable"):
+                context["stopped_at"] = int(rounds[-1]["round"])
         return {"request": request, **context}
 
     @app.get("/", response_class=HTMLResponse)

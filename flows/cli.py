@@ -151,6 +151,18 @@ DaskOpt = Annotated[
     str | None, typer.Option("--dask-address", help="Dask scheduler (tcp://host:8786) to run the round's tasks on.")
 ]
 ShardsOpt = Annotated[int | None, typer.Option("--shards", help="Pool-scoring tasks per round (default: 1).")]
+StopWhenStableOpt = Annotated[
+    bool,
+    typer.Option(
+        "--stop-when-stable",
+        help="Queue nothing new while the predictions are stable (stopping.when_stable: stop).",
+    ),
+]
+
+
+def _stopping_overrides(stop_when_stable: bool) -> dict[str, Any]:
+    """The ``stopping`` settings ``--stop-when-stable`` gives (without it: the params file's, else the default)."""
+    return {"when_stable": "stop" if stop_when_stable else None}
 
 
 def _dataset_overrides(
@@ -373,13 +385,15 @@ def simulate(
     pool_subsample: SubsampleOpt = None,
     shards: ShardsOpt = None,
     dask_address: DaskOpt = None,
+    stop_when_stable: StopWhenStableOpt = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write per-round metrics as a JSON list.")] = None,
     summary_path: Annotated[
         Path | None, typer.Option("--summary", help="Write final and mean metrics as one JSON object (DVC metrics).")
     ] = None,
     params: ParamsOpt = None,
 ) -> None:
-    """Run a simulated campaign: an oracle answers the queue from held-back labels."""
+    """Run a simulated campaign: an oracle answers the queue from held-back labels. With --stop-when-stable it ends
+    at the round whose predictions are stable (see **When to stop** in the README), else after --rounds."""
     overrides = {
         "workspace": workspace,
         "dataset": _dataset_overrides(
@@ -393,6 +407,7 @@ def simulate(
             "shards": shards,
             "dask_address": dask_address,
         },
+        "stopping": _stopping_overrides(stop_when_stable),
     }
     settings = _dataset_settings(params, overrides)
     from flows.console import console, print_header
@@ -522,6 +537,7 @@ def run_round(
     full_batch: Annotated[
         bool, typer.Option("--full-batch", help="Queue k new items even while items are still pending.")
     ] = False,
+    stop_when_stable: StopWhenStableOpt = False,
     params: ParamsOpt = None,
 ) -> None:
     """Run one live round: ingest answers, train once enough labels exist, top the queue up to k pending items."""
@@ -537,11 +553,12 @@ def run_round(
             "shards": shards,
             "dask_address": dask_address,
         },
+        "stopping": _stopping_overrides(stop_when_stable),
     }
     settings = _live_settings(params, overrides)
     _refuse_simulated(settings)
     from flows.campaign_setup import open_label_store, prepare_campaign
-    from flows.console import pool_exhausted, print_header, print_round
+    from flows.console import print_header, print_round
 
     def warm_up() -> None:
         _warm_up(settings)
@@ -559,7 +576,7 @@ def run_round(
             f"{pending} items were still pending from earlier rounds: topped the queue up to k={settings.campaign.k} "
             f"with {queued} new (--full-batch queues k new items)"
         )
-    if not pool_exhausted(result) or pending:
+    if pending + queued:
         typer.echo(
             f"{pending + queued} items wait in the queue: beliefloop queue list --workspace {settings.workspace}"
         )
@@ -581,6 +598,7 @@ def serve(
     acquisition: AcquisitionOpt = None,
     workspace: WorkspaceOpt = None,
     campaign: CampaignOpt = None,
+    stop_when_stable: StopWhenStableOpt = False,
     params: ParamsOpt = None,
 ) -> None:
     """Serve the live round as a Prefect deployment on a schedule (needs a Prefect server: PREFECT_API_URL)."""
@@ -593,6 +611,7 @@ def serve(
         ),
         "campaign": {"k": k, "name": campaign},
         "acquisition": {"name": acquisition},
+        "stopping": _stopping_overrides(stop_when_stable),
     }
     settings = _live_settings(params, overrides)
     _refuse_simulated(settings)
@@ -805,7 +824,7 @@ def status(
         shown = ", ".join(
             f"{key} {value:.0f}" if key.startswith("n_") else f"{key} {value:.3f}"
             for key, value in last.items()
-            if key not in ("round", "selected", "warnings", "stopping_note")
+            if key not in ("round", "selected", "warnings", "stopping_note", "stopped_when_stable")
         )
         model = f"; model {last['selected']}" if last["selected"] else ""
         lines.append(f"last round {last['round']}: {shown}{model}")

@@ -41,6 +41,12 @@ def print_round(metrics: dict) -> None:
     console.print(_line(cells, metrics.get("selected") or "-"))
     if metrics.get("stopping_note"):
         console.print(f"round {metrics['round']:.0f}: {metrics['stopping_note']}", style="green", soft_wrap=True)
+    if metrics.get("stopped_when_stable"):
+        console.print(
+            f"round {metrics['round']:.0f}: nothing new was queued (stopping.when_stable: stop)",
+            style="green",
+            soft_wrap=True,
+        )
     for warning in metrics.get("warnings") or ():
         errors.print(f"warning: round {metrics['round']:.0f}: {warning}", style="yellow", soft_wrap=True)
     if pool_exhausted(metrics):

@@ -694,6 +694,7 @@ def labeling_round(
 
     The queue is topped up to ``campaign.k`` pending items: items still pending from earlier rounds count
     (``n_pending``), so only ``k − n_pending`` new ones are queued; ``full_batch`` queues ``k`` new items anyway.
+    A round whose predictions are stable queues none under ``stopping.when_stable: stop``.
     The flow run is named ``<campaign> · round N`` and tagged with the campaign and ``round:N`` once the label store
     says which round this is (a new one, or an unfinished one resumed); its task runs are tagged with the campaign.
     Not with ``round:N``: Prefect keeps one tag-concurrency service (a thread, a client connection, and the context
@@ -831,9 +832,13 @@ def _round_steps(
         note = stopping_note(settings, history, kappa, items)
         if note:
             logger.info(note)
+    stopped = bool(note) and settings.stopping.when_stable == "stop"
     pending = sum(q.round < round_ for q in store.queued(campaign, status="pending"))
     metrics["n_pending"] = pending
     k = settings.campaign.k if full_batch else max(settings.campaign.k - pending, 0)
+    if stopped:
+        k = 0
+        logger.info("nothing new is queued while the predictions are stable (stopping.when_stable: stop)")
     if model is None and pool:  # said, not logged at INFO: a random batch is not what the user asked for
         why = (
             "no labels yet" if oracle else f"{len(labeled)} labels < campaign.min_labels={settings.campaign.min_labels}"
@@ -889,6 +894,7 @@ def _round_steps(
         "labels_upto": snapshot.upto,
         "warnings": warnings,
         "stopping_note": note,
+        "stopped_when_stable": stopped,
     }
     store.finish_round(campaign, round_, summary)
     return summary
@@ -992,15 +998,38 @@ def simulate_campaign(settings: Settings, progress: bool = False) -> list[dict[s
                 f"was run: --rounds {done + 1} or more goes on",
                 soft_wrap=True,
             )
+        if (stable := _still_stable(settings, store)) is not None:
+            console.print(
+                f"campaign {campaign} stopped at round {stable}: its predictions were stable and nothing new was "
+                "queued (stopping.when_stable: stop); no round was run (without --stop-when-stable, i.e. with "
+                "when_stable: note, it goes on)",
+                soft_wrap=True,
+            )
+            return store.round_metrics(campaign)[: settings.campaign.rounds]
         while store.next_round(campaign) <= settings.campaign.rounds:
             result = run_round(settings, oracle=True, progress=progress)
             print_round(result)
-            if pool_exhausted(result):  # later rounds would only refit the same labels
+            if pool_exhausted(result) or result["stopped_when_stable"]:  # later rounds would refit the same labels
                 break
         results = store.round_metrics(campaign)[: settings.campaign.rounds]
         tracker = CampaignTracker(settings.tracking_uri, settings.artifact_root, campaign)
         tracker.finish_campaign(tracker.campaign_run(settings.model_dump(mode="json")), results)
         return results
+
+
+def _still_stable(settings: Settings, store: LabelStore) -> int | None:
+    """The round that stopped a simulated campaign as stable (``stopping.when_stable: stop``) when nothing came
+    since (nothing pending or unfinished, no new pool item): another round would refit the same labels; else
+    ``None``."""
+    campaign = settings.campaign_name
+    done = store.round_metrics(campaign)
+    if settings.stopping.when_stable != "stop" or not done or not done[-1].get("stopped_when_stable"):
+        return None
+    if store.unfinished_rounds(campaign) or store.queued(campaign, status="pending"):
+        return None
+    if len(store.unlabeled_pool(campaign)) != done[-1].get("pool_size"):
+        return None
+    return int(done[-1]["round"])
 
 
 def _still_exhausted(store: LabelStore, campaign: str) -> bool:

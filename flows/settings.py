@@ -330,6 +330,10 @@ class StoppingSettings(_Section):
     rounds: int = Field(3, ge=1)
     """Rounds in a row at or above ``agreement`` after which the round and ``status`` say the predictions are
     stable."""
+    when_stable: Literal["note", "stop"] = "note"
+    """What a stable round does: ``note`` says so and queues as usual (people decide); ``stop`` also queues nothing
+    new — a simulated campaign ends there and a schedule asks no more labels — until the predictions move again
+    (answers to items still pending, or new items from ``beliefloop ingest``, which draws a new stop set)."""
 
 
 class LabelsSettings(_Section):

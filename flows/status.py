@@ -61,6 +61,7 @@ def campaign_status(store: LabelStore, campaign: str, workspace: Path) -> Campai
         last |= {key: summary[key] for key in LAST_METRICS if summary.get(key) is not None}
         last["warnings"] = summary.get("warnings", [])
         last["stopping_note"] = summary.get("stopping_note")
+        last["stopped_when_stable"] = bool(summary.get("stopped_when_stable"))
     status = CampaignStatus(
         campaign=campaign,
         dataset=dataset,
@@ -78,7 +79,13 @@ def campaign_status(store: LabelStore, campaign: str, workspace: Path) -> Campai
     )
     step = _next_step(status, workspace)
     stable = last.get("stopping_note")
-    if stable and status.unfinished_round is None and (status.pool or status.pending):
+    if stable and status.unfinished_round is None and last["stopped_when_stable"] and not status.pending:
+        step = (
+            f"{stable}; nothing new was queued (stopping.when_stable: stop): the campaign is done, unless new data "
+            "comes (beliefloop ingest; the next round draws a new stop set) or a round with stopping.when_stable: "
+            "note asks for more labels"
+        )
+    elif stable and status.unfinished_round is None and (status.pool or status.pending):
         step = f"{stable}: stop here, or {step}"
     return replace(status, next_step=step)
 

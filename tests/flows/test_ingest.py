@@ -356,3 +356,30 @@ def test_new_pool_items_get_a_new_stop_set_and_the_stability_count_starts_over(t
     assert new_pool <= after and not new_pool & before
     assert "stop_set_agreement" not in third and third["stopping_note"] is None  # nothing comparable yet
     assert fourth["stop_set_agreement"] >= 0.5 and fourth["stopping_note"]
+
+
+def test_a_live_campaign_stopped_as_stable_queues_again_once_items_are_ingested(tmp_path, prefect_no_heartbeat):
+    """``stopping.when_stable: stop``: a stable round trains on the answers but asks for nothing new; the items an
+    ingest adds get a new stop set, so the next round is not stable and queues a batch."""
+    from data.store import LabelAnswer
+    from flows.rounds import run_round
+
+    stopping = {"items": 1000, "agreement": 0.5, "rounds": 1, "when_stable": "stop"}
+    settings, store = _live(tmp_path, stopping=stopping)
+
+    def answer_pending() -> None:  # a person answers every pending item with its true class
+        pending = store.queued("live", status="pending")
+        answers = [LabelAnswer(q.item_id, int(IRIS.target[int(q.item_id.split("-")[1])])) for q in pending]
+        store.record_labels("live", answers, annotator="ann")
+
+    first = run_round(settings)
+    answer_pending()
+    second = run_round(settings)
+    assert first["n_queued"] == 5 and not first["stopped_when_stable"]
+    assert second["stopping_note"] and second["stopped_when_stable"] and second["n_queued"] == 0
+    assert second["n_labeled"] == first["n_labeled"] + 5  # the answers were trained on
+    assert not store.queued("live", status="pending")
+
+    ingest(settings, _standard_batch(tmp_path), campaign="live")
+    third = run_round(settings)
+    assert third["stopping_note"] is None and not third["stopped_when_stable"] and third["n_queued"] == 5

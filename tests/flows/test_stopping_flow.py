@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import cohen_kappa_score
 
@@ -27,6 +28,12 @@ def _settings(workspace, campaign_rounds=4, **stopping):
             "stopping": stopping,
         },
     )
+
+
+def _status(workspace) -> str:
+    """``beliefloop status``'s text, from a process of its own as a person would run it."""
+    command = [sys.executable, "-m", "flows", "status", "--workspace", str(workspace)]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
 def test_rounds_compare_their_predictions_on_one_stop_set_and_say_when_they_are_stable(tmp_path):
@@ -64,12 +71,7 @@ def test_rounds_compare_their_predictions_on_one_stop_set_and_say_when_they_are_
     assert [m.step for m in history] == [2, 3, 4]
     assert [m.value for m in history] == pytest.approx(kappas)
 
-    status = subprocess.run(
-        [sys.executable, "-m", "flows", "status", "--workspace", str(settings.workspace)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    status = _status(settings.workspace)
     assert f"stop_set_agreement {kappas[-1]:.3f}" in status
     next_step = status.split("next: ", 1)[1]
     assert next_step.startswith("predictions stable: the model's classes for 40 unlabelled pool items") == stable[-1]
@@ -90,3 +92,39 @@ def test_no_stop_set_when_switched_off(tmp_path):
     results = simulate_campaign(settings)
     assert not (settings.models_dir / settings.campaign_name / "stop_set").exists()
     assert all("stop_set_agreement" not in r and r["stopping_note"] is None for r in results)
+
+
+def test_stop_when_stable_ends_a_simulated_campaign_and_queues_nothing_until_data_comes(tmp_path):
+    from flows.rounds import simulate_campaign
+
+    settings = _settings(tmp_path / "w", campaign_rounds=8, items=40, agreement=0.5, rounds=2, when_stable="stop")
+    results = simulate_campaign(settings)
+    stable_at = next(i for i, r in enumerate(results) if r["stopping_note"])  # iris: stable within a few rounds
+    assert len(results) == stable_at + 1 < 8  # ended at the stable round
+    assert [r["stopped_when_stable"] for r in results] == [False] * stable_at + [True]
+    assert [r["n_queued"] for r in results] == [5] * stable_at + [0]
+    store = LabelStore(settings.store_url)
+    campaign = settings.campaign_name
+    assert not store.queued(campaign, status="pending")  # every batch answered, none queued after the stop
+    assert max(q.round for q in store.queued(campaign)) == stable_at  # round numbers are 1-based: the round before
+
+    again = simulate_campaign(settings)  # nothing came since: no round is run
+    assert again == results and store.next_round(campaign) == stable_at + 2
+
+    status = _status(settings.workspace)
+    assert "stopped_when_stable" not in status
+    assert status.split("next: ", 1)[1].startswith("predictions stable: ")
+    assert "nothing new was queued (stopping.when_stable: stop): the campaign is done" in status
+
+    from data import open_feature_store
+    from flows.annotate import create_app
+    from flows.campaign_setup import feature_store_dir
+
+    features = open_feature_store(feature_store_dir(settings, "iris"))
+    with TestClient(create_app(store, campaign, features), base_url="http://127.0.0.1") as client:
+        page = " ".join(client.get("/item").text.split())  # the labeling page says why nothing is pending
+    assert f"nothing more is asked: its model's predictions were stable at round {stable_at + 1}" in page
+
+    goes_on = simulate_campaign(_settings(tmp_path / "w", campaign_rounds=8, items=40, agreement=0.5, rounds=2))
+    assert len(goes_on) == 8  # when_stable: note (the default) runs the rounds that are left
+    assert all(r["n_queued"] == 5 and not r["stopped_when_stable"] for r in goes_on[stable_at + 1 :])
