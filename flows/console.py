@@ -7,6 +7,9 @@ from rich.console import Console
 console = Console(highlight=False)
 errors = Console(highlight=False, stderr=True)
 
+NOTHING_QUEUED = "nothing new was queued (stopping.when_stable: stop)"
+"""What a round says when its predictions are stable and ``stopping.when_stable`` is ``stop``."""
+
 # (title, metric key, format of the value); numbers right-aligned, the selected model's name last.
 _COLUMNS = (
     ("round", "round", "{:.0f}"),
@@ -43,7 +46,7 @@ def print_round(metrics: dict) -> None:
         console.print(f"round {metrics['round']:.0f}: {metrics['stopping_note']}", style="green", soft_wrap=True)
     if metrics.get("stopped_when_stable"):
         console.print(
-            f"round {metrics['round']:.0f}: nothing new was queued (stopping.when_stable: stop)",
+            f"round {metrics['round']:.0f}: {NOTHING_QUEUED}",
             style="green",
             soft_wrap=True,
         )

@@ -42,7 +42,7 @@ from flows.campaign_setup import (
     prepare_campaign,
     save_arrays,
 )
-from flows.console import console, pool_exhausted, print_round
+from flows.console import NOTHING_QUEUED, console, pool_exhausted, print_round
 from flows.models import candidate_specs, evidence_options, load_candidate, prior_checkpoint, save_candidate
 from flows.progress import ProgressCallback, RoundProgress
 from flows.registry import EXAMPLE_ROWS, RoundModelConfig, log_round_model
@@ -459,15 +459,16 @@ def log_round(
     history: list[dict[str, float]],
     gallery: Gallery,
     stopping_agreement: float,
+    stopping: str | None,
 ) -> dict[str, float]:
     """Artifacts (queued batch as CSV and as a gallery, Bayes factors as CSV and as an MLflow table, plots incl. the
-    learning curve over
-    ``history`` — the earlier rounds' summaries — and this round, with the stop set's κ against the
-    ``stopping_agreement`` the signal asks for, the selected candidate's checkpoint as saved for
-    the next round), then the round's metrics, params and tags in one MLflow batch, with the round's timings up to
-    that point (``started_at``: the round's start, Unix time), and the learning-curve metrics on the campaign's
-    parent run. Returns the timings: ``round_seconds`` and ``overhead_seconds``, everything but training and
-    scoring."""
+    learning curve over ``history`` — the earlier rounds' summaries — and this round, with the stop set's κ against
+    the ``stopping_agreement`` the signal asks for, the selected candidate's checkpoint as saved for the next round),
+    then the round's metrics, params and tags in one MLflow batch, with the round's timings up to that point
+    (``started_at``: the round's start, Unix time), and the learning-curve metrics on the campaign's parent run.
+    ``stopping`` (what the round says of stable predictions) becomes the round run's tag ``beliefloop.stopping``, a
+    column of the MLflow UI's run list. Returns the timings: ``round_seconds`` and ``overhead_seconds``, everything
+    but training and scoring."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         fields = ("round", "rank", "item_id", "score", "acquisition", "predicted", "probability", "epistemic")
@@ -508,6 +509,8 @@ def log_round(
                 "prior_tuning": selection.prior_tuning,
             }
             tags = {"beliefloop.selected": chosen.name}
+        if stopping:
+            tags["beliefloop.stopping"] = stopping
         curve = [r for r in [*history, metrics] if "test_accuracy" in r]
         if curve:
             paths.append(
@@ -838,7 +841,7 @@ def _round_steps(
     k = settings.campaign.k if full_batch else max(settings.campaign.k - pending, 0)
     if stopped:
         k = 0
-        logger.info("nothing new is queued while the predictions are stable (stopping.when_stable: stop)")
+        logger.info(NOTHING_QUEUED)
     if model is None and pool:  # said, not logged at INFO: a random batch is not what the user asked for
         why = (
             "no labels yet" if oracle else f"{len(labeled)} labels < campaign.min_labels={settings.campaign.min_labels}"
@@ -884,6 +887,7 @@ def _round_steps(
         history,
         gallery,
         settings.stopping.agreement,
+        f"{note}; {NOTHING_QUEUED}" if stopped else note,
     )
     kill_point("after_logging")
     tracker.finish(run_id)

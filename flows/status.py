@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from data.store import LabelStore
+from flows.console import NOTHING_QUEUED
 from flows.settings import dataset_slug
 
 LAST_METRICS = (
@@ -81,7 +82,7 @@ def campaign_status(store: LabelStore, campaign: str, workspace: Path) -> Campai
     stable = last.get("stopping_note")
     if stable and status.unfinished_round is None and last["stopped_when_stable"] and not status.pending:
         step = (
-            f"{stable}; nothing new was queued (stopping.when_stable: stop): the campaign is done, unless new data "
+            f"{stable}; {NOTHING_QUEUED}: the campaign is done, unless new data "
             "comes (beliefloop ingest; the next round draws a new stop set) or a round with stopping.when_stable: "
             "note asks for more labels"
         )

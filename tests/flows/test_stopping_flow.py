@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from sklearn.metrics import cohen_kappa_score
 
 from data.store import LabelStore, database_url
+from flows.console import NOTHING_QUEUED
 from flows.settings import load_settings
 
 
@@ -70,6 +71,9 @@ def test_rounds_compare_their_predictions_on_one_stop_set_and_say_when_they_are_
     history = client.get_metric_history(parent.info.run_id, "stop_set_agreement")
     assert [m.step for m in history] == [2, 3, 4]
     assert [m.value for m in history] == pytest.approx(kappas)
+    rounds = client.search_runs([experiment.experiment_id], "tags.`beliefloop.role` = 'round'")
+    tagged = {int(r.data.tags["beliefloop.round"]): r.data.tags.get("beliefloop.stopping") for r in rounds}
+    assert tagged == {i + 1: r["stopping_note"] for i, r in enumerate(results)}  # a column of the UI's run list
 
     status = _status(settings.workspace)
     assert f"stop_set_agreement {kappas[-1]:.3f}" in status
@@ -103,6 +107,10 @@ def test_stop_when_stable_ends_a_simulated_campaign_and_queues_nothing_until_dat
     assert len(results) == stable_at + 1 < 8  # ended at the stable round
     assert [r["stopped_when_stable"] for r in results] == [False] * stable_at + [True]
     assert [r["n_queued"] for r in results] == [5] * stable_at + [0]
+    client = MlflowClient(tracking_uri=database_url(settings.tracking_uri))
+    experiment = client.get_experiment_by_name(settings.campaign_name)
+    last = client.search_runs([experiment.experiment_id], f"tags.`beliefloop.round` = '{stable_at + 1}'")[0]
+    assert last.data.tags["beliefloop.stopping"] == f"{results[-1]['stopping_note']}; {NOTHING_QUEUED}"
     store = LabelStore(settings.store_url)
     campaign = settings.campaign_name
     assert not store.queued(campaign, status="pending")  # every batch answered, none queued after the stop
