@@ -96,8 +96,9 @@ def test_served_deployment_runs_rounds_by_itself(tmp_path, prefect_server):
     api, env = prefect_server
     path, y = _flowers(tmp_path)
     workspace = tmp_path / "w"
+    command = [*CLI, "serve", "--dataset", str(path), "--workspace", str(workspace), "--interval", "5", "--k", "4"]
     serve = subprocess.Popen(
-        [*CLI, "serve", "--dataset", str(path), "--workspace", str(workspace), "--interval", "5", "--k", "4"],
+        [*command, "--stop-when-stable"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -139,6 +140,7 @@ def test_served_deployment_runs_rounds_by_itself(tmp_path, prefect_server):
         assert all(run["name"] == "flowers · scheduled round" for run in runs)
         assert all("flowers" in run["tags"] for run in runs)
         assert deployment["global_concurrency_limit"]["limit"] == 1
+        assert deployment["parameters"]["overrides"]["stopping"] == {"when_stable": "stop"}  # every run's settings
     finally:
         _stop(serve)
 
