@@ -571,7 +571,7 @@ def run_round(
     print_header()
     print_round(result)
     pending, queued = int(result["n_pending"]), int(result["n_queued"])
-    if pending and not full_batch:
+    if pending and not full_batch and not result["stopped_when_stable"]:
         typer.echo(
             f"{pending} items were still pending from earlier rounds: topped the queue up to k={settings.campaign.k} "
             f"with {queued} new (--full-batch queues k new items)"
