@@ -19,6 +19,8 @@ from bayes_models.training import TrainingConfig, train_map
 @dataclass(frozen=True)
 class MCDropoutConfig(TrainingConfig):
     dropout: float = 0.5
+    augment: bool = False
+    """Images only: train on randomly shifted and rotated minibatches (``bayes_models.augment``)."""
 
 
 @contextmanager
@@ -67,6 +69,7 @@ class MCDropout:
                 lr=self.config.lr,
                 weight_decay=self.config.weight_decay,
                 generator=generator,
+                augment=self.config.augment,
             )
         return self
 

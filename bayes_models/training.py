@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from bayes_models.augment import check_images, random_shift_rotate
 
 SMALL_STEP_FLOPS = 5e7
 """Below this many FLOPs per training step, a second intra-op thread costs more in hand-over than it computes
@@ -92,17 +95,35 @@ def train_map(
     lr: float,
     weight_decay: float,
     generator: torch.Generator,
+    augment: bool = False,
 ) -> list[float]:
     """Fit ``network`` in place for ``steps`` minibatch updates; returns the loss of every step.
 
     Minibatches are drawn without replacement within each pass over the data, ordered by ``generator``.
-    ``weight_decay`` is Adam's L2 term, i.e. a zero-mean Gaussian prior on the weights.
+    ``weight_decay`` is Adam's L2 term, i.e. a zero-mean Gaussian prior on the weights. ``augment`` (images only):
+    every minibatch is shifted and rotated at random (:func:`bayes_models.augment.random_shift_rotate`), drawn
+    from a generator seeded one past ``generator``'s seed, so the minibatches' order is that of a fit without.
     """
     n = x.shape[0]
     batch_size = min(batch_size, n)
+    if augment:
+        check_images(tuple(x.shape[1:]))
+        transform = functools.partial(
+            random_shift_rotate, generator=torch.Generator(generator.device).manual_seed(generator.initial_seed() + 1)
+        )
+    else:
+        transform = None
     with training_threads(network, batch_size, x.device):
         return _train(
-            network, x, y, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, generator=generator
+            network,
+            x,
+            y,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            generator=generator,
+            transform=transform,
         )
 
 
@@ -176,7 +197,7 @@ class FusedAdam:
         )
 
 
-def _train(network, x, y, *, steps, batch_size, lr, weight_decay, generator) -> list[float]:
+def _train(network, x, y, *, steps, batch_size, lr, weight_decay, generator, transform) -> list[float]:
     network.train()
     if x.device.type in ("cpu", "cuda"):
         optimizer = FusedAdam(network.parameters(), lr=lr, weight_decay=weight_decay)
@@ -185,7 +206,8 @@ def _train(network, x, y, *, steps, batch_size, lr, weight_decay, generator) -> 
     losses: list[torch.Tensor] = []
     for index in minibatches(x.shape[0], batch_size, steps, generator, x.device):
         optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(network(x[index]), y[index])
+        batch = x[index] if transform is None else transform(x[index])
+        loss = nn.functional.cross_entropy(network(batch), y[index])
         loss.backward()
         optimizer.step()
         losses.append(loss.detach())

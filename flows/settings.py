@@ -156,6 +156,9 @@ class ModelSettings(_Section):
     depth: int = Field(2, ge=1)
     """Hidden layers of the MLP (vectors); the CNN for images has a fixed backbone."""
     dropout: float = Field(0.5, ge=0, lt=1)
+    augment: Literal["auto", "none", "shift_rotate"] = "auto"
+    """MC dropout and ensembles on images: train on minibatches shifted (up to 2/28 of the size) and rotated (up to
+    10°) at random; ``auto``: on for image features (``representation: none``), off for vectors and embeddings."""
     steps: int = Field(500, ge=1)
     update_steps: int | None = Field(None, ge=1)
     """Steps of a belief update (``update: belief``), which fits only the new labels; ``null``: ``steps``."""

@@ -65,6 +65,9 @@ class ModelOptions:
     hidden: int = 128
     depth: int = 2
     dropout: float = 0.5
+    augment: Literal["auto", "none", "shift_rotate"] = "auto"
+    """MC dropout and ensembles on images: train on minibatches shifted and rotated at random
+    (``bayes_models.augment``); ``auto``: on for image features, off for vectors (an embedding, a table)."""
     steps: int = 500
     update_steps: int | None = None
     """Steps of a belief update, which fits only the new labels; ``None``: ``steps``."""
@@ -126,6 +129,10 @@ class ModelOptions:
             raise ValueError(f"the scale-mixture prior needs family vi, got {self.family!r}")
         if self.prior_from is not None and self.family not in BELIEF_FAMILIES:
             raise ValueError(f"prior_from needs a posterior family (laplace or vi), got {self.family!r}")
+        if self.augment not in ("auto", "none", "shift_rotate"):
+            raise ValueError(f"unknown augment {self.augment!r}; expected auto, none or shift_rotate")
+        if self.augment == "shift_rotate" and self.family not in ("mc_dropout", "ensemble"):
+            raise ValueError(f"augment: shift_rotate needs family mc_dropout or ensemble, got {self.family!r}")
         if self.epochs is not None and not self.epochs > 0:
             raise ValueError(f"epochs must be positive (or None for fixed steps), got {self.epochs}")
         if self.min_steps < 1:
@@ -288,7 +295,8 @@ def build_model(
         layer_priors = tuple((group, 0.0, s) for group, s in layers)
         config = VIConfig(**common, **priors, prior_std=1.0 if std is None else std, layer_priors=layer_priors)
         return MeanFieldVI(config, device=m.device)
-    config = MCDropoutConfig(**common, dropout=m.dropout)
+    augment = m.augment == "shift_rotate" or (m.augment == "auto" and len(feature_shape) == 3)
+    config = MCDropoutConfig(**common, dropout=m.dropout, augment=augment)
     if m.family == "ensemble":
         return DeepEnsemble(config, members=m.members, device=m.device)
     return MCDropout(config, device=m.device)
