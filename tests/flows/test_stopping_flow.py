@@ -136,3 +136,25 @@ def test_stop_when_stable_ends_a_simulated_campaign_and_queues_nothing_until_dat
     goes_on = simulate_campaign(_settings(tmp_path / "w", campaign_rounds=8, items=40, agreement=0.5, rounds=2))
     assert len(goes_on) == 8  # when_stable: note (the default) runs the rounds that are left
     assert all(r["n_queued"] == 5 and not r["stopped_when_stable"] for r in goes_on[stable_at + 1 :])
+
+
+def test_the_labeling_page_of_a_stopped_campaign_says_why_nothing_is_asked(tmp_path, chromium_launch, serve_annotate):
+    """In a real browser: a campaign stopped as stable (``stopping.when_stable: stop``) shows no item and says why."""
+    from playwright import sync_api
+
+    from flows.rounds import simulate_campaign
+
+    settings = _settings(tmp_path / "w", campaign_rounds=5, items=40, agreement=0.5, rounds=1, when_stable="stop")
+    results = simulate_campaign(settings)
+    assert results[-1]["stopped_when_stable"]
+    url, _ = serve_annotate(settings.workspace)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(**chromium_launch)
+        page = browser.new_page()
+        page.goto(url)
+        text = " ".join(page.inner_text("#card p.empty").split())
+        browser.close()
+    assert text == (
+        f"Nothing is pending in campaign {settings.campaign_name}, and nothing more is asked: its model's "
+        f"predictions were stable at round {len(results)} (stopping.when_stable: stop). Thank you."
+    )
