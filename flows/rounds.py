@@ -983,12 +983,14 @@ def _freeze_after_first_round() -> None:
 @flow(name="simulate_campaign")
 def simulate_campaign(settings: Settings, progress: bool = False) -> list[dict[str, float]]:
     """Rounds 1..``campaign.rounds`` with a simulated oracle; resumes where an earlier run stopped, and stops
-    after a round that found the pool exhausted (or runs none when an earlier run ended so). ``progress``: show
+    after a round that found the pool exhausted or, under ``stopping.when_stable: stop``, the predictions stable
+    (or runs none when an earlier run ended so and nothing came since). ``progress``: show
     each round's long steps (``labeling_round``)."""
     with contextlib.closing(open_label_store(settings)) as store:
         prepare_campaign(settings, store, simulate=True)
         campaign = settings.campaign_name
-        if _still_exhausted(store, campaign):
+        idle = _last_round_if_idle(store, campaign)
+        if idle is not None and pool_exhausted(idle):
             console.print(
                 f"the pool is exhausted since round {store.next_round(campaign) - 1} (every item is labeled, queued or "
                 "skipped); no round was run",
@@ -1002,11 +1004,11 @@ def simulate_campaign(settings: Settings, progress: bool = False) -> list[dict[s
                 f"was run: --rounds {done + 1} or more goes on",
                 soft_wrap=True,
             )
-        if (stable := _still_stable(settings, store)) is not None:
+        if idle is not None and idle.get("stopped_when_stable") and settings.stopping.when_stable == "stop":
             console.print(
-                f"campaign {campaign} stopped at round {stable}: its predictions were stable and nothing new was "
-                "queued (stopping.when_stable: stop); no round was run (without --stop-when-stable, i.e. with "
-                "when_stable: note, it goes on)",
+                f"campaign {campaign} stopped at round {idle['round']:.0f}: its predictions were stable and nothing "
+                "new was queued (stopping.when_stable: stop); no round was run (without --stop-when-stable, i.e. "
+                "with when_stable: note, it goes on)",
                 soft_wrap=True,
             )
             return store.round_metrics(campaign)[: settings.campaign.rounds]
@@ -1021,25 +1023,10 @@ def simulate_campaign(settings: Settings, progress: bool = False) -> list[dict[s
         return results
 
 
-def _still_stable(settings: Settings, store: LabelStore) -> int | None:
-    """The round that stopped a simulated campaign as stable (``stopping.when_stable: stop``) when nothing came
-    since (nothing pending or unfinished, no new pool item): another round would refit the same labels; else
-    ``None``."""
-    campaign = settings.campaign_name
+def _last_round_if_idle(store: LabelStore, campaign: str) -> dict | None:
+    """The last finished round's summary when nothing came since (no round left unfinished, nothing pending, the
+    pool as that round found it): another simulated round would only refit the same labels. Else ``None``."""
     done = store.round_metrics(campaign)
-    if settings.stopping.when_stable != "stop" or not done or not done[-1].get("stopped_when_stable"):
+    if not done or store.unfinished_rounds(campaign) or store.queued(campaign, status="pending"):
         return None
-    if store.unfinished_rounds(campaign) or store.queued(campaign, status="pending"):
-        return None
-    if len(store.unlabeled_pool(campaign)) != done[-1].get("pool_size"):
-        return None
-    return int(done[-1]["round"])
-
-
-def _still_exhausted(store: LabelStore, campaign: str) -> bool:
-    """Whether the last round found the pool exhausted and nothing came since (no new pool item, nothing
-    pending, no round left unfinished): another simulated round would only refit the same labels."""
-    if store.unfinished_rounds(campaign) or store.unlabeled_pool(campaign) or store.queued(campaign, status="pending"):
-        return False
-    done = store.round_metrics(campaign)
-    return bool(done) and pool_exhausted(done[-1])
+    return done[-1] if len(store.unlabeled_pool(campaign)) == done[-1].get("pool_size") else None

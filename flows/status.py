@@ -80,14 +80,14 @@ def campaign_status(store: LabelStore, campaign: str, workspace: Path) -> Campai
     )
     step = _next_step(status, workspace)
     stable = last.get("stopping_note")
-    if stable and status.unfinished_round is None and last["stopped_when_stable"] and not status.pending:
-        step = (
-            f"{stable}; {NOTHING_QUEUED}: the campaign is done, unless new data "
-            "comes (beliefloop ingest; the next round draws a new stop set) or a round with stopping.when_stable: "
-            "note asks for more labels"
-        )
-    elif stable and status.unfinished_round is None and (status.pool or status.pending):
-        step = f"{stable}: stop here, or {step}"
+    if stable and status.unfinished_round is None:
+        if last["stopped_when_stable"] and not status.pending:
+            step = (
+                f"{stable}; {NOTHING_QUEUED}: the campaign is done, unless new data comes (beliefloop ingest; the "
+                "next round draws a new stop set) or a round with stopping.when_stable: note asks for more labels"
+            )
+        elif status.pool or status.pending:
+            step = f"{stable}: stop here, or {step}"
     return replace(status, next_step=step)
 
 
