@@ -6,16 +6,20 @@ round on digits and under 10% of a round on MNIST).
 In-process campaigns run ``labeling_round`` flow runs one after another (``benchmarks/al_mnist.py``'s loop, the
 path ``beliefloop simulate`` takes) and split each round's wall time into ``train_seconds`` (fitting the
 candidates), ``acquisition_seconds`` (scoring the pool) and the rest: inside the flow (evaluation, evidence, plots,
-MLflow, checkpoints, label store) and around it (Prefect's flow run). The CLI row times a whole
-``beliefloop simulate`` process on digits, so process start (imports, Prefect's temporary server, the stores) is
-spread over its rounds. MNIST uses default settings (the pool's spectral embedding, fitted once and not counted).
-Prints a table and writes ``benchmarks/results/round_overhead.json``.
+MLflow, checkpoints, label store) and around it (Prefect's flow run); "eval" is the part of it that is the test
+predictive (``evaluation_seconds``). The CLI row times a whole ``beliefloop simulate`` process on digits, so
+process start (imports, Prefect's temporary server, the stores) is spread over its rounds. Beside it, in the same
+run, the floor under that row: a fresh interpreter that only imports the libraries a round imported here (every
+top-level package from site-packages in ``sys.modules`` after the in-process campaigns), fastest of 3. MNIST uses
+default settings (the pool's spectral embedding, fitted once and not counted). Prints a table and writes
+``benchmarks/results/round_overhead.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import site
 import statistics
 import subprocess
 import sys
@@ -25,6 +29,7 @@ from pathlib import Path
 
 from _common import ROOT, environment, finish_parser, mnist_path
 from al_mnist import run_campaign
+from import_time import best_import_seconds
 from rich.console import Console
 from rich.table import Table
 
@@ -42,6 +47,7 @@ def split(rounds: list[dict]) -> dict:
                 ("score", "acquisition_seconds"),
                 ("overhead", "overhead_seconds"),
                 ("in_flow", "round_seconds"),
+                ("evaluation", "evaluation_seconds"),
             )
         }
         mean["in_flow_overhead"] = mean["in_flow"] - mean["train"] - mean["score"]
@@ -86,9 +92,23 @@ def cli(rounds: int, workspace: Path) -> dict:
         "wall": wall,
         "train": train,
         "score": score,
+        "evaluation": sum(r.get("evaluation_seconds", 0.0) for r in results),
         "overhead_per_round": (wall - train - score) / len(results),
         "rounds": results,
     }
+
+
+def library_modules() -> list[str]:
+    """The top-level packages from site-packages this process has imported (torch, prefect, mlflow, ...)."""
+    sites = [Path(p).resolve() for p in site.getsitepackages()]
+    names = []
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if "." in name or name.startswith("_") or not file:  # _private: extension modules of a package
+            continue
+        if any(Path(file).resolve().is_relative_to(s) for s in sites):
+            names.append(name)
+    return sorted(names)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,9 +132,12 @@ def main(argv: list[str] | None = None) -> None:
                 results["mnist"], prepare = in_process(str(mnist), args.rounds, f"{tmp}/mnist", args.device, console)
                 results["mnist"]["prepare_seconds"] = prepare
         results["cli_digits"] = cli(args.rounds, Path(tmp) / "cli")
+    libraries = library_modules()
+    results["library_imports"] = {"seconds": best_import_seconds(", ".join(libraries), 3), "modules": libraries}
 
     table = Table(title=f"Seconds per round (mean of rounds 2-{args.rounds}; round 1 in brackets)")
-    for column in ("data", "wall", "train", "score", "other", "in flow", "flow run", "other / wall"):
+    columns = ("data", "wall", "train", "score", "other", "eval", "in flow", "flow run", "other/wall")
+    for column in (*columns, "other-eval/wall"):
         table.add_column(column, justify="right")
     for name in ("digits", "mnist"):
         if name in results:
@@ -123,22 +146,29 @@ def main(argv: list[str] | None = None) -> None:
                 name,
                 *(
                     f"{later[key]:.2f} ({first[key]:.2f})"
-                    for key in ("wall", "train", "score", "overhead", "in_flow_overhead", "flow_run")
+                    for key in ("wall", "train", "score", "overhead", "evaluation", "in_flow_overhead", "flow_run")
                 ),
                 f"{later['overhead_share']:.0%}",
+                f"{(later['overhead'] - later['evaluation']) / later['wall']:.0%}",
             )
-    c = results["cli_digits"]
+    c, n = results["cli_digits"], args.rounds
     table.add_row(
-        f"digits, CLI ({args.rounds} rounds)",
-        f"{c['wall'] / args.rounds:.2f}",
-        f"{c['train'] / args.rounds:.2f}",
-        f"{c['score'] / args.rounds:.2f}",
+        f"digits, CLI ({n} rounds)",
+        *(f"{c[key] / n:.2f}" for key in ("wall", "train", "score")),
         f"{c['overhead_per_round']:.2f}",
+        f"{c['evaluation'] / n:.2f}",
         "",
         "",
-        f"{c['overhead_per_round'] * args.rounds / c['wall']:.0%}",
+        f"{c['overhead_per_round'] * n / c['wall']:.0%}",
+        f"{(c['overhead_per_round'] * n - c['evaluation']) / c['wall']:.0%}",
     )
     console.print(table)
+    imports = results["library_imports"]["seconds"]
+    console.print(
+        f"The CLI row's floor: importing its {len(results['library_imports']['modules'])} libraries alone takes "
+        f"{imports:.2f} s (fresh interpreter, fastest of 3), {imports / n:.2f} s a round of its "
+        f"{c['overhead_per_round']:.2f} s other; the rest {c['overhead_per_round'] - imports / n:.2f} s a round."
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "mnist"},

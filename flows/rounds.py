@@ -108,10 +108,10 @@ class CandidateResult:
 
 @dataclass(frozen=True)
 class Selection:
-    """The round's candidates, selected first; the selected model's test metrics on every test item and its
-    reliability-diagram data (empty and ``None`` without test items); the feature-store rows of the test items
-    those metrics stand on (read once per round) and the number the candidates' own rows are compared on
-    (``selection.compare_test_items``)."""
+    """The round's candidates, selected first; the selected model's test metrics on every test item (with the
+    seconds that evaluation took, ``evaluation_seconds``) and its reliability-diagram data (empty and ``None``
+    without test items); the feature-store rows of the test items those metrics stand on (read once per round) and
+    the number the candidates' own rows are compared on (``selection.compare_test_items``)."""
 
     candidates: list[CandidateResult]
     metrics: dict[str, float]
@@ -662,6 +662,7 @@ def select_model(
             0,
             settings.selection.prior_tuning,
         )
+    start = time.perf_counter()
     test = evaluate(
         [r.fitted.model for r in ranked],
         features,
@@ -671,10 +672,9 @@ def select_model(
         compare_items,
         settings.campaign.seed,
     )
+    metrics = {**test.metrics, "evaluation_seconds": time.perf_counter() - start}  # part of the round's "other"
     candidates = [CandidateResult(r.row, r.fitted, m) for r, m in zip(ranked, test.compared, strict=True)]
-    return Selection(
-        candidates, test.metrics, test.diagram, test_rows, test.n_compared, settings.selection.prior_tuning
-    )
+    return Selection(candidates, metrics, test.diagram, test_rows, test.n_compared, settings.selection.prior_tuning)
 
 
 def _few_test_items(n_test: int, min_test: int) -> str:

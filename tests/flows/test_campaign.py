@@ -100,6 +100,7 @@ def test_two_round_campaign_writes_mlflow_and_queue(tmp_path, prefect_no_heartbe
         assert m["overhead_seconds"] > 0 and m["train_seconds"] > 0
         parts = m["train_seconds"] + m["acquisition_seconds"] + m["overhead_seconds"]
         assert m["round_seconds"] == pytest.approx(parts)
+        assert 0 < m["evaluation_seconds"] < m["overhead_seconds"]  # the test predictive is part of the rest
         assert results[step - 1]["overhead_seconds"] == pytest.approx(m["overhead_seconds"])
         assert run.data.tags["beliefloop.selected"] == run.data.params["selected_candidate"]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
