@@ -392,8 +392,9 @@ def simulate(
     ] = None,
     params: ParamsOpt = None,
 ) -> None:
-    """Run a simulated campaign: an oracle answers the queue from held-back labels. With --stop-when-stable it ends
-    at the round whose predictions are stable (see **When to stop** in the README), else after --rounds."""
+    """Run a simulated campaign: an oracle answers the queue from held-back labels.
+
+    It ends after --rounds, or with --stop-when-stable at the first stable round ("When to stop" in the README)."""
     overrides = {
         "workspace": workspace,
         "dataset": _dataset_overrides(
