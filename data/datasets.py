@@ -22,6 +22,9 @@ was expected versus found. Files are never unpickled (``allow_pickle=False``).
 
 from __future__ import annotations
 
+import csv
+import io
+import re
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -427,6 +430,57 @@ def _load_image_folder(
     )
 
 
+CSV_SEPARATORS = (",", ";", "\t", "|")
+"""Cell separators a CSV file may use, in order of preference on a tie: the comma, the semicolon (spreadsheets save
+it so where the comma is the decimal mark), the tab, the bar."""
+_DECIMAL_COMMA = re.compile(r"\s*[+-]?\d*,\d+\s*")
+_DECIMAL_POINT = re.compile(r"\s*[+-]?\d*\.\d+\s*")
+
+
+def _csv_layout(path: Path, where: str) -> tuple[str, str]:
+    """The separator and decimal mark of a CSV file, after checking that every row has the header's number of cells.
+
+    The separator is the one of :data:`CSV_SEPARATORS` that splits the header line into the most cells (a comma
+    when none does). With ``;``, numbers are read with a decimal comma when the cells of the first rows show one
+    (``0,25``) and none shows a decimal point. A row with fewer or more cells than the header — a row cut off, or a
+    value holding the separator unquoted — is refused with its row and line: reading it would shift or invent cells.
+    Empty lines are skipped, as pandas skips them. Without quote characters the cells are counted per line in bulk;
+    with them, by the csv module (quoted cells may hold separators and line breaks).
+    """
+    data = path.read_bytes().decode("utf-8-sig", errors="replace")  # a decoding problem is pandas' to report
+    header_line = data.split("\n", 1)[0]
+    if not header_line.strip():
+        return ",", "."  # no header: pandas reports the empty file
+
+    def cells(line: str, separator: str) -> list[str]:
+        return next(csv.reader([line], delimiter=separator))
+
+    separator = max(CSV_SEPARATORS, key=lambda sep: len(cells(header_line, sep)))
+    width = len(cells(header_line, separator))
+    if '"' in data:
+        reader = csv.reader(io.StringIO(data, newline=""), delimiter=separator)
+        counted = ((reader.line_num, len(row), row) for row in reader if row)
+    else:  # one count per line, no cell strings made (a wide numeric file has millions of cells)
+        lines = (line.rstrip("\r") for line in data.split("\n"))
+        counted = ((n, line.count(separator) + 1, line) for n, line in enumerate(lines, 1) if line)
+    first: list[str] = []
+    for number, n_cells, row in counted:
+        if number == 1:
+            continue
+        if n_cells != width:
+            raise DatasetError(
+                f"{where}: line {number} has {n_cells} cell{'s' * (n_cells != 1)} where the header has {width} "
+                f"({separator!r}-separated: {cells(header_line, separator)}); a row cut off, or a value holding "
+                f"{separator!r} without quotes"
+            )
+        if len(first) < 100 * width:
+            first.extend(row if isinstance(row, list) else row.split(separator))
+    decimal = "."
+    if separator == ";" and any(map(_DECIMAL_COMMA.fullmatch, first)) and not any(map(_DECIMAL_POINT.fullmatch, first)):
+        decimal = ","
+    return separator, decimal
+
+
 def _load_table(
     path: Path,
     label_column: str | None,
@@ -442,7 +496,13 @@ def _load_table(
 
     where = str(path.resolve())
     try:
-        frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+        if path.suffix.lower() == ".csv":
+            separator, decimal = _csv_layout(path, where)
+            frame = pd.read_csv(path, sep=separator, decimal=decimal)
+        else:
+            frame = pd.read_parquet(path)
+    except DatasetError:
+        raise
     except pd.errors.EmptyDataError as error:
         raise DatasetError(f"{where}: file is empty (no header, no rows)") from error
     except Exception as error:  # pandas / pyarrow raise many types for unreadable files

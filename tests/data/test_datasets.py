@@ -379,6 +379,10 @@ def test_csv_integer_labels_with_blanks(tmp_path):
         ("a,b,y\n", {"label_column": "y"}, r"no data rows"),
         ("", {"label_column": "y"}, r"file is empty"),
         ("a,y\n1,\n2,\n", {"label_column": "y"}, r"test split is empty"),
+        ("a,b,y\n1,2,c\n1,3\n", {"label_column": "y"}, r"line 3 has 2 cells where the header has 3 \(','-sep"),
+        ("a,b,y\n1,2,c\n\n1,2,3,d\n", {"label_column": "y"}, r"line 4 has 4 cells where the header has 3"),
+        ('a,b,y\n1,2,"c, d"\n1\n', {"label_column": "y"}, r"line 3 has 1 cell where the header has 3"),
+        ('a;b;y\n1;2;"c; d"\n1;2\n', {"label_column": "y"}, r"line 3 has 2 cells where the header has 3 \(';'-sep"),
     ],
     ids=[
         "no-label-column",
@@ -394,6 +398,10 @@ def test_csv_integer_labels_with_blanks(tmp_path):
         "header-only",
         "empty",
         "nothing-labeled",
+        "row-cut-off",
+        "row-too-long",
+        "quoted-then-short",
+        "semicolon-short",
     ],
 )
 def test_bad_csv_names_file_and_problem(tmp_path, text, kwargs, pattern):
@@ -402,6 +410,21 @@ def test_bad_csv_names_file_and_problem(tmp_path, text, kwargs, pattern):
     with pytest.raises(DatasetError, match=pattern) as info:
         load_dataset(path, **kwargs)
     assert "bad.csv" in str(info.value)
+
+
+@pytest.mark.parametrize(("separator", "decimal"), [(";", ","), (";", "."), ("\t", "."), ("|", ".")])
+def test_a_csv_saved_with_another_separator_or_decimal_comma_reads_as_the_comma_file(tmp_path, separator, decimal):
+    """Spreadsheets save CSV with ';' (and a decimal comma) where the comma is the decimal mark; tab and bar too."""
+    frame = _table()
+    frame.loc[4, "animal"] = "big, fluffy cat"  # a quoted cell holding the comma
+    frame.to_csv(tmp_path / "comma.csv", index=False)
+    frame.to_csv(tmp_path / "other.csv", index=False, sep=separator, decimal=decimal)
+    expected = load_dataset(tmp_path / "comma.csv", label_column="animal", id_column="item")
+    got = load_dataset(tmp_path / "other.csv", label_column="animal", id_column="item")
+    assert got.feature_names == expected.feature_names and got.classes == expected.classes
+    np.testing.assert_array_equal(got.ids_train, expected.ids_train)
+    np.testing.assert_array_equal(got.x_train, expected.x_train)
+    np.testing.assert_array_equal(got.y_test, expected.y_test)
 
 
 def test_bad_parquet_names_file(tmp_path):
