@@ -458,6 +458,8 @@ def _csv_layout(path: Path, where: str) -> tuple[str, str]:
     separator = max(CSV_SEPARATORS, key=lambda sep: len(cells(header_line, sep)))
     width = len(cells(header_line, separator))
     if '"' in data:
+        # A quoted cell may be a whole document: let one be as long as the file (the module's limit is 128 KiB).
+        csv.field_size_limit(max(csv.field_size_limit(), len(data)))
         reader = csv.reader(io.StringIO(data, newline=""), delimiter=separator)
         counted = ((reader.line_num, len(row), row) for row in reader if row)
     else:  # one count per line, no cell strings made (a wide numeric file has millions of cells)

@@ -427,6 +427,19 @@ def test_a_csv_saved_with_another_separator_or_decimal_comma_reads_as_the_comma_
     np.testing.assert_array_equal(got.y_test, expected.y_test)
 
 
+def test_a_quoted_text_cell_longer_than_the_csv_modules_limit_is_read(tmp_path):
+    """The row check reads quoted cells with the csv module, whose default limit is 128 KiB a cell."""
+    document = "word " * 40_000  # 200,000 characters
+    rows = [f'{i},"{document if i == 1 else "short"}",{"ab"[i % 2]}' for i in range(8)]
+    path = tmp_path / "notes.csv"
+    path.write_text("id,note,y\n" + "\n".join(rows) + "\n")
+    d = load_dataset(path, label_column="y", id_column="id", text_column="note")
+    texts = dict(zip(map(str, d.ids_train), d.texts_train, strict=True)) | dict(
+        zip(map(str, d.ids_test), d.texts_test, strict=True)
+    )
+    assert texts["1"] == document
+
+
 def test_bad_parquet_names_file(tmp_path):
     path = tmp_path / "bad.parquet"
     pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": ["1.5", "p", "2.5"], "y": ["c", "d", "c"]}).to_parquet(path)
