@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from data.csv_dialect import csv_cells, csv_separator
 from data.errors import DatasetError
 from data.text import TEXT_DIM, TextFeatures
 
@@ -430,9 +431,6 @@ def _load_image_folder(
     )
 
 
-CSV_SEPARATORS = (",", ";", "\t", "|")
-"""Cell separators a CSV file may use, in order of preference on a tie: the comma, the semicolon (spreadsheets save
-it so where the comma is the decimal mark), the tab, the bar."""
 _DECIMAL_COMMA = re.compile(r"\s*[+-]?\d*,\d+\s*")
 _DECIMAL_POINT = re.compile(r"\s*[+-]?\d*\.\d+\s*")
 
@@ -440,10 +438,10 @@ _DECIMAL_POINT = re.compile(r"\s*[+-]?\d*\.\d+\s*")
 def _csv_layout(path: Path, where: str) -> tuple[str, str]:
     """The separator and decimal mark of a CSV file, after checking that every row has the header's number of cells.
 
-    The separator is the one of :data:`CSV_SEPARATORS` that splits the header line into the most cells (a comma
-    when none does). With ``;``, numbers are read with a decimal comma when the cells of the first rows show one
-    (``0,25``) and none shows a decimal point. A row with fewer or more cells than the header — a row cut off, or a
-    value holding the separator unquoted — is refused with its row and line: reading it would shift or invent cells.
+    The separator is the header line's (:func:`data.csv_dialect.csv_separator`). With ``;``, numbers are read with a
+    decimal comma when the cells of the first rows show one (``0,25``) and none shows a decimal point. A row with
+    fewer or more cells than the header — a row cut off, or a value holding the separator unquoted — is refused with
+    its line: reading it would shift or invent cells.
     Empty lines are skipped, as pandas skips them. Without quote characters the cells are counted per line in bulk;
     with them, by the csv module (quoted cells may hold separators and line breaks).
     """
@@ -452,11 +450,8 @@ def _csv_layout(path: Path, where: str) -> tuple[str, str]:
     if not header_line.strip():
         return ",", "."  # no header: pandas reports the empty file
 
-    def cells(line: str, separator: str) -> list[str]:
-        return next(csv.reader([line], delimiter=separator))
-
-    separator = max(CSV_SEPARATORS, key=lambda sep: len(cells(header_line, sep)))
-    width = len(cells(header_line, separator))
+    separator = csv_separator(header_line)
+    width = len(csv_cells(header_line, separator))
     if '"' in data:
         # A quoted cell may be a whole document: let one be as long as the file (the module's limit is 128 KiB).
         csv.field_size_limit(max(csv.field_size_limit(), len(data)))
@@ -472,7 +467,7 @@ def _csv_layout(path: Path, where: str) -> tuple[str, str]:
         if n_cells != width:
             raise DatasetError(
                 f"{where}: line {number} has {n_cells} cell{'s' * (n_cells != 1)} where the header has {width} "
-                f"({separator!r}-separated: {cells(header_line, separator)}); a row cut off, or a value holding "
+                f"({separator!r}-separated: {csv_cells(header_line, separator)}); a row cut off, or a value holding "
                 f"{separator!r} without quotes"
             )
         if len(first) < 100 * width:

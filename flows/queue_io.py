@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data import FeatureStore
+from data.csv_dialect import csv_separator
 from data.store import LabelAnswer, LabelStore, QueuedItem
 from flows.item_views import feature_table, image_png, item_text
 
@@ -177,7 +178,7 @@ def _answer(where: str, item_id: str, value: str, classes: list[str], annotator:
 
 
 def _csv_answers(path: Path, text: str, classes: list[str], annotator: str) -> list[ImportRow]:
-    reader = csv.DictReader(io.StringIO(text))
+    reader = csv.DictReader(io.StringIO(text), delimiter=csv_separator(text.split("\n", 1)[0]))
     missing = {"item_id", "label"} - set(reader.fieldnames or ())
     if missing:
         raise ImportFileError(f"{path}: needs columns item_id and label, found {reader.fieldnames}")

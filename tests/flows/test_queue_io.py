@@ -52,6 +52,25 @@ def test_csv_export_fill_in_import(queued_workspace, beliefloop, tmp_path):
     assert _new_labels(queued_workspace, before) == {pending[0].item_id: 7, pending[1].item_id: 1}
 
 
+def test_an_export_saved_by_a_spreadsheet_with_semicolons_imports(queued_workspace, beliefloop, tmp_path):
+    """Spreadsheets save CSV with ';' (and CRLF line ends) where the comma is the decimal mark."""
+    pending = _pending(queued_workspace)
+    before = LabelStore.for_workspace(queued_workspace).current_labels(CAMPAIGN)
+    common = ["--workspace", str(queued_workspace)]
+    exported = tmp_path / "queue.csv"
+    beliefloop("queue", "export", "--format", "csv", "--out", str(exported), *common)
+    rows = list(csv.DictReader(exported.open()))
+    rows[0]["label"], rows[1]["label"] = "3", "5"
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, rows[0].keys(), delimiter=";", lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows[:2])
+    exported.write_text(buffer.getvalue(), newline="")
+    result = beliefloop("queue", "import", str(exported), "--annotator", "ada", *common)
+    assert "2 accepted, 0 rejected" in result.stdout + result.stderr
+    assert _new_labels(queued_workspace, before) == {pending[0].item_id: 3, pending[1].item_id: 5}
+
+
 def test_label_studio_round_trip_gives_the_labels_of_the_cli_path(queued_workspace, beliefloop, tmp_path):
     pending = _pending(queued_workspace)
     before = LabelStore.for_workspace(queued_workspace).current_labels(CAMPAIGN)
