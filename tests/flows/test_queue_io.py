@@ -21,13 +21,26 @@ def _new_labels(workspace, before):
     }
 
 
-def test_csv_export_fill_in_import(queued_workspace, beliefloop, tmp_path):
-    pending = _pending(queued_workspace)
-    before = LabelStore.for_workspace(queued_workspace).current_labels(CAMPAIGN)
-    common = ["--workspace", str(queued_workspace)]
+def _exported_csv(workspace, beliefloop, tmp_path):
+    """``beliefloop queue export --format csv``: the pending items, the labels before, the file and its rows."""
+    pending = _pending(workspace)
+    before = LabelStore.for_workspace(workspace).current_labels(CAMPAIGN)
     exported = tmp_path / "queue.csv"
-    beliefloop("queue", "export", "--format", "csv", "--out", str(exported), *common)
-    rows = list(csv.DictReader(exported.open()))
+    beliefloop("queue", "export", "--format", "csv", "--out", str(exported), "--workspace", str(workspace))
+    return pending, before, exported, list(csv.DictReader(exported.open()))
+
+
+def _write_rows(path, rows, **dialect) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, rows[0].keys(), **({"lineterminator": "\n"} | dialect))
+    writer.writeheader()
+    writer.writerows(rows)
+    path.write_text(buffer.getvalue(), newline="")
+
+
+def test_csv_export_fill_in_import(queued_workspace, beliefloop, tmp_path):
+    pending, before, exported, rows = _exported_csv(queued_workspace, beliefloop, tmp_path)
+    common = ["--workspace", str(queued_workspace)]
     assert list(rows[0]) == list(EXPORT_COLUMNS)  # an image is not put in a cell (it is in JSON lines)
     assert [r["item_id"] for r in rows] == [q.item_id for q in pending]  # rank order, untrusted id included
     assert [r["predicted"] for r in rows] == [str(q.predicted) for q in pending]  # digits' classes are "0".."9"
@@ -36,11 +49,7 @@ def test_csv_export_fill_in_import(queued_workspace, beliefloop, tmp_path):
     rows[0]["label"], rows[1]["label"], rows[1]["annotator"] = "7", "1", "bob"
     rows[2]["label"] = "cat"  # not a class
     rows.append({**rows[3], "item_id": "img-999", "label": "2"})  # not in the campaign
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, rows[0].keys(), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    exported.write_text(buffer.getvalue())
+    _write_rows(exported, rows)
     result = beliefloop("queue", "import", str(exported), "--annotator", "ada", *common, check=False)
     assert result.returncode == 1
     out = result.stdout + result.stderr
@@ -54,19 +63,10 @@ def test_csv_export_fill_in_import(queued_workspace, beliefloop, tmp_path):
 
 def test_an_export_saved_by_a_spreadsheet_with_semicolons_imports(queued_workspace, beliefloop, tmp_path):
     """Spreadsheets save CSV with ';' (and CRLF line ends) where the comma is the decimal mark."""
-    pending = _pending(queued_workspace)
-    before = LabelStore.for_workspace(queued_workspace).current_labels(CAMPAIGN)
-    common = ["--workspace", str(queued_workspace)]
-    exported = tmp_path / "queue.csv"
-    beliefloop("queue", "export", "--format", "csv", "--out", str(exported), *common)
-    rows = list(csv.DictReader(exported.open()))
+    pending, before, exported, rows = _exported_csv(queued_workspace, beliefloop, tmp_path)
     rows[0]["label"], rows[1]["label"] = "3", "5"
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, rows[0].keys(), delimiter=";", lineterminator="\r\n")
-    writer.writeheader()
-    writer.writerows(rows[:2])
-    exported.write_text(buffer.getvalue(), newline="")
-    result = beliefloop("queue", "import", str(exported), "--annotator", "ada", *common)
+    _write_rows(exported, rows[:2], delimiter=";", lineterminator="\r\n")
+    result = beliefloop("queue", "import", str(exported), "--annotator", "ada", "--workspace", str(queued_workspace))
     assert "2 accepted, 0 rejected" in result.stdout + result.stderr
     assert _new_labels(queued_workspace, before) == {pending[0].item_id: 3, pending[1].item_id: 5}
 
