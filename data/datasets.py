@@ -23,10 +23,10 @@ was expected versus found. Files are never unpickled (``allow_pickle=False``).
 from __future__ import annotations
 
 import csv
-import io
+import itertools
 import re
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -441,41 +441,47 @@ def _csv_layout(path: Path, where: str) -> tuple[str, str]:
     The separator is the header line's (:func:`data.csv_dialect.csv_separator`). With ``;``, numbers are read with a
     decimal comma when the cells of the first rows show one (``0,25``) and none shows a decimal point. A row with
     fewer or more cells than the header — a row cut off, or a value holding the separator unquoted — is refused with
-    its line: reading it would shift or invent cells.
-    Empty lines are skipped, as pandas skips them. Without quote characters the cells are counted per line in bulk;
-    with them, by the csv module (quoted cells may hold separators and line breaks).
+    its line: reading it would shift or invent cells. Empty lines are skipped, as pandas skips them. The file is
+    streamed (:func:`_csv_records`), so the check holds one row in memory whatever the file's size.
     """
-    data = path.read_bytes().decode("utf-8-sig", errors="replace")  # a decoding problem is pandas' to report
-    header_line = data.split("\n", 1)[0]
-    if not header_line.strip():
-        return ",", "."  # no header: pandas reports the empty file
-
-    separator = csv_separator(header_line)
-    width = len(csv_cells(header_line, separator))
-    if '"' in data:
-        # A quoted cell may be a whole document: let one be as long as the file (the module's limit is 128 KiB).
-        csv.field_size_limit(max(csv.field_size_limit(), len(data)))
-        reader = csv.reader(io.StringIO(data, newline=""), delimiter=separator)
-        counted = ((reader.line_num, len(row), row) for row in reader if row)
-    else:  # one count per line, no cell strings made (a wide numeric file has millions of cells)
-        lines = (line.rstrip("\r") for line in data.split("\n"))
-        counted = ((n, line.count(separator) + 1, line) for n, line in enumerate(lines, 1) if line)
-    first: list[str] = []
-    for number, n_cells, row in counted:
-        if number == 1:
-            continue
-        if n_cells != width:
-            raise DatasetError(
-                f"{where}: line {number} has {n_cells} cell{'s' * (n_cells != 1)} where the header has {width} "
-                f"({separator!r}-separated: {csv_cells(header_line, separator)}); a row cut off, or a value holding "
-                f"{separator!r} without quotes"
-            )
-        if len(first) < 100 * width:
-            first.extend(row if isinstance(row, list) else row.split(separator))
+    # A decoding problem is pandas' to report; a quoted cell may be a whole document (the csv module stops at 128 KiB).
+    csv.field_size_limit(max(csv.field_size_limit(), path.stat().st_size))
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
+        header_line = handle.readline().rstrip("\r\n")
+        if not header_line.strip():
+            return ",", "."  # no header: pandas reports the empty file
+        separator = csv_separator(header_line)
+        header = csv_cells(header_line, separator)
+        shown: list[str] = []  # the cells of the first rows, for the decimal mark
+        for number, n_cells, record in _csv_records(handle, separator):
+            if n_cells != len(header):
+                raise DatasetError(
+                    f"{where}: line {number} has {n_cells} cell{'s' * (n_cells != 1)} where the header has "
+                    f"{len(header)} ({separator!r}-separated: {header}); a row cut off, or a value holding "
+                    f"{separator!r} without quotes"
+                )
+            if len(shown) < 100 * len(header):
+                shown.extend(record if isinstance(record, list) else record.split(separator))
     decimal = "."
-    if separator == ";" and any(map(_DECIMAL_COMMA.fullmatch, first)) and not any(map(_DECIMAL_POINT.fullmatch, first)):
+    if separator == ";" and any(map(_DECIMAL_COMMA.fullmatch, shown)) and not any(map(_DECIMAL_POINT.fullmatch, shown)):
         decimal = ","
     return separator, decimal
+
+
+def _csv_records(handle, separator: str) -> Iterator[tuple[int, int, str | list[str]]]:
+    """``(line number, cells, the line or its cells)`` of each non-empty record after the header line. Lines are
+    counted in bulk (no cell strings made: a wide numeric file has millions of cells) until one holds a quote
+    character; from there the csv module reads the rest, as a quoted cell may hold separators and line breaks."""
+    number = 1
+    for line in handle:
+        number += 1
+        if '"' in line:
+            reader = csv.reader(itertools.chain([line], handle), delimiter=separator)
+            yield from ((number + reader.line_num - 1, len(row), row) for row in reader if row)
+            return
+        text = line.rstrip("\r\n")
+        if text:
+            yield number, text.count(separator) + 1, text
 
 
 def _load_table(
